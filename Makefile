@@ -1,0 +1,33 @@
+# The README's two commands are `make pipeline` and `make test`; both set up .venv first (idempotent).
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+MLFLOW_PORT ?= 5000
+
+.PHONY: setup pipeline test test-slow test-all ui bench validate
+
+setup:
+	@bash scripts/setup.sh
+
+pipeline: setup
+	python -m pipeline.validate
+	dvc repro
+	dvc metrics show
+
+test: setup
+	python -m pytest
+
+test-slow: setup
+	python -m pytest -m slow
+
+test-all: setup
+	python -m pytest -m "slow or not slow"
+
+validate: setup
+	python -m pipeline.validate
+
+# MLflow UI on the repository's store, bound to loopback only.
+ui: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+bench: setup
+	python bench/train_throughput.py

@@ -1,0 +1,1 @@
+"""Stage entry points (prepare, train, evaluate) and the machinery they share."""

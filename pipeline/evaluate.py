@@ -1,0 +1,89 @@
+"""Stage 3, evaluate: the trained model on the test split; metrics, confusion matrices, all logged to train's run.
+
+    python -m pipeline.evaluate --prepared data/prepared --model outputs/model --out outputs/eval
+
+Writes `metrics.json` (a DVC metrics file), `confusion.json` (DVC plot rows {actual, predicted} for the
+`confusion` templates), `confusion_matrix.png` and `classification_report.txt`, and logs them with `test/...`
+metrics into the MLflow run named in `<model>/mlflow_run.json`. Reads `evaluate`, `mlflow`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import tracking
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, run_cli
+from pipeline.files import atomic_path, write_json
+
+METRICS_FILE = "metrics.json"
+CONFUSION_PLOT_FILE = "confusion.json"
+CONFUSION_PNG = "confusion_matrix.png"
+REPORT_FILE = "classification_report.txt"
+
+
+def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Labels, predicted labels and class probabilities of one prepared split."""
+    import torch
+
+    from pipeline.datamodule import batches, load_split
+    from pipeline.trained_model import load_trained_model
+
+    net, bundle = load_trained_model(model_path)
+    dataset = load_split(prepared_dir, split)
+    with torch.inference_mode():
+        probs = torch.cat([net(x).softmax(dim=1) for x, _ in batches(dataset, batch_size)])
+    return dataset.y.numpy(), probs.argmax(dim=1).numpy(), probs.numpy()
+
+
+def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str) -> dict:
+    import matplotlib.pyplot as plt
+
+    from pipeline.metrics import confusion_figure, evaluate_predictions
+    from pipeline.train import MODEL_FILE, read_meta
+
+    run_id = tracking.read_run_file(model_dir)["run_id"]
+    class_names = read_meta(prepared_dir)["class_names"]
+    model_path = model_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise PipelineError(f"{model_path}: not found. Run the train stage first (dvc repro train).")
+
+    with tracking.continue_run(uri, run_id) as run:
+        import mlflow
+
+        y_true, y_pred, _ = predict_split(model_path, prepared_dir, "test", batch_size)
+        evaluation = evaluate_predictions(y_true, y_pred, class_names)
+
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            write_json(tmp / METRICS_FILE, evaluation.summary)
+            write_json(tmp / CONFUSION_PLOT_FILE, [{"actual": class_names[a], "predicted": class_names[p]}
+                                                   for a, p in zip(y_true, y_pred)])
+            (tmp / REPORT_FILE).write_text(evaluation.report)
+            fig = confusion_figure(evaluation, class_names)
+            fig.savefig(tmp / CONFUSION_PNG, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        mlflow.log_metrics(evaluation.flat_metrics())
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
+              f"{evaluation.summary['macro']['f1']:.4f}; logged to MLflow run {run.info.run_id}")
+    return evaluation.summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output folder")
+    parser.add_argument("--model", type=Path, required=True, help="the train stage's output folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics, plots and the report")
+    args = parser.parse_args()
+    params = load_params()
+    uri = tracking.tracking_uri(params.mlflow)
+    tracking.check_reachable(uri)
+    evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri)
+
+
+if __name__ == "__main__":
+    run_cli(main)

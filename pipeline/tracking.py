@@ -1,0 +1,110 @@
+"""Where MLflow runs go, what they are tagged with, and how train hands its run to evaluate.
+
+The default store is MLflow's embedded SQLite database at the repository root. "Root" is `$DVC_ROOT` when DVC runs
+the stage (a queued or `--temp` experiment runs in `.dvc/tmp/exps/...`, which DVC deletes afterwards, but points
+DVC_ROOT at the main repository), else the working directory, where stages always run. Everything here except
+`continue_run` and `log_run_artifacts` is free of MLflow imports, so it costs nothing before validation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.config import MlflowParams
+from pipeline.errors import PipelineError
+from pipeline.files import read_json, write_json
+
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
+REACHABILITY_TIMEOUT_S = 5
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(params: MlflowParams) -> str:
+    return params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local store go beside it at the root; a tracking server decides for itself."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (repo_root() / ARTIFACT_DIR).as_uri()
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, before training, when a tracking server does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S).close()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}). Start it (see README, 'Tracking server'), "
+            "or fix mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI; leave both unset to use the local "
+            f"store {STORE_FILE} at the repository root."
+        ) from None
+
+
+def run_name(params: MlflowParams) -> str | None:
+    return params.run_name or os.environ.get("DVC_EXP_NAME") or None
+
+
+def run_tags(dataset: str, data_digest: str, model_name: str) -> dict[str, str]:
+    """Lineage tags. Only these names and values are sent: nothing from the environment beyond DVC's own."""
+    tags = {"data.dataset": dataset, "data.digest": data_digest, "model.name": model_name}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+                     ("DVC_STAGE", "dvc.stage")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:
+    write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": uri})
+
+
+def read_run_file(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / RUN_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found. Run the train stage first (dvc repro).")
+    return read_json(path)
+
+
+@contextmanager
+def continue_run(uri: str, run_id: str) -> Iterator[Any]:
+    """Re-open train's run; it ends FINISHED, or FAILED (never RUNNING) if the block raises."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store {uri}. "
+                            "Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train used, or rerun "
+                            "train (dvc repro --force-downstream).") from None
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run

@@ -1,0 +1,118 @@
+"""Stage 2, train: fit a `models/` network on the prepared splits with Lightning, tracked as one MLflow run.
+
+    python -m pipeline.train --prepared data/prepared --out outputs/model --checkpoints outputs/checkpoints
+
+Reads `model`, `train`, `trainer`, `mlflow`. Writes `<out>/model.pt` (the best checkpoint's weights and the config
+to rebuild the network) and `<out>/mlflow_run.json` (the run evaluate continues). Under DDP every process runs this
+file; only global rank zero talks to MLflow and writes outputs.
+
+Lightning, torch and MLflow are imported inside `fit` so that a bad params.yaml or an unreachable tracking server
+is reported before paying several seconds of imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.config import Params, load_params, to_flat_dict
+from pipeline.errors import PipelineError, run_cli
+from pipeline.files import read_json
+
+MODEL_FILE = "model.pt"
+BEST_CHECKPOINT = "best"
+
+
+def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path) -> str | None:
+    """Train, save the best model and return the MLflow run id (None on ranks other than zero)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from models import build_model
+    from pipeline.datamodule import PreparedDataModule
+    from pipeline.lightning_module import Classifier, monitor_mode
+    from pipeline.trained_model import save_trained_model
+
+    meta = read_meta(prepared_dir)
+    uri = tracking.tracking_uri(params.mlflow)
+    pl.seed_everything(params.train.seed, workers=True, verbose=False)
+
+    hparams = dataclasses.asdict(getattr(params.model, params.model.name))
+    net = build_model(params.model.name, hparams, meta["input_shape"], meta["num_classes"])
+    module = Classifier(net, meta["num_classes"], params.train, logged_params=to_flat_dict(params))
+    data = PreparedDataModule(prepared_dir, params.train.batch_size, params.evaluate.batch_size)
+
+    logger = MLFlowLogger(
+        experiment_name=params.mlflow.experiment_name,
+        run_name=tracking.run_name(params.mlflow),
+        tracking_uri=uri,
+        artifact_location=tracking.artifact_location(uri),
+        tags=tracking.run_tags(meta["dataset"], meta["digest"], params.model.name),
+        log_model=False,  # model.pt is logged below; checkpoints stay DVC outputs
+    )
+    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
+                                 save_last=True, auto_insert_metric_name=False)
+    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if params.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
+
+    t = params.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
+        gradient_clip_val=params.train.gradient_clip_val, logger=logger, callbacks=callbacks,
+        default_root_dir=checkpoint_dir,
+    )
+    trainer.fit(module, datamodule=data)  # on failure Lightning marks the run FAILED before re-raising
+
+    if not trainer.is_global_zero:
+        return None
+    try:
+        best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
+        module.load_state_dict(best["state_dict"])
+        save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, hparams, meta)
+        logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), artifact_path="model")
+        tracking.write_run_file(model_dir, logger.run_id, uri)
+        logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), artifact_path="model")
+    except BaseException:
+        logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise
+    return logger.run_id
+
+
+def torch_load_checkpoint(path: str) -> dict[str, Any]:
+    import torch
+
+    # Our own checkpoint, written moments ago by this process; it holds Lightning's loop state next to the tensors.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_meta(prepared_dir: Path) -> dict[str, Any]:
+    path = prepared_dir / "meta.json"
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found. Run the prepare stage first (dvc repro prepare).")
+    return read_json(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and mlflow_run.json")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="folder for Lightning checkpoints")
+    args = parser.parse_args()
+    params = load_params()
+    read_meta(args.prepared)
+    tracking.check_reachable(tracking.tracking_uri(params.mlflow))
+    run_id = fit(params, args.prepared, args.out, args.checkpoints)
+    if run_id:
+        print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
