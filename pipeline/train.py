@@ -26,8 +26,12 @@ MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
 
 
-def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path) -> str | None:
-    """Train, save the best model and return the MLflow run id (None on ranks other than zero)."""
+def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
+        extra_callbacks: list | None = None) -> str | None:
+    """Train, save the best model and return the MLflow run id (None on ranks other than zero).
+
+    `extra_callbacks` are Lightning callbacks added to the stage's own (benchmarks use one to time epochs).
+    """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
@@ -58,6 +62,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
                                  save_last=True, auto_insert_metric_name=False)
     callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks += extra_callbacks or []
     if params.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
 

@@ -1,0 +1,72 @@
+"""The whole pipeline through real `dvc repro` in a fresh git + DVC copy, read back from the real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import FAST_PARAMS, edit_params, run
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def runs_in(client: MlflowClient, experiment: str):
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_dvc_repro_end_to_end(repo_copy):
+    first = run(["dvc", "repro"], repo_copy)
+    assert ran_stages(first.stdout) == ["prepare", "train", "evaluate"]
+
+    # DVC sees the metrics and the confusion plot.
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
+    shown = next(iter(metrics.values()))["data"]["outputs/eval/metrics.json"]["data"]
+    assert 0.5 < shown["accuracy"] <= 1  # 3 tiny epochs; the full defaults are measured in bench/
+    plots = run(["dvc", "plots", "show", "--json"], repo_copy).stdout
+    assert "outputs/eval/confusion.json" in plots
+
+    # One MLflow run in the repository's own store, complete.
+    client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
+    runs = runs_in(client, "digits")
+    assert len(runs) == 1
+    mlrun = runs[0]
+    run_id = mlrun.info.run_id
+    assert mlrun.info.status == "FINISHED"
+    assert json.loads((repo_copy / "outputs/model/mlflow_run.json").read_text())["run_id"] == run_id
+    assert mlrun.data.params["train.lr"] == "0.003"
+    assert mlrun.data.params["model.name"] == "cnn"
+    assert mlrun.data.params["model.cnn.channels"] == str(FAST_PARAMS["model.cnn.channels"])
+    epochs = FAST_PARAMS["train.max_epochs"]
+    for metric in ("train/loss", "train/acc", "train/f1", "val/loss", "val/acc", "val/f1"):
+        assert len(client.get_metric_history(run_id, metric)) == epochs, metric
+    assert len(client.get_metric_history(run_id, "lr-AdamW")) == epochs
+    assert mlrun.data.metrics["test/accuracy"] == pytest.approx(shown["accuracy"])
+    assert "test/macro_f1" in mlrun.data.metrics and "test/class_7_f1" in mlrun.data.metrics
+    tags = mlrun.data.tags
+    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], repo_copy).stdout.strip()
+    assert tags["git.dirty"] in ("true", "false")
+    meta = json.loads((repo_copy / "data/prepared/meta.json").read_text())
+    assert tags["data.digest"] == meta["digest"]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
+            "evaluation/metrics.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/model.pt"}
+    assert (repo_copy / "mlartifacts").is_dir()  # artifacts at the root, beside the store
+
+    # Nothing changed: nothing runs, no new MLflow run.
+    second = run(["dvc", "repro"], repo_copy)
+    assert ran_stages(second.stdout) == []
+    assert len(runs_in(client, "digits")) == 1
+
+    # A training hyper-parameter reruns train and evaluate, not prepare.
+    edit_params(repo_copy, {"train.lr": 0.01})
+    third = run(["dvc", "repro"], repo_copy)
+    assert ran_stages(third.stdout) == ["train", "evaluate"]
+    runs = runs_in(client, "digits")
+    assert len(runs) == 2
+    assert {r.data.params["train.lr"] for r in runs} == {"0.003", "0.01"}
+    assert all(r.info.status == "FINISHED" for r in runs)
