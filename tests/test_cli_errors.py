@@ -1,0 +1,134 @@
+"""The stages as commands: a mistake the user can fix exits 2 with a short message and no traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DataParams
+from pipeline.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_ARGS = {
+    "prepare": ["--out", "prepared"],
+    "train": ["--prepared", "prepared", "--out", "model", "--checkpoints", "checkpoints"],
+    "evaluate": ["--prepared", "prepared", "--model", "model", "--out", "eval"],
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A stage's working directory: a copy of params.yaml and nothing else."""
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def prepared_once(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "prepared"
+    prepare(DataParams(), out)
+    return out
+
+
+def stage(name: str, cwd: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
+    environ["PYTHONPATH"] = str(REPO)
+    # Even a stage that got as far as MLflow would only ever touch a store inside the temporary folder.
+    environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd}/mlflow.db"
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *(args or STAGE_ARGS[name])], cwd=cwd,
+                          env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def replace_in_params(workdir: Path, old: str, new: str) -> None:
+    path = workdir / "params.yaml"
+    text = path.read_text()
+    assert old in text, f"params.yaml no longer contains {old!r}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.mark.parametrize("name", ["prepare", "train", "evaluate", "validate"])
+def test_unknown_key_in_params_yaml_exits_2_naming_it(workdir: Path, name: str) -> None:
+    replace_in_params(workdir, "\n  lr:", "\n  lrr:")
+    result = stage(name, workdir, *(["--params", "params.yaml"] if name == "validate" else []))
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: params.yaml is invalid (1 problem):")
+    assert "train.lrr: unknown key. Did you mean 'train.lr'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was produced.
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_debug_env_shows_the_traceback(workdir: Path) -> None:
+    replace_in_params(workdir, "\n  lr:", "\n  lrr:")
+    result = stage("prepare", workdir, PIPELINE_DEBUG="1")
+    assert result.returncode not in (0, 2)
+    assert "Traceback" in result.stderr
+    assert "ParamsError" in result.stderr and "train.lrr" in result.stderr
+
+
+def test_missing_params_yaml_exits_2(tmp_path: Path) -> None:
+    result = stage("train", tmp_path)
+    assert result.returncode == 2
+    assert "params.yaml: file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_without_prepared_data_exits_2_naming_meta_json(workdir: Path) -> None:
+    result = stage("train", workdir)
+    assert result.returncode == 2
+    assert "prepared/meta.json: not found" in result.stderr
+    assert "prepare" in result.stderr  # says what to run
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "model").exists()
+
+
+def test_train_with_unreachable_tracking_server_fails_fast(workdir: Path, prepared_once: Path) -> None:
+    shutil.copytree(prepared_once, workdir / "prepared")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    replace_in_params(workdir, "tracking_uri: null", f"tracking_uri: {uri}")
+
+    start = time.monotonic()
+    result = stage("train", workdir, timeout=60)
+    elapsed = time.monotonic() - start
+
+    assert result.returncode == 2, result.stderr
+    assert elapsed < 15
+    assert f"MLflow tracking server {uri} is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "model").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_evaluate_with_unreachable_tracking_server_fails_fast(workdir: Path) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    result = stage("evaluate", workdir, timeout=60, MLFLOW_TRACKING_URI=uri)
+    assert time.monotonic() - start < 15
+    assert result.returncode == 2, result.stderr
+    assert uri in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_without_a_trained_model_exits_2(workdir: Path, prepared_once: Path) -> None:
+    shutil.copytree(prepared_once, workdir / "prepared")
+    result = stage("evaluate", workdir)
+    assert result.returncode == 2, result.stderr
+    assert "model/mlflow_run.json: not found" in result.stderr
+    assert "train" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "eval").exists()
+    assert not (workdir / "mlflow.db").exists()

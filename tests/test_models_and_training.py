@@ -1,0 +1,350 @@
+"""Networks, the LightningModule's optimisers, and a real (tiny) train + evaluate into a throw-away MLflow store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from models import REGISTRY, build_model
+from models.cnn import CNN
+from pipeline.config import MODEL_NAMES, DataParams, ModelParams, TrainParams, load_params, to_flat_dict
+from pipeline.lightning_module import Classifier
+from pipeline.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_SHAPE = [1, 8, 8]
+NUM_CLASSES = 10
+MAX_EPOCHS = 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------------------------
+def test_registry_matches_the_schema() -> None:
+    # Every `model.name` params.yaml accepts has a network, and every network has a params section.
+    assert set(REGISTRY) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_model_builds_from_schema_defaults_and_outputs_one_logit_per_class(name: str) -> None:
+    hparams = dataclasses.asdict(getattr(ModelParams(), name))
+    net = build_model(name, hparams, DIGITS_SHAPE, NUM_CLASSES)
+    assert isinstance(net, REGISTRY[name])
+
+    x = torch.randn(5, *DIGITS_SHAPE)
+    net.train()
+    assert net(x).shape == (5, NUM_CLASSES)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (5, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+    # Gradients reach every parameter.
+    net.train()
+    net(x).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_cnn_rejects_non_image_input_and_points_to_mlp() -> None:
+    hparams = dataclasses.asdict(ModelParams().cnn)
+    with pytest.raises(ValueError, match="mlp"):
+        CNN(input_shape=(64,), num_classes=NUM_CLASSES, **hparams)
+    with pytest.raises(ValueError, match="mlp"):
+        build_model("cnn", hparams, [64], NUM_CLASSES)
+
+
+def test_cnn_rejects_more_blocks_than_the_image_can_halve() -> None:
+    hparams = {**dataclasses.asdict(ModelParams().cnn), "channels": [4, 4, 4, 4]}  # 8 -> 4 -> 2 -> 1 -> 0
+    with pytest.raises(ValueError, match="at most 3 entries in model.cnn.channels"):
+        build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)
+    hparams["channels"] = [4, 4, 4]  # 8 -> 1 pixel still works
+    assert build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)(torch.randn(2, *DIGITS_SHAPE)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisers and schedulers
+# ---------------------------------------------------------------------------------------------------------------
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = {"none": None, "step": torch.optim.lr_scheduler.StepLR,
+              "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+              "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
+    params = TrainParams(optimizer=optimizer, scheduler=scheduler, lr=0.02, weight_decay=0.001, momentum=0.5,
+                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/acc")
+    net = build_model("mlp", {"hidden_dims": [8], "dropout": 0.0}, DIGITS_SHAPE, NUM_CLASSES)
+    module = Classifier(net, NUM_CLASSES, params)
+
+    configured = module.configure_optimizers()
+    if scheduler == "none":
+        opt, sched = configured, None
+    else:
+        opt, sched = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+        assert configured["lr_scheduler"]["interval"] == "epoch"
+        assert configured["lr_scheduler"]["monitor"] == "val/acc"
+
+    assert type(opt) is OPTIMIZERS[optimizer]
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.02
+    assert group["weight_decay"] == 0.001
+    if optimizer == "sgd":
+        assert group["momentum"] == 0.5
+    # The optimiser updates exactly the network's parameters.
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+
+    if SCHEDULERS[scheduler] is None:
+        assert sched is None
+        return
+    assert type(sched) is SCHEDULERS[scheduler]
+    if scheduler == "step":
+        assert (sched.step_size, sched.gamma) == (3, 0.5)
+    elif scheduler == "cosine":
+        assert (sched.T_max, sched.eta_min) == (7, 1e-5)
+    else:
+        # val/acc is maximised, so the plateau scheduler waits for it to stop rising.
+        assert sched.mode == "max"
+        assert (sched.factor, sched.patience, sched.min_lrs) == (0.5, 2, [1e-5])
+
+
+def test_plateau_on_loss_minimises() -> None:
+    params = TrainParams(scheduler="plateau", monitor="val/loss")
+    module = Classifier(build_model("mlp", {"hidden_dims": [8], "dropout": 0.0}, DIGITS_SHAPE, 10), 10, params)
+    assert module.configure_optimizers()["lr_scheduler"]["scheduler"].mode == "min"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real training run on the digits, tracked in a temporary SQLite store
+# ---------------------------------------------------------------------------------------------------------------
+@contextmanager
+def sandbox(root: Path) -> Iterator[None]:
+    """cwd = root and a private tracking store; process-wide state that fit/evaluate change is put back after.
+
+    Lightning's seed_everything and deterministic mode, and mlflow.set_tracking_uri, change os.environ and torch
+    globals for the whole process; restoring them keeps the rest of the test session unaffected.
+    """
+    import mlflow
+
+    saved_env = dict(os.environ)
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "PIPELINE_DEBUG"):
+            mp.delenv(name, raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+
+def shrunk_params(uri: str, experiment: str, run_name: str):
+    return load_params(REPO / "params.yaml", overrides=[
+        f"train.max_epochs={MAX_EPOCHS}", "train.scheduler=cosine", "train.optimizer=adamw", "train.lr=0.003",
+        "train.batch_size=64", "train.monitor=val/loss", "train.early_stopping_patience=10",
+        "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
+        "trainer.precision=32-true", "model.name=mlp", "model.mlp.hidden_dims=[32]",
+        f"mlflow.tracking_uri={uri}", f"mlflow.experiment_name={experiment}", f"mlflow.run_name={run_name}",
+    ])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("training")
+    with sandbox(root):
+        meta = prepare(DataParams(), root / "prepared")
+    return SimpleNamespace(root=root, uri=f"sqlite:///{root}/mlflow.db", prepared=root / "prepared", meta=meta)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace) -> SimpleNamespace:
+    from pipeline.train import fit
+
+    ws = workspace
+    params = shrunk_params(ws.uri, "pytest-digits", "pytest-fit")
+    model_dir, ckpt_dir = ws.root / "model", ws.root / "checkpoints"
+    with sandbox(ws.root):
+        run_id = fit(params, ws.prepared, model_dir, ckpt_dir)
+    return SimpleNamespace(params=params, run_id=run_id, model_dir=model_dir, ckpt_dir=ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def evaluated(workspace, trained) -> SimpleNamespace:
+    from pipeline.evaluate import evaluate
+
+    out = workspace.root / "eval"
+    with sandbox(workspace.root):
+        summary = evaluate(workspace.prepared, trained.model_dir, out, 256, workspace.uri)
+    return SimpleNamespace(summary=summary, out=out)
+
+
+def test_fit_saves_a_weights_only_model_file(workspace, trained) -> None:
+    from pipeline.train import MODEL_FILE
+
+    path = trained.model_dir / MODEL_FILE
+    assert path.is_file()
+    bundle = torch.load(path, map_location="cpu", weights_only=True)
+    assert bundle["model_name"] == "mlp"
+    assert bundle["hparams"] == {"hidden_dims": [32], "dropout": 0.1}
+    assert bundle["input_shape"] == DIGITS_SHAPE
+    assert bundle["num_classes"] == NUM_CLASSES
+    assert bundle["class_names"] == workspace.meta["class_names"]
+    assert bundle["normalisation"] == workspace.meta["normalisation"]
+    assert all(isinstance(v, torch.Tensor) for v in bundle["state_dict"].values())
+
+
+def test_model_file_holds_the_best_checkpoint_weights(trained) -> None:
+    from pipeline.train import BEST_CHECKPOINT, MODEL_FILE
+
+    best = torch.load(trained.ckpt_dir / f"{BEST_CHECKPOINT}.ckpt", map_location="cpu", weights_only=False)
+    expected = {k[len("net."):]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
+    saved = torch.load(trained.model_dir / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved.keys() == expected.keys()
+    for key in saved:
+        assert torch.equal(saved[key], expected[key]), key
+
+
+def test_trained_model_loads_and_classifies_the_test_split(workspace, trained) -> None:
+    from pipeline.train import MODEL_FILE
+    from pipeline.trained_model import load_trained_model
+
+    net, bundle = load_trained_model(trained.model_dir / MODEL_FILE)
+    assert not net.training
+    with np.load(workspace.prepared / "test.npz") as arrays:
+        x, y = torch.from_numpy(arrays["x"]), arrays["y"]
+    with torch.no_grad():
+        predicted = net(x).argmax(dim=1).numpy()
+    # Two epochs of a small MLP already beat chance (0.1) by far.
+    assert (predicted == y).mean() > 0.5
+
+
+def test_fit_writes_the_run_file(workspace, trained) -> None:
+    run_file = json.loads((trained.model_dir / "mlflow_run.json").read_text())
+    assert run_file == {"run_id": trained.run_id, "tracking_uri": workspace.uri}
+
+
+def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) -> None:
+    client = MlflowClient(workspace.uri)
+    run = client.get_run(trained.run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "pytest-fit"
+    assert client.get_experiment(run.info.experiment_id).name == "pytest-digits"
+    # Every resolved parameter, under its dotted name.
+    assert set(run.data.params) == set(to_flat_dict(trained.params))
+    assert run.data.params["train.lr"] == "0.003"
+    assert run.data.params["train.max_epochs"] == str(MAX_EPOCHS)
+    assert run.data.params["model.name"] == "mlp"
+    assert run.data.params["model.mlp.hidden_dims"] == "[32]"
+    assert run.data.tags["data.dataset"] == "digits"
+    assert run.data.tags["data.digest"] == workspace.meta["digest"]
+    assert run.data.tags["model.name"] == "mlp"
+    assert {a.path for a in client.list_artifacts(trained.run_id, "model")} == {"model/model.pt",
+                                                                                 "model/mlflow_run.json"}
+    # The artifacts went to the store beside the temporary root, not anywhere else.
+    assert run.info.artifact_uri.startswith((workspace.root / "mlartifacts").as_uri())
+
+
+@pytest.mark.parametrize("metric", ["train/loss", "val/loss", "val/acc", "val/f1"])
+def test_fit_logs_one_value_per_epoch(workspace, trained, metric: str) -> None:
+    history = MlflowClient(workspace.uri).get_metric_history(trained.run_id, metric)
+    assert len(history) == MAX_EPOCHS
+    assert len({m.step for m in history}) == MAX_EPOCHS
+    values = [m.value for m in history]
+    assert all(np.isfinite(values))
+    if metric.endswith("loss"):
+        assert values[-1] < values[0]  # it learns
+    else:
+        assert all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_fit_follows_the_cosine_schedule(workspace, trained) -> None:
+    client = MlflowClient(workspace.uri)
+    lr_keys = [k for k in client.get_run(trained.run_id).data.metrics if k.startswith("lr-")]
+    assert lr_keys, "no learning-rate metric logged"
+    lrs = [m.value for m in client.get_metric_history(trained.run_id, lr_keys[0])]
+    # Cosine from 0.003 to 0 over 2 epochs: 0.003 in epoch 0, 0.003 * (1 + cos(pi / 2)) / 2 = 0.0015 in epoch 1.
+    assert lrs == pytest.approx([0.003, 0.0015])
+
+
+def test_nothing_is_written_outside_the_temporary_root(workspace, trained) -> None:
+    names = {p.name for p in workspace.root.iterdir()}
+    assert {"prepared", "model", "checkpoints", "mlflow.db", "mlartifacts"} <= names
+    assert "mlruns" not in names and "lightning_logs" not in names
+
+
+def test_evaluate_writes_outputs(workspace, evaluated) -> None:
+    out = evaluated.out
+    n_test = workspace.meta["split_sizes"]["test"]
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion.json", "confusion_matrix.png",
+                                               "classification_report.txt"}
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == evaluated.summary
+    assert metrics["n_samples"] == n_test
+    assert set(metrics["per_class"]) == set(workspace.meta["class_names"])
+
+    rows = json.loads((out / "confusion.json").read_text())
+    assert len(rows) == n_test
+    assert all(set(row) == {"actual", "predicted"} for row in rows)
+    assert {row["actual"] for row in rows} <= set(workspace.meta["class_names"])
+    with np.load(workspace.prepared / "test.npz") as arrays:
+        assert [row["actual"] for row in rows] == [str(c) for c in arrays["y"]]
+    accuracy = sum(row["actual"] == row["predicted"] for row in rows) / n_test
+    assert metrics["accuracy"] == pytest.approx(accuracy)
+
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> None:
+    client = MlflowClient(workspace.uri)
+    run = client.get_run(trained.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(evaluated.summary["accuracy"])
+    assert run.data.metrics["test/macro_f1"] == pytest.approx(evaluated.summary["macro"]["f1"])
+    assert "test/class_7_recall" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json"} <= artifacts
+    # Still one run: evaluate continued train's run instead of starting another.
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_failing_training_marks_the_run_failed(workspace, tmp_path: Path) -> None:
+    from pipeline.train import fit
+
+    # A real failure: one training label is outside the 10 classes, so CrossEntropyLoss raises on its batch.
+    bad = tmp_path / "prepared"
+    shutil.copytree(workspace.prepared, bad)
+    with np.load(bad / "train.npz") as arrays:
+        arrays = dict(arrays)
+    arrays["y"][0] = NUM_CLASSES
+    np.savez(bad / "train.npz", **arrays)
+
+    params = shrunk_params(workspace.uri, "pytest-failing", "pytest-fail")
+    with sandbox(workspace.root), pytest.raises(IndexError, match="out of bounds"):
+        fit(params, bad, tmp_path / "model", tmp_path / "checkpoints")
+
+    assert not (tmp_path / "model" / "model.pt").exists()
+    client = MlflowClient(workspace.uri)
+    experiment = client.get_experiment_by_name("pytest-failing")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].info.run_name == "pytest-fail"
