@@ -2,12 +2,17 @@
 
     python bench/train_throughput.py [--rows 200000] [--features 64] [--epochs 3] [--batch-size 512]
 
+    python bench/train_throughput.py --batch-sizes 256 512 1024 2048
+
+For each batch size:
 (a) a hand-written loop: shuffle with randperm, slice tensors, forward, backward, step;
+(d) the same hand-written loop fed by the project's data path (`pipeline.datamodule.batches`): the data path alone;
 (b) `pipeline.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its torchmetrics),
-    checkpointing, early stopping, and MLflow logging into a SQLite store in a temporary folder;
-(c) for reference, the naive Lightning data path `DataLoader(TensorDataset)`, collating sample by sample.
-Throughput counts training samples per second over the training epochs only (validation and start-up excluded, on
-both sides), timed by a callback in (b) and (c). Prints samples/s and the ratios (b)/(a), (c)/(a).
+    checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a temporary
+    folder;
+(c) for reference, (b)'s LightningModule fed by the naive `DataLoader(TensorDataset)`, collating sample by sample.
+Throughput counts training samples per second over the training epochs only (validation and start-up excluded),
+timed by a callback in (b) and (c). Prints samples/s and each ratio to (a).
 """
 
 from __future__ import annotations
@@ -30,23 +35,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from pipeline.config import Params  # noqa: E402
+from pipeline.datamodule import InMemoryDataset, batches  # noqa: E402
 from pipeline.lightning_module import Classifier  # noqa: E402
 from pipeline.train import fit  # noqa: E402
 
 NUM_CLASSES = 10
-HIDDEN_DIMS = [256, 256]
 
 
 class EpochTimer(pl.Callback):
+    """Seconds spent in training epochs, minus the validation loop Lightning runs inside them."""
+
     def __init__(self) -> None:
         self.seconds, self.samples, self._start = 0.0, 0, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.seconds += time.perf_counter() - self._start
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.seconds += time.perf_counter() - self._start
-        self.samples += trainer.num_training_batches and len(trainer.train_dataloader.dataset)
+        self.samples += len(trainer.train_dataloader.dataset)
 
     @property
     def throughput(self) -> float:
@@ -64,7 +78,7 @@ def make_data(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.n
 def bench_params(args: argparse.Namespace, tmp: Path) -> Params:
     params = Params()
     params.model.name = "mlp"
-    params.model.mlp.hidden_dims = HIDDEN_DIMS
+    params.model.mlp.hidden_dims = args.hidden_dims
     params.train.batch_size, params.train.max_epochs = args.batch_size, args.epochs
     params.train.early_stopping_patience = None
     params.trainer.progress_bar = True
@@ -74,18 +88,24 @@ def bench_params(args: argparse.Namespace, tmp: Path) -> Params:
     return params
 
 
-def hand_written_loop(x: torch.Tensor, y: torch.Tensor, params: Params) -> float:
+def sliced_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    perm = torch.randperm(len(y))
+    for i in range(0, len(y), batch_size):
+        idx = perm[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+def hand_written_loop(x: torch.Tensor, y: torch.Tensor, params: Params, project_data_path: bool = False) -> float:
     torch.manual_seed(0)
     net = build_model("mlp", dataclasses.asdict(params.model.mlp), [x.shape[1]], NUM_CLASSES)
     optimizer = torch.optim.AdamW(net.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
     loss_fn, bs = torch.nn.CrossEntropyLoss(), params.train.batch_size
+    dataset = InMemoryDataset(x, y)
     net.train()
     start = time.perf_counter()
     for _ in range(params.train.max_epochs):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), bs):
-            idx = perm[i:i + bs]
-            loss = loss_fn(net(x[idx]), y[idx])
+        for xb, yb in batches(dataset, bs, shuffle=True) if project_data_path else sliced_batches(x, y, bs):
+            loss = loss_fn(net(xb), yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -121,25 +141,34 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--hidden-dims", type=int, nargs="+", default=[256, 256], help="the MLP's hidden layers")
     parser.add_argument("--skip-naive", action="store_true", help="skip (c), the slow naive DataLoader path")
     args = parser.parse_args()
 
     x, y = make_data(args.rows, args.features)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.pop("DVC_ROOT", None)
-        params = bench_params(args, Path(tmp))
-        n_train = args.rows - args.rows // 20
-        hand = hand_written_loop(torch.from_numpy(x[:n_train]), torch.from_numpy(y[:n_train]), params)
-        ours = project_path(x, y, params, Path(tmp))
-        naive = None if args.skip_naive else naive_lightning(torch.from_numpy(x[:n_train]),
-                                                              torch.from_numpy(y[:n_train]), params, Path(tmp))
-    print(f"\ntraining throughput, {args.rows} rows x {args.features} features, MLP {HIDDEN_DIMS}, "
-          f"batch {args.batch_size}, {args.epochs} epochs, torch threads {torch.get_num_threads()}")
-    print(f"  (a) hand-written loop            {hand:>10,.0f} samples/s")
-    print(f"  (b) project path, MLflow on      {ours:>10,.0f} samples/s   (b)/(a) = {ours / hand:.2f}")
-    if naive is not None:
-        print(f"  (c) DataLoader(TensorDataset)    {naive:>10,.0f} samples/s   (c)/(a) = {naive / hand:.2f}")
+    n_train = args.rows - args.rows // 20
+    x_train, y_train = torch.from_numpy(x[:n_train]), torch.from_numpy(y[:n_train])
+    os.environ.pop("DVC_ROOT", None)
+    rows = []
+    for batch_size in args.batch_sizes:
+        args.batch_size = batch_size
+        with tempfile.TemporaryDirectory() as tmp:
+            params = bench_params(args, Path(tmp))
+            hand = hand_written_loop(x_train, y_train, params)
+            data_path = hand_written_loop(x_train, y_train, params, project_data_path=True)
+            ours = project_path(x, y, params, Path(tmp))
+            naive = None if args.skip_naive else naive_lightning(x_train, y_train, params, Path(tmp))
+        rows.append((batch_size, hand, data_path, ours, naive))
+
+    print(f"\ntraining throughput (samples/s), {args.rows} rows x {args.features} features, MLP {args.hidden_dims}, "
+          f"{args.epochs} epochs, torch threads {torch.get_num_threads()}")
+    print("  batch | (a) hand loop | (d) hand loop, project data path | (b) project path, MLflow on "
+          "| (c) DataLoader(TensorDataset)")
+    for batch_size, hand, data_path, ours, naive in rows:
+        naive_cell = "skipped" if naive is None else f"{naive:>9,.0f} ({naive / hand:.2f}x)"
+        print(f"  {batch_size:>5} | {hand:>13,.0f} | {data_path:>22,.0f} ({data_path / hand:.2f}x) "
+              f"| {ours:>17,.0f} ({ours / hand:.2f}x) | {naive_cell}")
 
 
 if __name__ == "__main__":

@@ -47,10 +47,10 @@ def batches(dataset: InMemoryDataset, batch_size: int, shuffle: bool = False) ->
 
 
 class PreparedDataModule(pl.LightningDataModule):
-    def __init__(self, prepared_dir: str | Path, batch_size: int, eval_batch_size: int):
+    def __init__(self, prepared_dir: str | Path, batch_size: int):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.batch_size = batch_size
         self.splits: dict[str, InMemoryDataset] = {}
 
     def setup(self, stage: str) -> None:
@@ -62,4 +62,4 @@ class PreparedDataModule(pl.LightningDataModule):
         return batches(self.splits["train"], self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return batches(self.splits["val"], self.eval_batch_size)
+        return batches(self.splits["val"], self.batch_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.config import load_params
+from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import atomic_path, write_json
 
@@ -39,7 +39,9 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
     return dataset.y.numpy(), probs.argmax(dim=1).numpy(), probs.numpy()
 
 
-def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str) -> dict:
+def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
+             run_params: dict | None = None) -> dict:
+    """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet)."""
     import matplotlib.pyplot as plt
 
     from pipeline.metrics import confusion_figure, evaluate_predictions
@@ -66,6 +68,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             fig = confusion_figure(evaluation, class_names)
             fig.savefig(tmp / CONFUSION_PNG, dpi=120, bbox_inches="tight")
             plt.close(fig)
+        mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
         mlflow.log_metrics(evaluation.flat_metrics())
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
         print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
@@ -82,7 +85,8 @@ def main() -> None:
     params = load_params()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
-    evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri)
+    evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
+             run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")})
 
 
 if __name__ == "__main__":

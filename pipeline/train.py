@@ -47,8 +47,10 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
 
     hparams = dataclasses.asdict(getattr(params.model, params.model.name))
     net = build_model(params.model.name, hparams, meta["input_shape"], meta["num_classes"])
-    module = Classifier(net, meta["num_classes"], params.train, logged_params=to_flat_dict(params))
-    data = PreparedDataModule(prepared_dir, params.train.batch_size, params.evaluate.batch_size)
+    # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
+    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
+    module = Classifier(net, meta["num_classes"], params.train, logged_params=run_params)
+    data = PreparedDataModule(prepared_dir, params.train.batch_size)
 
     logger = MLFlowLogger(
         experiment_name=params.mlflow.experiment_name,

@@ -40,6 +40,7 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert mlrun.data.params["train.lr"] == "0.003"
     assert mlrun.data.params["model.name"] == "cnn"
     assert mlrun.data.params["model.cnn.channels"] == str(FAST_PARAMS["model.cnn.channels"])
+    assert mlrun.data.params["evaluate.batch_size"] == "1024"  # logged by evaluate, into the same run
     epochs = FAST_PARAMS["train.max_epochs"]
     for metric in ("train/loss", "train/acc", "train/f1", "val/loss", "val/acc", "val/f1"):
         assert len(client.get_metric_history(run_id, metric)) == epochs, metric
@@ -70,3 +71,20 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert len(runs) == 2
     assert {r.data.params["train.lr"] for r in runs} == {"0.003", "0.01"}
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_temp_experiment_logs_to_the_main_repository_store(repo_copy):
+    """`dvc exp run --temp` runs in .dvc/tmp/exps/..., which DVC deletes; the run must land at the repo root."""
+    result = run(["dvc", "exp", "run", "--temp", "-S", "train.max_epochs=2", "-n", "temp-exp"], repo_copy)
+    assert ran_stages(result.stdout) == ["prepare", "train", "evaluate"]
+    client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
+    (mlrun,) = runs_in(client, "digits")
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.info.run_name == "temp-exp"
+    assert mlrun.data.tags["dvc.exp_name"] == "temp-exp"
+    assert mlrun.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], repo_copy).stdout.strip()
+    assert mlrun.data.params["train.max_epochs"] == "2"
+    assert "test/accuracy" in mlrun.data.metrics
+    assert str(repo_copy / "mlartifacts") in mlrun.info.artifact_uri
+    assert not list(repo_copy.glob(".dvc/tmp/exps/**/mlflow.db"))
