@@ -43,26 +43,103 @@ def _fraction(default: float) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
+BUILTIN_DATASETS = {"digits": "image", "breast_cancer": "tabular", "wine": "tabular", "iris": "tabular"}
+
+
+@dataclass
+class TabularParams:
+    target: Optional[str] = None  # the label column; required for a CSV/Parquet file
+    features: Optional[list[str]] = None  # null: every column but the target
+    categorical: Optional[list[str]] = None  # null: detected (text, boolean and category columns)
+    categorical_encoding: str = _choice("onehot", "onehot", "ordinal")  # ordinal: one integer code per category
+    numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
+    scaling: str = _choice("standard", "standard", "minmax", "none")
+
+
+@dataclass
+class ImageParams:
+    size: Optional[list[int]] = None  # [height, width] to resize to; null: keep (all images must share one size)
+    color: str = _choice("grayscale", "grayscale", "rgb")
+
+
+@dataclass
+class TextParams:
+    text_column: Optional[str] = None  # null: a file without header, label first then text (SMS Spam format)
+    label_column: Optional[str] = None
+    delimiter: Optional[str] = None  # null: tab for .tsv and header-less files, else comma
+    lowercase: bool = True
+    strip_urls: bool = True
+    strip_numbers: bool = False
+    strip_punctuation: bool = False
+    tokenizer: str = _choice("word", "word", "char")
+    min_freq: int = _positive(1)  # of a token in the training split, to enter the vocabulary
+    max_vocab: int = field(default=20000, metadata={"gt": 2})  # PAD and UNK included
+    max_len: int = _positive(64)  # tokens per text; longer ones are truncated, shorter ones padded
+
+
 @dataclass
 class DataParams:
-    dataset: str = _choice("digits", "digits")
+    dataset: str = "digits"  # a built-in (digits, breast_cancer, wine, iris) or a path: .csv .tsv .parquet .npz, folder
+    kind: str = _choice("auto", "auto", "image", "tabular", "text")  # auto: from the built-in or the file type
     val_fraction: float = _fraction(0.15)
     test_fraction: float = _fraction(0.2)
     seed: int = 42
+    tabular: TabularParams = field(default_factory=TabularParams)
+    image: ImageParams = field(default_factory=ImageParams)
+    text: TextParams = field(default_factory=TextParams)
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind != "auto":
+            return self.kind
+        if self.dataset in BUILTIN_DATASETS:
+            return BUILTIN_DATASETS[self.dataset]
+        suffix = Path(self.dataset).suffix.lower()
+        if suffix == ".npz" or not suffix:
+            return "image"  # an array file or a folder with one sub-folder per class
+        return "tabular"  # .csv .tsv .parquet; set data.kind: text for messages
 
 
 @dataclass
 class MLPParams:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = field(default=0.1, metadata={"min": 0, "lt": 1})
+    embedding_dim: int = _positive(64)  # text only: tokens are embedded and mean-pooled first
 
 
 @dataclass
 class CNNParams:
+    """2-D over images; 1-D over token embeddings for text."""
+
     channels: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = _positive(3)
     hidden_dim: int = _positive(128)
     dropout: float = field(default=0.25, metadata={"min": 0, "lt": 1})
+    embedding_dim: int = _positive(64)  # text only
+
+
+@dataclass
+class RNNParams:
+    """Over token embeddings (text) or over image rows (each row one time step)."""
+
+    cell: str = _choice("lstm", "lstm", "gru")
+    hidden_size: int = _positive(128)
+    num_layers: int = _positive(1)
+    bidirectional: bool = True
+    dropout: float = field(default=0.2, metadata={"min": 0, "lt": 1})
+    embedding_dim: int = _positive(64)  # text only
+
+
+@dataclass
+class TransformerParams:
+    """Encoder over token embeddings (text) or image rows, with learned positional encodings."""
+
+    d_model: int = _positive(64)
+    n_heads: int = _positive(4)
+    num_layers: int = _positive(2)
+    dim_feedforward: int = _positive(128)
+    dropout: float = field(default=0.1, metadata={"min": 0, "lt": 1})
+    pooling: str = _choice("cls", "cls", "mean")
 
 
 @dataclass
@@ -72,6 +149,8 @@ class ModelParams:
     name: str = "cnn"
     mlp: MLPParams = field(default_factory=MLPParams)
     cnn: CNNParams = field(default_factory=CNNParams)
+    rnn: RNNParams = field(default_factory=RNNParams)
+    transformer: TransformerParams = field(default_factory=TransformerParams)
 
 
 MODEL_NAMES = tuple(f.name for f in dataclasses.fields(ModelParams) if f.name != "name")
@@ -98,6 +177,7 @@ class TrainParams:
     monitor: str = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau
     early_stopping_patience: Optional[int] = field(default=10, metadata={"gt": 0})  # null: off
     gradient_clip_val: Optional[float] = field(default=None, metadata={"gt": 0})  # null: off
+    class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weights inverse to class frequency
 
 
 @dataclass
@@ -284,6 +364,7 @@ def _check_combinations(p: Params) -> list[str]:
             f"data.val_fraction + data.test_fraction = {p.data.val_fraction + p.data.test_fraction:g} leaves no "
             "training data; keep their sum below 1 (e.g. 0.15 and 0.2)."
         )
+    problems += _check_data(p.data)
     if p.model.name not in MODEL_NAMES:
         close = difflib.get_close_matches(p.model.name, MODEL_NAMES, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -292,6 +373,11 @@ def _check_combinations(p: Params) -> list[str]:
                         ("model.cnn.channels", p.model.cnn.channels)):
         if not sizes or any(s <= 0 for s in sizes):
             problems.append(f"{path}: needs at least one layer and every size > 0, got {list(sizes)}.")
+    t = p.model.transformer
+    if t.d_model % t.n_heads:
+        divisors = [h for h in range(1, t.d_model + 1) if t.d_model % h == 0 and h <= 16]
+        problems.append(f"model.transformer.d_model ({t.d_model}) must be divisible by model.transformer.n_heads "
+                        f"({t.n_heads}); with d_model {t.d_model}, n_heads can be one of {divisors}.")
     if p.train.scheduler == "step" and p.train.step_size is None:
         problems.append("train.scheduler is 'step' but train.step_size is not set: give the number of epochs "
                         "between learning-rate decays (e.g. train.step_size: 10).")
@@ -302,6 +388,37 @@ def _check_combinations(p: Params) -> list[str]:
     if p.trainer.num_nodes > 1 and p.trainer.strategy == "auto":
         problems.append("trainer.num_nodes > 1 needs a distributed trainer.strategy: set it to 'ddp'.")
     return problems
+
+
+def _check_data(d: DataParams) -> list[str]:
+    problems = []
+    kind = d.resolved_kind
+    if d.dataset not in BUILTIN_DATASETS and not d.dataset.strip():
+        problems.append("data.dataset is empty: name a built-in (digits, breast_cancer, wine, iris) or a file.")
+    if d.dataset in BUILTIN_DATASETS and kind != BUILTIN_DATASETS[d.dataset]:
+        problems.append(f"data.kind is '{d.kind}' but the built-in '{d.dataset}' is {BUILTIN_DATASETS[d.dataset]} "
+                        "data; set data.kind: auto.")
+    if kind == "tabular" and d.dataset not in BUILTIN_DATASETS and not d.tabular.target:
+        problems.append(f"data.tabular.target is not set: name the label column of {d.dataset}.")
+    if d.image.size is not None and (len(d.image.size) != 2 or min(d.image.size) < 1):
+        problems.append(f"data.image.size: {list(d.image.size)} is not [height, width] with both > 0.")
+    if kind == "text" and bool(d.text.text_column) != bool(d.text.label_column):
+        problems.append("data.text.text_column and data.text.label_column go together: set both (a file with a "
+                        "header) or neither (no header: label, then text).")
+    return problems
+
+
+MODEL_INPUTS = {"mlp": ("tabular", "image", "text"), "cnn": ("image", "text"), "rnn": ("image", "text"),
+                "transformer": ("image", "text")}
+
+
+def check_model_fits_data(model_name: str, kind: str) -> None:
+    """Called by train with the prepared data's kind, before any heavy import."""
+    if kind not in MODEL_INPUTS.get(model_name, ()):
+        fits = [name for name, kinds in MODEL_INPUTS.items() if kind in kinds]
+        raise ParamsError(f"model.name '{model_name}' cannot take {kind} data (it takes "
+                          f"{' or '.join(MODEL_INPUTS[model_name])}); for {kind} data use model.name: "
+                          f"{' or '.join(fits)}.")
 
 
 def _check_devices(t: TrainerParams) -> list[str]:

@@ -27,15 +27,12 @@ REPORT_FILE = "classification_report.txt"
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
     """Labels, predicted labels and class probabilities of one prepared split."""
-    import torch
+    from pipeline.datamodule import load_split
+    from pipeline.trained_model import load_trained_model, predict_proba
 
-    from pipeline.datamodule import batches, load_split
-    from pipeline.trained_model import load_trained_model
-
-    net, bundle = load_trained_model(model_path)
+    net, _ = load_trained_model(model_path)
     dataset = load_split(prepared_dir, split)
-    with torch.inference_mode():
-        probs = torch.cat([net(x).softmax(dim=1) for x, _ in batches(dataset, batch_size)])
+    probs = predict_proba(net, dataset.x, batch_size)
     return dataset.y.numpy(), probs.argmax(dim=1).numpy(), probs.numpy()
 
 

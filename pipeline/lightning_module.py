@@ -15,12 +15,12 @@ from pipeline.config import TrainParams
 
 class Classifier(pl.LightningModule):
     def __init__(self, net: nn.Module, num_classes: int, params: TrainParams,
-                 logged_params: dict[str, Any] | None = None):
+                 logged_params: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.net, self.params = net, params
         # Lightning hands hparams to the logger itself, once, on global rank zero after the distributed setup.
         self.save_hyperparameters(logged_params or {})
-        self.loss = nn.CrossEntropyLoss()
+        self.loss = nn.CrossEntropyLoss(weight=class_weights)
         # Per-step work is only metric updates; values are computed and logged once per epoch. `self.log` on every
         # step costs ~0.7 ms a call on 2 CPU cores, more than a small model's whole step. torchmetrics objects also
         # synchronise across DDP processes when computed, so every rank logs the same epoch values.

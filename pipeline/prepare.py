@@ -1,15 +1,17 @@
-"""Stage 1, prepare: raw data -> stratified train/val/test splits, normalised with training statistics.
+"""Stage 1, prepare: raw data -> stratified train/val/test splits, preprocessed with what the training split taught.
 
     python -m pipeline.prepare --out data/prepared
 
-Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data) and `meta.json` (class
-names, input shape, normalisation statistics, split sizes, a digest of the arrays). Reads `data.*` only.
+Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data), the fitted preprocessing
+(`preprocessor.joblib` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
+class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*` only.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,56 +20,70 @@ from pipeline.config import DataParams, load_params
 from pipeline.errors import run_cli
 
 SPLITS = ("train", "val", "test")
+RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
+MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
 
 
-def split_indices(y: np.ndarray, params: DataParams) -> dict[str, np.ndarray]:
+def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
+    from pipeline.data import DataError
+
+    if class_names is not None:  # built-ins: labels are already 0..k-1
+        return labels.astype(np.int64), class_names
+    names, y = np.unique(labels.astype(str), return_inverse=True)
+    if len(names) < 2:
+        raise DataError(f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes.")
+    return y.astype(np.int64), names.tolist()
+
+
+def split_indices(y: np.ndarray, params: DataParams, class_names: list[str], source: str) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
+    from pipeline.data import DataError
+
+    counts = np.bincount(y, minlength=len(class_names))
+    small = {class_names[i]: int(n) for i, n in enumerate(counts) if n < MIN_PER_CLASS}
+    if small:
+        raise DataError(f"{source}: class(es) with fewer than {MIN_PER_CLASS} examples cannot be split into "
+                        f"train/val/test: {small}. Add examples or remove those rows.")
     everything = np.arange(len(y))
-    rest, test = train_test_split(everything, test_size=params.test_fraction, stratify=y,
-                                  random_state=params.seed)
-    # val_fraction is of the whole data set; rescale it to what is left after the test split.
-    val_of_rest = params.val_fraction / (1 - params.test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=y[rest], random_state=params.seed)
+    try:
+        rest, test = train_test_split(everything, test_size=params.test_fraction, stratify=y,
+                                      random_state=params.seed)
+        # val_fraction is of the whole data set; rescale it to what is left after the test split.
+        val_of_rest = params.val_fraction / (1 - params.test_fraction)
+        train, val = train_test_split(rest, test_size=val_of_rest, stratify=y[rest], random_state=params.seed)
+    except ValueError as exc:  # e.g. a test split smaller than the number of classes
+        raise DataError(f"{source}: {len(y)} rows in {len(class_names)} classes cannot be split with "
+                        f"data.val_fraction {params.val_fraction} and data.test_fraction {params.test_fraction} "
+                        f"({exc}). Use larger fractions or more data.") from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def channel_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std over every other axis; channels are axis 1 of (n, channels, ...)."""
-    axes = tuple(a for a in range(x.ndim) if a != 1)
-    mean, std = x.mean(axis=axes), x.std(axis=axes)
-    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
-
-
-def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return ((x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-
-
 def prepare(params: DataParams, out_dir: Path) -> dict:
-    from pipeline.datasets import load_dataset
+    from pipeline.data import load_raw, new_preprocessor, take
     from pipeline.files import atomic_path, write_json
 
-    raw = load_dataset(params.dataset)
-    splits = split_indices(raw.y, params)
-    mean, std = channel_statistics(raw.x[splits["train"]])
+    raw = load_raw(params)
+    y, class_names = encode_labels(raw.labels, raw.class_names, params.dataset)
+    splits = split_indices(y, params, class_names, params.dataset)
+    preprocessor = new_preprocessor(params).fit(take(raw.inputs, splits["train"]))
     digest = hashlib.sha256()
-    sizes = {}
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir) as tmp:  # a failure leaves the previous output (or none), never half of one
         tmp.mkdir()
         for name in SPLITS:
             idx = splits[name]
-            x, y = normalise(raw.x[idx], mean, std), raw.y[idx]
-            np.savez(tmp / f"{name}.npz", x=x, y=y, index=idx)
-            digest.update(x.tobytes() + y.tobytes())
-            sizes[name] = len(idx)
+            x = preprocessor.transform(take(raw.inputs, idx))
+            np.savez(tmp / f"{name}.npz", x=x, y=y[idx], index=idx)
+            digest.update(x.tobytes() + y[idx].tobytes())
+        preprocessor.save(tmp)
         meta = {
             "dataset": params.dataset,
-            "class_names": raw.class_names,
-            "num_classes": len(raw.class_names),
-            "input_shape": list(raw.x.shape[1:]),
-            "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
-            "split_sizes": sizes,
+            "kind": params.resolved_kind,
+            "class_names": class_names,
+            "num_classes": len(class_names),
+            **preprocessor.describe(),
+            "split_sizes": {name: len(idx) for name, idx in splits.items()},
+            "class_counts": {"train": np.bincount(y[splits["train"]], minlength=len(class_names)).tolist()},
             "digest": digest.hexdigest()[:32],
         }
         write_json(tmp / "meta.json", meta)
@@ -76,11 +92,16 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the splits and meta.json")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the splits, preprocessing, meta.json")
     args = parser.parse_args()
     params = load_params().data
+    source = Path(params.dataset)
+    if source.exists() and not source.resolve().is_relative_to(RAW_DIR.resolve()):
+        print(f"prepare: warning: {source} is outside {RAW_DIR}/, so DVC will not notice when it changes; put it "
+              f"there (`dvc add {RAW_DIR}/{source.name}` for a large file).", file=sys.stderr)
     meta = prepare(params, args.out)
-    print(f"prepare: {meta['dataset']} -> {args.out} {meta['split_sizes']}, input shape {meta['input_shape']}")
+    print(f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
+          f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.config import Params, load_params, to_flat_dict
+from pipeline.config import Params, check_model_fits_data, load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json
 
@@ -46,10 +46,12 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
 
     hparams = dataclasses.asdict(getattr(params.model, params.model.name))
-    net = build_model(params.model.name, hparams, meta["input_shape"], meta["num_classes"])
+    net = build_model(params.model.name, hparams, meta["input_shape"], meta["num_classes"], meta.get("vocab_size"))
     # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
     run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
-    module = Classifier(net, meta["num_classes"], params.train, logged_params=run_params)
+    module = Classifier(net, meta["num_classes"], params.train, logged_params=run_params,
+                        class_weights=balanced_class_weights(prepared_dir) if params.train.class_weights == "balanced"
+                        else None)
     data = PreparedDataModule(prepared_dir, params.train.batch_size)
 
     logger = MLFlowLogger(
@@ -93,6 +95,17 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     return logger.run_id
 
 
+def balanced_class_weights(prepared_dir: Path) -> Any:
+    """n_samples / (n_classes * count) per class, over the training split (scikit-learn's 'balanced')."""
+    import numpy as np
+    import torch
+    from sklearn.utils.class_weight import compute_class_weight
+
+    meta, y = read_meta(prepared_dir), np.load(prepared_dir / "train.npz")["y"]
+    weights = compute_class_weight("balanced", classes=np.arange(meta["num_classes"]), y=y)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def torch_load_checkpoint(path: str) -> dict[str, Any]:
     import torch
 
@@ -114,7 +127,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True, help="folder for Lightning checkpoints")
     args = parser.parse_args()
     params = load_params()
-    read_meta(args.prepared)
+    check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
     tracking.check_reachable(tracking.tracking_uri(params.mlflow))
     run_id = fit(params, args.prepared, args.out, args.checkpoints)
     if run_id:

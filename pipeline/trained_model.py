@@ -22,10 +22,11 @@ def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dic
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
         "hparams": hparams,
+        "kind": meta["kind"],
         "input_shape": list(meta["input_shape"]),
+        "vocab_size": meta.get("vocab_size"),
         "num_classes": int(meta["num_classes"]),
         "class_names": list(meta["class_names"]),
-        "normalisation": meta["normalisation"],
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -34,7 +35,15 @@ def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dic
 
 def load_trained_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     bundle = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_model(bundle["model_name"], bundle["hparams"], bundle["input_shape"], bundle["num_classes"])
+    net = build_model(bundle["model_name"], bundle["hparams"], bundle["input_shape"], bundle["num_classes"],
+                      bundle["vocab_size"])
     net.load_state_dict(bundle["state_dict"])
     net.eval()
     return net, bundle
+
+
+def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Class probabilities, batch by batch, in inference mode."""
+    net.eval()
+    with torch.inference_mode():
+        return torch.cat([net(x[i:i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])

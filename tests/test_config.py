@@ -205,7 +205,7 @@ def test_bad_value_is_explained(params_copy: Path, override: str, fragment: str)
         (["trainer.precision=16-mixed"], "trainer.precision '16-mixed' needs a GPU"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "leaves no training data"),
         (["data.val_fraction=0.6", "data.test_fraction=0.5"], "leaves no training data"),
-        (["model.name=resnet"], "model.name: 'resnet' is not one of mlp, cnn."),
+        (["model.name=resnet"], "model.name: 'resnet' is not one of mlp, cnn, rnn, transformer."),
         (["model.name=mlpp"], "Did you mean 'mlp'?"),
         (["model.mlp.hidden_dims=[]"], "model.mlp.hidden_dims: needs at least one layer"),
         (["model.cnn.channels=[32,0]"], "model.cnn.channels: needs at least one layer and every size > 0"),

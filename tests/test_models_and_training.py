@@ -202,11 +202,11 @@ def test_fit_saves_a_weights_only_model_file(workspace, trained) -> None:
     assert path.is_file()
     bundle = torch.load(path, map_location="cpu", weights_only=True)
     assert bundle["model_name"] == "mlp"
-    assert bundle["hparams"] == {"hidden_dims": [32], "dropout": 0.1}
+    assert bundle["hparams"] == {"hidden_dims": [32], "dropout": 0.1, "embedding_dim": 64}
     assert bundle["input_shape"] == DIGITS_SHAPE
     assert bundle["num_classes"] == NUM_CLASSES
     assert bundle["class_names"] == workspace.meta["class_names"]
-    assert bundle["normalisation"] == workspace.meta["normalisation"]
+    assert bundle["kind"] == "image" and bundle["vocab_size"] is None
     assert all(isinstance(v, torch.Tensor) for v in bundle["state_dict"].values())
 
 

@@ -1,0 +1,69 @@
+"""Raw data in, model-ready arrays out: one module per kind of data.
+
+Each kind module provides `load_raw(params) -> RawData` (the whole data set as read), a preprocessor that is fitted
+on the training split only and saved beside the prepared arrays, and `read_new(path, ...)` for the prediction
+command, which must read new data exactly as training data was read.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.config import DataParams
+from pipeline.errors import PipelineError
+
+
+class DataError(PipelineError):
+    """A data file is missing, unreadable or does not fit the params; the message names the file."""
+
+
+@dataclass
+class RawData:
+    inputs: Any  # images: float32 (n, channels, height, width); tabular: DataFrame of features; text: list[str]
+    labels: np.ndarray  # one raw label per row, any type
+    class_names: list[str] | None = None  # built-ins know theirs; otherwise the sorted distinct labels
+
+
+class Preprocessor(Protocol):
+    def fit(self, inputs: Any) -> "Preprocessor": ...
+    def transform(self, inputs: Any) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...  # goes into meta.json: input_shape, vocab_size, ...
+    def save(self, folder: Path) -> None: ...
+
+
+def kind_module(kind: str) -> Any:
+    return importlib.import_module(f"pipeline.data.{kind}")
+
+
+def load_raw(params: DataParams) -> RawData:
+    return kind_module(params.resolved_kind).load_raw(params)
+
+
+def new_preprocessor(params: DataParams) -> Preprocessor:
+    return kind_module(params.resolved_kind).new_preprocessor(params)
+
+
+def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> Preprocessor:
+    return kind_module(meta["kind"]).load_preprocessor(prepared_dir, meta)
+
+
+def take(inputs: Any, index: np.ndarray) -> Any:
+    """Rows `index` of any kind's inputs."""
+    if hasattr(inputs, "iloc"):
+        return inputs.iloc[index]
+    if isinstance(inputs, list):
+        return [inputs[i] for i in index]
+    return inputs[index]
+
+
+def require_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found. Fix data.dataset in params.yaml (paths are relative to the repository "
+                        "root), or add the file there.")
+    return path
