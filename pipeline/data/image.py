@@ -92,7 +92,7 @@ def _load_folder(root: Path, params: ImageParams) -> RawData:
         raise DataError(f"{root}: the class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     size = params.size or _read_image(files[0][0], params.color).shape[1:]  # no size given: all must share one
     images = np.stack([_read_image(f, params.color, size, resize=bool(params.size)) for f, _ in files])
-    return RawData(images, np.array([c for _, c in files]), classes)
+    return RawData(images, np.array([classes.index(c) for _, c in files]), classes)
 
 
 def _read_image(path: Path, color: str, size: Any = None, resize: bool = False) -> np.ndarray:

@@ -54,11 +54,15 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.DataFrame:
-    wanted = t.features if t.features else list(frame.columns)
+    wanted = list(t.features) if t.features else list(frame.columns)
     missing = [c for c in wanted + list(t.categorical or []) if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: column(s) {', '.join(missing)} named in data.tabular are not in the file. "
-                        f"Columns: {', '.join(map(str, frame.columns[:30]))}.")
+        raise DataError(f"{path}: column(s) {', '.join(missing)} named in data.tabular are not in the file (or are "
+                        f"the target). Columns: {', '.join(map(str, frame.columns[:30]))}.")
+    outside = [c for c in t.categorical or [] if c not in wanted]
+    if outside:
+        raise DataError(f"{path}: data.tabular.categorical names {', '.join(outside)}, which data.tabular.features "
+                        "leaves out; add them to features or remove them from categorical.")
     return frame[wanted]
 
 

@@ -32,10 +32,11 @@ def load_raw(params: DataParams) -> RawData:
     path = require_file(params.dataset)
     frame = read_messages(path, params.text, need_labels=True)
     labels = frame["label"]
-    if labels.isna().any() or (labels.astype(str).str.strip() == "").any():
-        lines = (np.flatnonzero((labels.isna() | (labels.astype(str).str.strip() == "")).to_numpy()) + 1)[:5]
-        raise DataError(f"{path}: {int(labels.isna().sum())} message(s) have no label (first at data row(s) "
-                        f"{lines.tolist()}). Label or drop them.")
+    missing = labels.isna() | (labels.astype(str).str.strip() == "")
+    if missing.any():
+        rows = (np.flatnonzero(missing.to_numpy()) + 1)[:5].tolist()
+        raise DataError(f"{path}: {int(missing.sum())} message(s) have no label (first at data row(s) {rows}). "
+                        "Label or drop them.")
     return RawData(frame["text"].tolist(), labels.astype(str).str.strip().to_numpy())
 
 

@@ -1,0 +1,490 @@
+"""prepare() on every kind of data: tabular built-ins and files, image folders and arrays, text messages.
+
+Everything is real data: scikit-learn's built-ins, small tables and images written here into tmp_path, and the SMS
+Spam corpus from the shared data folder. prepare() runs in-process with tmp_path as the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.datasets
+from PIL import Image
+
+from pipeline.config import DataParams, ImageParams, TabularParams, TextParams
+from pipeline.data import DataError
+from pipeline.data.text import PAD, UNK, Vocabulary
+from pipeline.prepare import SPLITS, prepare
+from tests.conftest import SHARED_DATA
+
+SMS = SHARED_DATA / "sms_spam" / "SMSSpamCollection"
+needs_sms = pytest.mark.skipif(not SMS.is_file(), reason=f"SMS Spam corpus not found at {SMS}")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def load_splits(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    splits = {}
+    for name in SPLITS:
+        with np.load(out / f"{name}.npz") as arrays:
+            splits[name] = {key: arrays[key] for key in ("x", "y", "index")}
+    return splits
+
+
+def assert_stratified(splits: dict, y_all: np.ndarray, num_classes: int, slack: float = 2) -> None:
+    overall = np.bincount(y_all, minlength=num_classes) / len(y_all)
+    for name, s in splits.items():
+        counts = np.bincount(s["y"], minlength=num_classes)
+        assert np.all(np.abs(counts - overall * len(s["y"])) <= slack), (name, counts, overall * len(s["y"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tabular: built-ins
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, loader", [("breast_cancer", "load_breast_cancer"), ("wine", "load_wine"),
+                                          ("iris", "load_iris")])
+def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
+    bunch = getattr(sklearn.datasets, loader)()
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset=name), out)
+
+    assert meta["kind"] == "tabular"
+    assert meta["input_shape"] == [bunch.data.shape[1]]
+    assert meta["class_names"] == [str(c) for c in bunch.target_names]
+    assert meta["num_classes"] == len(bunch.target_names)
+    assert (out / "preprocessor.joblib").is_file()
+    assert json.loads((out / "meta.json").read_text()) == meta
+
+    splits = load_splits(out)
+    assert sum(len(s["y"]) for s in splits.values()) == len(bunch.target)
+    assert np.array_equal(np.sort(np.concatenate([s["index"] for s in splits.values()])),
+                          np.arange(len(bunch.target)))
+    for s in splits.values():
+        assert s["x"].dtype == np.float32 and s["x"].shape[1:] == (bunch.data.shape[1],)
+        assert np.array_equal(s["y"], bunch.target[s["index"]])
+    x = splits["train"]["x"]
+    np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-4)
+    # val/test use the training statistics, so theirs are close to but not exactly 0.
+    assert np.abs(splits["test"]["x"].mean(axis=0)).max() > 1e-4
+    assert_stratified(splits, bunch.target, len(bunch.target_names))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tabular: files
+# ---------------------------------------------------------------------------------------------------------------
+def mixed_frame(n: int = 90, seed: int = 0) -> pd.DataFrame:
+    """Numeric columns with NaN, a text column with a missing value, a boolean column and a string target."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "height": rng.normal(170, 10, n).round(2),
+        "weight": rng.normal(70, 5, n).round(2),
+        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
+        "member": rng.choice([True, False], n),
+        "species": np.tile(["setosa", "versicolor", "virginica"], n // 3),
+    })
+    frame.loc[[3, 40], "height"] = np.nan
+    frame.loc[10, "weight"] = np.nan
+    frame.loc[5, "colour"] = None
+    return frame
+
+
+def tabular_params(path: str, **tabular) -> DataParams:
+    return DataParams(dataset=path, tabular=TabularParams(target="species", **tabular))
+
+
+@pytest.fixture
+def mixed_csv(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    frame = mixed_frame()
+    frame.to_csv(tmp_path / "animals.csv", index=False)
+    return tmp_path / "animals.csv", frame
+
+
+def test_csv_categorical_detected_one_hot_and_nan_imputed(tmp_path: Path, mixed_csv) -> None:
+    path, frame = mixed_csv
+    out = tmp_path / "prepared"
+    meta = prepare(tabular_params(path.name), out)
+
+    assert meta["kind"] == "tabular"
+    assert meta["class_names"] == ["setosa", "versicolor", "virginica"]
+    assert meta["preprocessing"]["columns"] == ["height", "weight", "colour", "member"]
+    names = meta["feature_names"]
+    # The text column and the boolean one are categorical: one column per category; the missing colour is imputed,
+    # not a category of its own.
+    for category in ("red", "green", "blue"):
+        assert sum(n.endswith(f"colour_{category}") for n in names) == 1, names
+    assert not any("colour_nan" in n or "colour_None" in n for n in names)
+    assert sum("member_True" in n for n in names) == 1 and sum("member_False" in n for n in names) == 1
+    assert sum("height" in n for n in names) == 1 and sum("weight" in n for n in names) == 1
+    assert meta["input_shape"] == [len(names)] == [2 + 3 + 2]
+
+    splits = load_splits(out)
+    codes = {"setosa": 0, "versicolor": 1, "virginica": 2}
+    for s in splits.values():
+        assert not np.isnan(s["x"]).any()
+        assert np.array_equal(s["y"], frame["species"].map(codes).to_numpy()[s["index"]])
+    x = splits["train"]["x"]
+    numeric = [i for i, n in enumerate(names) if "height" in n or "weight" in n]
+    np.testing.assert_allclose(x[:, numeric].mean(axis=0), 0, atol=1e-5)
+    onehot = [i for i, n in enumerate(names) if "colour" in n]
+    assert set(np.unique(x[:, onehot])) <= {0.0, 1.0}
+    assert np.all(x[:, onehot].sum(axis=1) == 1)  # exactly one colour per row, the missing one imputed
+    assert_stratified(splits, frame["species"].map(codes).to_numpy(), 3)
+
+
+def test_csv_missing_numeric_values_get_the_training_median(tmp_path: Path, mixed_csv) -> None:
+    path, frame = mixed_csv
+    out = tmp_path / "prepared"
+    meta = prepare(tabular_params(path.name, scaling="none"), out)
+    splits = load_splits(out)
+    col = next(i for i, n in enumerate(meta["feature_names"]) if "height" in n)
+    train_median = np.nanmedian(frame["height"].to_numpy()[splits["train"]["index"]])
+    for s in splits.values():
+        for row, raw_row in enumerate(s["index"]):
+            expected = frame["height"][raw_row] if not np.isnan(frame["height"][raw_row]) else train_median
+            assert s["x"][row, col] == pytest.approx(expected, rel=1e-5)
+
+
+def test_features_list_restricts_the_columns(tmp_path: Path, mixed_csv) -> None:
+    path, _ = mixed_csv
+    meta = prepare(tabular_params(path.name, features=["height", "colour"]), tmp_path / "prepared")
+    assert meta["preprocessing"]["columns"] == ["height", "colour"]
+    assert not any("weight" in n or "member" in n for n in meta["feature_names"])
+    assert meta["input_shape"] == [1 + 3]
+
+
+def test_categorical_column_outside_features_is_a_data_error(tmp_path: Path, mixed_csv) -> None:
+    path, _ = mixed_csv
+    with pytest.raises(DataError, match="colour"):
+        prepare(tabular_params(path.name, features=["height"], categorical=["colour"]), tmp_path / "prepared")
+
+
+def test_ordinal_encoding_gives_one_column_per_categorical(tmp_path: Path, mixed_csv) -> None:
+    path, _ = mixed_csv
+    out = tmp_path / "prepared"
+    meta = prepare(tabular_params(path.name, categorical_encoding="ordinal"), out)
+    assert meta["input_shape"] == [4]  # height, weight, colour, member
+    names = meta["feature_names"]
+    colour = next(i for i, n in enumerate(names) if "colour" in n)
+    x = load_splits(out)["train"]["x"]
+    assert set(np.unique(x[:, colour])) == {0.0, 1.0, 2.0}
+
+
+def test_minmax_scaling_puts_training_rows_in_0_1(tmp_path: Path, mixed_csv) -> None:
+    path, _ = mixed_csv
+    out = tmp_path / "prepared"
+    prepare(tabular_params(path.name, scaling="minmax"), out)
+    x = load_splits(out)["train"]["x"]
+    assert x.min() >= 0 and x.max() <= 1 + 1e-6
+    np.testing.assert_allclose(x.min(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(x.max(axis=0), 1, atol=1e-6)
+
+
+def test_tsv_and_parquet_read_the_same_as_csv(tmp_path: Path, mixed_csv) -> None:
+    path, frame = mixed_csv
+    frame.to_csv(tmp_path / "animals.tsv", sep="\t", index=False)
+    frame.to_parquet(tmp_path / "animals.parquet", index=False)
+
+    metas, arrays = {}, {}
+    for suffix in ("csv", "tsv", "parquet"):
+        out = tmp_path / f"prepared_{suffix}"
+        metas[suffix] = prepare(tabular_params(f"animals.{suffix}"), out)
+        arrays[suffix] = load_splits(out)
+    for suffix in ("tsv", "parquet"):
+        for key in ("kind", "class_names", "input_shape", "feature_names", "split_sizes"):
+            assert metas[suffix][key] == metas["csv"][key], (suffix, key)
+        for split in SPLITS:
+            assert np.array_equal(arrays[suffix][split]["index"], arrays["csv"][split]["index"])
+            assert np.array_equal(arrays[suffix][split]["y"], arrays["csv"][split]["y"])
+            np.testing.assert_allclose(arrays[suffix][split]["x"], arrays["csv"][split]["x"], rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------
+def write_image_folder(root: Path, classes: list[str], per_class: int = 6, mixed_sizes: bool = True,
+                       seed: int = 0) -> list[tuple[Path, str]]:
+    """RGB PNGs, each class a different dominant colour; sizes differ unless mixed_sizes is False."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = (10 + i, 12 + 2 * i) if mixed_sizes else (10, 12)
+            pixels = rng.integers(0, 80, (h, w, 3))
+            pixels[..., k % 3] += 150
+            path = root / name / f"img_{i}.png"
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(path)
+            files.append((path, name))
+    return files
+
+
+# Class folders named 0, 1, 2: see test_image_folder_with_named_classes for folders with other names.
+NUMERIC_CLASSES = ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("color, channels", [("grayscale", 1), ("rgb", 3)])
+def test_image_folder_resized_to_size_in_the_colour_mode(tmp_path: Path, color: str, channels: int) -> None:
+    write_image_folder(tmp_path / "imgs", NUMERIC_CLASSES)
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset="imgs", image=ImageParams(size=[8, 8], color=color)), out)
+
+    assert meta["kind"] == "image"
+    assert meta["input_shape"] == [channels, 8, 8]
+    assert meta["class_names"] == NUMERIC_CLASSES
+    assert sum(meta["split_sizes"].values()) == 18
+    assert len(meta["normalisation"]["mean"]) == channels
+    splits = load_splits(out)
+    for s in splits.values():
+        assert s["x"].shape[1:] == (channels, 8, 8) and s["x"].dtype == np.float32
+    # Files are read class by class in sorted order, so raw row i belongs to class i // 6.
+    for s in splits.values():
+        assert np.array_equal(s["y"], s["index"] // 6)
+    x = splits["train"]["x"]
+    np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [["cat", "dog", "fox"], ["1", "2", "3"]])
+def test_image_folder_with_named_classes(tmp_path: Path, classes: list[str]) -> None:
+    write_image_folder(tmp_path / "imgs", classes)
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset="imgs", image=ImageParams(size=[8, 8])), out)
+    assert meta["class_names"] == classes
+    for s in load_splits(out).values():
+        assert np.array_equal(s["y"], s["index"] // 6)
+
+
+def test_image_folder_of_mixed_sizes_without_size_names_a_file(tmp_path: Path) -> None:
+    files = write_image_folder(tmp_path / "imgs", NUMERIC_CLASSES, mixed_sizes=True)
+    with pytest.raises(DataError) as caught:
+        prepare(DataParams(dataset="imgs"), tmp_path / "prepared")
+    message = str(caught.value)
+    assert any(str(f.relative_to(tmp_path)) in message for f, _ in files[1:]), message
+    assert "data.image.size" in message
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_image_folder_of_one_size_needs_no_size(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "imgs", NUMERIC_CLASSES, mixed_sizes=False)
+    meta = prepare(DataParams(dataset="imgs", image=ImageParams(color="rgb")), tmp_path / "prepared")
+    assert meta["input_shape"] == [3, 10, 12]
+
+
+def image_arrays(n_per_class: int = 10, shape: tuple[int, ...] = (6, 7), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n_per_class)
+    x = rng.normal(size=(len(y), *shape)).astype(np.float32) + y.reshape(-1, *([1] * len(shape)))
+    return x, y
+
+
+def test_npz_of_grey_images(tmp_path: Path) -> None:
+    x, y = image_arrays(shape=(6, 7))
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset="images.npz"), out)
+    assert meta["kind"] == "image"
+    assert meta["input_shape"] == [1, 6, 7]
+    assert meta["class_names"] == ["0", "1", "2"]
+    mean, std = meta["normalisation"]["mean"][0], meta["normalisation"]["std"][0]
+    for s in load_splits(out).values():
+        assert np.array_equal(s["y"], y[s["index"]])
+        np.testing.assert_allclose(s["x"][:, 0] * std + mean, x[s["index"]], atol=1e-5)
+
+
+@pytest.mark.parametrize("color, channels", [("rgb", 3), ("grayscale", 1)])
+def test_npz_channels_last(tmp_path: Path, color: str, channels: int) -> None:
+    x, y = image_arrays(shape=(6, 7, 3))
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset="images.npz", image=ImageParams(color=color)), out)
+    assert meta["input_shape"] == [channels, 6, 7]
+    if color == "rgb":
+        mean, std = (np.array(meta["normalisation"][k], np.float32)[None, :, None, None] for k in ("mean", "std"))
+        for s in load_splits(out).values():
+            np.testing.assert_allclose(s["x"] * std + mean, x[s["index"]].transpose(0, 3, 1, 2), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------------------------
+@needs_sms
+def test_sms_corpus_prepared_as_text(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    params = DataParams(dataset=str(SMS), kind="text", text=TextParams(max_len=20))
+    meta = prepare(params, out)
+
+    assert meta["kind"] == "text"
+    assert meta["class_names"] == ["ham", "spam"]
+    assert sum(meta["split_sizes"].values()) == 5574
+    assert meta["input_shape"] == [20]
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab[:2] == [PAD, UNK]
+    assert meta["vocab_size"] == len(vocab) == len(set(vocab))
+
+    lines = SMS.read_text(encoding="utf-8").splitlines()
+    labels = np.array([line.split("\t", 1)[0] for line in lines])
+    texts = [line.split("\t", 1)[1] for line in lines]
+    tokenizer = Vocabulary(params.text)
+    ids = {t: i for i, t in enumerate(vocab)}
+    splits = load_splits(out)
+    truncated = padded = 0
+    for s in splits.values():
+        assert s["x"].dtype == np.int64 and s["x"].shape[1:] == (20,)
+        assert np.array_equal(s["y"], (labels[s["index"]] == "spam").astype(np.int64))
+        for row, raw in zip(s["x"], s["index"]):
+            tokens = tokenizer.tokenize(texts[raw])
+            expected = [ids.get(t, 1) for t in tokens[:20]]
+            expected += [0] * (20 - len(expected))  # padded with PAD (0) at the end
+            assert row.tolist() == expected
+            truncated += len(tokens) > 20
+            padded += len(tokens) < 20
+    assert truncated > 100 and padded > 100  # both cases really occur
+    # Train tokens are all known; unknown tokens (UNK) only come from val/test messages.
+    assert not (splits["train"]["x"] == 1).any()
+    assert (splits["test"]["x"] == 1).any()
+    assert_stratified(splits, (labels == "spam").astype(np.int64), 2)
+
+
+def small_messages(n: int = 40) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(1)
+    words = ["hello", "call", "free", "win", "meet", "later", "today", "prize", "home", "now"]
+    labels = ["ham", "spam"] * (n // 2)
+    texts = [" ".join(rng.choice(words, 5)) for _ in range(n)]
+    return labels, texts
+
+
+def write_tsv(path: Path, labels: list[str], texts: list[str]) -> None:
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in zip(labels, texts)), encoding="utf-8")
+
+
+def test_vocabulary_comes_from_the_training_split_only(tmp_path: Path) -> None:
+    labels, texts = small_messages()
+    write_tsv(tmp_path / "msgs.tsv", labels, texts)
+    prepare(DataParams(dataset="msgs.tsv", kind="text"), tmp_path / "p1")
+    first = load_splits(tmp_path / "p1")
+
+    # Splitting depends on the labels alone, so marking the rows of each split keeps the split; each split's rows
+    # get a word that appears nowhere else.
+    marked = list(texts)
+    for split in SPLITS:
+        for i in first[split]["index"]:
+            marked[i] += f" zz{split}only"
+    write_tsv(tmp_path / "msgs.tsv", labels, marked)
+    out = tmp_path / "p2"
+    prepare(DataParams(dataset="msgs.tsv", kind="text"), out)
+    second = load_splits(out)
+    for split in SPLITS:
+        assert np.array_equal(second[split]["index"], first[split]["index"])
+
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert "zztrainonly" in vocab
+    assert "zzvalonly" not in vocab and "zztestonly" not in vocab
+    # The marker is the 6th token of every val/test message: encoded as UNK there.
+    for split in ("val", "test"):
+        assert np.all(second[split]["x"][:, 5] == 1)
+    assert np.all(second["train"]["x"][:, 5] == vocab.index("zztrainonly"))
+
+
+def test_vocabulary_order_min_freq_and_max_vocab() -> None:
+    texts = ["a a a a b b b c c d", "a b c", "e"]  # counts: a 5, b 4, c 3, d 1, e 1
+    full = Vocabulary(TextParams()).fit(texts)
+    assert full.tokens == [PAD, UNK, "a", "b", "c", "d", "e"]
+
+    frequent = Vocabulary(TextParams(min_freq=3)).fit(texts)
+    assert frequent.tokens == [PAD, UNK, "a", "b", "c"]
+
+    capped = Vocabulary(TextParams(max_vocab=4)).fit(texts)  # PAD and UNK count towards max_vocab
+    assert capped.tokens == [PAD, UNK, "a", "b"]
+    assert capped.transform(["a c zz"]).tolist()[0][:4] == [2, 1, 1, 0]
+
+
+def test_min_freq_and_max_vocab_through_prepare(tmp_path: Path) -> None:
+    labels, texts = small_messages()
+    write_tsv(tmp_path / "msgs.tsv", labels, texts)
+    meta = prepare(DataParams(dataset="msgs.tsv", kind="text", text=TextParams(max_vocab=5)), tmp_path / "capped")
+    assert meta["vocab_size"] == 5
+    assert len(json.loads((tmp_path / "capped" / "vocab.json").read_text())) == 5
+
+    # A word once in one training message: kept with min_freq 1, dropped with min_freq 2.
+    train_row = int(load_splits(tmp_path / "capped")["train"]["index"][0])
+    rare = list(texts)
+    rare[train_row] += " onceonly"
+    write_tsv(tmp_path / "msgs.tsv", labels, rare)
+    for min_freq, present in ((1, True), (2, False)):
+        out = tmp_path / f"min{min_freq}"
+        prepare(DataParams(dataset="msgs.tsv", kind="text", text=TextParams(min_freq=min_freq)), out)
+        assert train_row in load_splits(out)["train"]["index"]
+        vocab = json.loads((out / "vocab.json").read_text())
+        assert ("onceonly" in vocab) is present
+        assert "hello" in vocab  # frequent words stay
+
+
+def test_max_len_truncates_and_pads_at_the_end() -> None:
+    vocab = Vocabulary(TextParams(max_len=4)).fit(["one two three four five six"])
+    assert vocab.transform(["one two three four five six", "two one", "zz"]).tolist() == [
+        [vocab.ids["one"], vocab.ids["two"], vocab.ids["three"], vocab.ids["four"]],
+        [vocab.ids["two"], vocab.ids["one"], 0, 0],
+        [1, 0, 0, 0],
+    ]
+
+
+def tokens(text: str, **options) -> list[str]:
+    return Vocabulary(TextParams(**options)).tokenize(text)
+
+
+def test_tokenizer_options() -> None:
+    assert tokens("Hello World") == ["hello", "world"]
+    assert tokens("Hello World", lowercase=False) == ["Hello", "World"]
+
+    url = "see http://example.com/x?a=1 and www.test.org now"
+    assert tokens(url) == ["see", "and", "now"]
+    assert tokens(url, strip_urls=False) == ["see", "http", ":", "/", "/", "example", ".", "com", "/", "x", "?", "a",
+                                            "=", "1", "and", "www", ".", "test", ".", "org", "now"]
+
+    assert tokens("call 08001234 now 4 u") == ["call", "08001234", "now", "4", "u"]
+    assert tokens("call 08001234 now 4 u", strip_numbers=True) == ["call", "now", "u"]
+
+    assert tokens("Hi! Ok, bye...") == ["hi", "!", "ok", ",", "bye", ".", ".", "."]
+    assert tokens("Hi! Ok, bye...", strip_punctuation=True) == ["hi", "ok", "bye"]
+
+    assert tokens("Ab c!", tokenizer="char") == ["a", "b", " ", "c", "!"]
+    assert tokens("Ab c!", tokenizer="char", lowercase=False, strip_punctuation=True) == ["A", "b", " ", "c", " "]
+
+
+def test_char_tokenizer_through_prepare(tmp_path: Path) -> None:
+    labels, texts = small_messages()
+    write_tsv(tmp_path / "msgs.tsv", labels, texts)
+    out = tmp_path / "prepared"
+    prepare(DataParams(dataset="msgs.tsv", kind="text", text=TextParams(tokenizer="char", max_len=40)), out)
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab[:2] == [PAD, UNK]
+    assert all(len(t) == 1 for t in vocab[2:])
+    assert " " in vocab and set("hello") <= set(vocab)
+    x = load_splits(out)["train"]
+    first_text = texts[x["index"][0]]
+    assert x["x"][0].tolist()[:len(first_text)] == [vocab.index(c) for c in first_text[:40]]
+
+
+def test_csv_with_header_text_and_label_columns(tmp_path: Path) -> None:
+    labels, texts = small_messages()
+    frame = pd.DataFrame({"id": range(len(texts)), "message": [t + ", ok" for t in texts], "category": labels})
+    frame.to_csv(tmp_path / "msgs.csv", index=False)
+    out = tmp_path / "prepared"
+    meta = prepare(DataParams(dataset="msgs.csv", kind="text",
+                              text=TextParams(text_column="message", label_column="category")), out)
+    assert meta["kind"] == "text"
+    assert meta["class_names"] == ["ham", "spam"]
+    assert sum(meta["split_sizes"].values()) == len(texts)
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert "," in vocab and "ok" in vocab  # the quoted comma belongs to the message, not the delimiter
+    assert "ham" not in vocab and "spam" not in vocab  # the label column is not text
+    for s in load_splits(out).values():
+        assert np.array_equal(s["y"], (np.array(labels)[s["index"]] == "spam").astype(np.int64))
