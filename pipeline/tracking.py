@@ -2,8 +2,8 @@
 
 The default store is MLflow's embedded SQLite database at the repository root. "Root" is `$DVC_ROOT` when DVC runs
 the stage (a queued or `--temp` experiment runs in `.dvc/tmp/exps/...`, which DVC deletes afterwards, but points
-DVC_ROOT at the main repository), else the working directory, where stages always run. Everything here except
-`continue_run` and `log_run_artifacts` is free of MLflow imports, so it costs nothing before validation.
+DVC_ROOT at the main repository), else the working directory, where stages always run. MLflow is imported only
+inside the functions that talk to the store, so validation stays fast.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,8 +41,26 @@ def artifact_location(uri: str) -> str | None:
     return (repo_root() / ARTIFACT_DIR).as_uri()
 
 
+def ensure_store(uri: str, experiment_name: str) -> None:
+    """Make the store and the experiment ready before training, and fail in seconds when they cannot be.
+
+    A tracking server that does not answer is reported at once (MLflow itself retries for minutes). A local SQLite
+    store is created and the experiment added under a file lock: MLflow's first-time table creation, and two
+    processes creating the same experiment, both fail when parallel queue workers (`dvc queue start -j 2`) race.
+    """
+    check_reachable(uri)
+    lock = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    with FileLock(lock) if lock else nullcontext():
+        client = MlflowClient(uri)
+        if client.get_experiment_by_name(experiment_name) is None:
+            client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
+
+
 def check_reachable(uri: str) -> None:
-    """Fail in seconds, before training, when a tracking server does not answer (MLflow itself retries for minutes)."""
+    """Fail in seconds when a tracking server does not answer (MLflow itself retries for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
     try:

@@ -128,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
-    tracking.check_reachable(tracking.tracking_uri(params.mlflow))
+    tracking.ensure_store(tracking.tracking_uri(params.mlflow), params.mlflow.experiment_name)
     run_id = fit(params, args.prepared, args.out, args.checkpoints)
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
