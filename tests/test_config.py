@@ -321,3 +321,36 @@ def test_validate_does_not_import_heavy_libraries() -> None:
     assert result.returncode == 0, result.stderr
     assert "params.yaml: OK" in result.stdout
     assert "HEAVY=\n" in result.stdout, result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `python -m pipeline.exp`: -S overrides checked before `dvc exp run` queues anything
+# ---------------------------------------------------------------------------------------------------------------
+def test_sweep_values_split_on_top_level_commas_only() -> None:
+    from pipeline.exp import sweep_values
+
+    assert sweep_values("0.001,0.01") == ["0.001", "0.01"]
+    assert sweep_values("[16,32],[8]") == ["[16,32]", "[8]"]
+    assert sweep_values("'a,b',c") == ["'a,b'", "c"]
+
+
+def test_every_sweep_combination_is_validated() -> None:
+    from pipeline.exp import validate_sweep
+
+    params = str(REPO / "params.yaml")
+    assert validate_sweep(["--queue", "-S", "model.name=mlp,cnn", "-S", "train.lr=0.001,0.01"], params) == 4
+    assert validate_sweep(["-S", "params.yaml:model.cnn.channels=[16,32],[8]"], params) == 2
+    with pytest.raises(ParamsError, match=r"model.name: 'cnnn'.*Did you mean 'cnn'") as err:
+        validate_sweep(["--queue", "-S", "model.name=mlp,cnnn"], params)
+    assert "Nothing was queued" in str(err.value)
+    with pytest.raises(ParamsError, match=r"train.lr: 'fast' is not a number"):
+        validate_sweep(["-S", "train.lr=0.01,fast"], params)
+
+
+def test_exp_command_rejects_a_typo_before_dvc_runs(tmp_path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    result = subprocess.run([sys.executable, "-m", "pipeline.exp", "--queue", "-S", "train.lrr=0.1"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "train.lrr: unknown key. Did you mean 'train.lr'?" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / ".dvc").exists()
