@@ -8,6 +8,7 @@ inside the functions that talk to the store, so validation stays fast.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import urllib.error
@@ -98,6 +99,30 @@ def _git(*args: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def data_digest(prepared_dir: Path, meta: dict[str, Any]) -> str:
+    """DVC's md5 of the prepared folder (from dvc.lock, written when prepare ran), else prepare's own digest."""
+    import yaml
+
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                if Path(out["path"]) == Path(prepared_dir) and "md5" in out:
+                    return out["md5"]
+    return meta["digest"]
+
+
+def prepared_data_input(prepared_dir: Path, meta: dict[str, Any], digest: str) -> Any:
+    """The prepared data as an MLflow dataset input (shown on the run's page and searchable)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=meta["dataset"], digest=digest, source_type="local",
+                      source=json.dumps({"uri": str(Path(prepared_dir).resolve())}),
+                      profile=json.dumps({"splits": meta["split_sizes"], "kind": meta["kind"]}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:

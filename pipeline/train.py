@@ -54,12 +54,13 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
                         else None)
     data = PreparedDataModule(prepared_dir, params.train.batch_size)
 
+    digest = tracking.data_digest(prepared_dir, meta)
     logger = MLFlowLogger(
         experiment_name=params.mlflow.experiment_name,
         run_name=tracking.run_name(params.mlflow),
         tracking_uri=uri,
         artifact_location=tracking.artifact_location(uri),
-        tags=tracking.run_tags(meta["dataset"], meta["digest"], params.model.name),
+        tags=tracking.run_tags(meta["dataset"], digest, params.model.name),
         log_model=False,  # model.pt is logged below; checkpoints stay DVC outputs
     )
     monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
@@ -86,6 +87,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
         module.load_state_dict(best["state_dict"])
         save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, hparams, meta)
+        logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, digest)])
         logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), artifact_path="model")
         tracking.write_run_file(model_dir, logger.run_id, uri)
         logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), artifact_path="model")

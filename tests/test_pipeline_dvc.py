@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST_PARAMS, edit_params, run
@@ -50,8 +51,12 @@ def test_dvc_repro_end_to_end(repo_copy):
     tags = mlrun.data.tags
     assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], repo_copy).stdout.strip()
     assert tags["git.dirty"] in ("true", "false")
-    meta = json.loads((repo_copy / "data/prepared/meta.json").read_text())
-    assert tags["data.digest"] == meta["digest"]
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
+    dvc_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    assert tags["data.digest"] == dvc_md5
+    (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs  # the prepared data as an MLflow dataset
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits", dvc_md5)
+    assert str(repo_copy / "data/prepared") in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
             "evaluation/metrics.json"} <= artifacts
