@@ -27,14 +27,15 @@ BEST_CHECKPOINT = "best"
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
-        extra_callbacks: list | None = None) -> str | None:
+        extra_callbacks: list | None = None, history_file: Path | None = None) -> str | None:
     """Train, save the best model and return the MLflow run id (None on ranks other than zero).
 
     `extra_callbacks` are Lightning callbacks added to the stage's own (benchmarks use one to time epochs).
+    `history_file` receives one row per epoch of train/val metrics, for `dvc plots`.
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
+    from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 
     from models import build_model
     from pipeline.datamodule import PreparedDataModule
@@ -76,7 +77,8 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val, logger=logger, callbacks=callbacks,
+        gradient_clip_val=params.train.gradient_clip_val, callbacks=callbacks,
+        logger=[logger, CSVLogger(checkpoint_dir, name="", version="")],  # CSV rows become the epoch history
         default_root_dir=checkpoint_dir,
     )
     trainer.fit(module, datamodule=data)  # on failure Lightning marks the run FAILED before re-raising
@@ -90,11 +92,25 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, digest)])
         logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), artifact_path="model")
         tracking.write_run_file(model_dir, logger.run_id, uri)
+        if history_file:
+            write_history(checkpoint_dir / "metrics.csv", history_file)
         logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), artifact_path="model")
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     return logger.run_id
+
+
+def write_history(csv_logger_file: Path, history_file: Path) -> None:
+    """CSVLogger writes a row per logging call (train and val metrics apart); DVC plots want one row per epoch."""
+    import pandas as pd
+
+    from pipeline.files import atomic_path
+
+    rows = pd.read_csv(csv_logger_file).dropna(subset=["epoch"]).groupby("epoch", as_index=False).first()
+    columns = ["epoch"] + sorted(c for c in rows.columns if c.startswith(("train/", "val/")))
+    with atomic_path(history_file) as tmp:
+        rows[columns].astype({"epoch": int}).to_csv(tmp, index=False)
 
 
 def balanced_class_weights(prepared_dir: Path) -> Any:
@@ -127,11 +143,12 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and mlflow_run.json")
     parser.add_argument("--checkpoints", type=Path, required=True, help="folder for Lightning checkpoints")
+    parser.add_argument("--history", type=Path, default=None, help="CSV of per-epoch metrics, for dvc plots")
     args = parser.parse_args()
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
     tracking.ensure_store(tracking.tracking_uri(params.mlflow), params.mlflow.experiment_name)
-    run_id = fit(params, args.prepared, args.out, args.checkpoints)
+    run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history)
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
 
