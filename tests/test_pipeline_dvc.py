@@ -27,8 +27,12 @@ def test_dvc_repro_end_to_end(repo_copy):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     shown = next(iter(metrics.values()))["data"]["outputs/eval/metrics.json"]["data"]
     assert 0.5 < shown["accuracy"] <= 1  # 3 tiny epochs; the full defaults are measured in bench/
-    plots = run(["dvc", "plots", "show", "--json"], repo_copy).stdout
-    assert "outputs/eval/confusion.json" in plots
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
+    assert {"Loss per epoch", "Accuracy and F1 per epoch", "Test confusion matrix"} <= set(plots)
+    confusion = json.dumps(plots["Test confusion matrix"])
+    assert '"predicted"' in confusion and '"actual"' in confusion  # DVC's confusion template, with our rows
+    history = (repo_copy / "outputs/train_history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 1 + FAST_PARAMS["train.max_epochs"]
 
     # One MLflow run in the repository's own store, complete.
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
