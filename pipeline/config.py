@@ -201,7 +201,8 @@ class EvaluateParams:
 class MlflowParams:
     tracking_uri: Optional[str] = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
     experiment_name: str = "default-pipeline"
-    run_name: Optional[str] = None  # null: the DVC experiment's name, else one MLflow makes up
+    run_name: Optional[str] = None  # null: the DVC experiment's name, else <model>-<date-time>
+    register_model: Optional[str] = None  # a name: register each evaluated model as a new version of it
 
 
 @dataclass

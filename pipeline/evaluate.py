@@ -37,8 +37,9 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
 
 
 def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
-             run_params: dict | None = None) -> dict:
-    """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet)."""
+             run_params: dict | None = None, register_as: str | None = None) -> dict:
+    """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet); log the
+    pyfunc model and, with `register_as`, register it as a new version with its test metrics as tags."""
     import matplotlib.pyplot as plt
 
     from pipeline.metrics import confusion_figure, evaluate_predictions
@@ -68,6 +69,12 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
         mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
         mlflow.log_metrics(evaluation.flat_metrics())
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        from pipeline.serving import log_pyfunc_model, register
+
+        model_info = log_pyfunc_model(prepared_dir, model_dir)
+        if register_as:
+            version = register(model_info.model_uri, register_as, evaluation.flat_metrics())
+            print(f"evaluate: registered as {register_as} version {version.version}")
         print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
               f"{evaluation.summary['macro']['f1']:.4f}; logged to MLflow run {run.info.run_id}")
     return evaluation.summary
@@ -84,7 +91,8 @@ def main() -> None:
     tracking.check_reachable(uri)
     tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
     evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
-             run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")})
+             run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
+             register_as=params.mlflow.register_model)
 
 
 if __name__ == "__main__":

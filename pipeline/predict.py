@@ -21,28 +21,48 @@ DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
 
 def predict(input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024):
     """A DataFrame: id, predicted, prob_<class>..."""
-    import pandas as pd
-    import torch
-
-    from pipeline.data import DataError, kind_module, load_preprocessor
-    from pipeline.train import MODEL_FILE, read_meta
-    from pipeline.trained_model import load_trained_model, predict_proba
+    from pipeline.data import kind_module
+    from pipeline.train import read_meta
 
     meta = read_meta(prepared_dir)
     inputs, ids = kind_module(meta["kind"]).read_new(input_path, meta)
-    x = load_preprocessor(prepared_dir, meta).transform(inputs)
-    if list(x.shape[1:]) != list(meta["input_shape"]):
-        raise DataError(f"{input_path}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
-                        f"{meta['input_shape']}.")
-    if not (model_dir / MODEL_FILE).is_file():
-        raise DataError(f"{model_dir / MODEL_FILE}: not found. Train first (dvc repro).")
-    net, bundle = load_trained_model(model_dir / MODEL_FILE)
-    probs = predict_proba(net, torch.from_numpy(x), batch_size).numpy()
-    names = bundle["class_names"]
-    table = pd.DataFrame({"id": ids, "predicted": [names[i] for i in probs.argmax(axis=1)]})
-    for i, name in enumerate(names):
-        table[f"prob_{name}"] = probs[:, i]
-    return table
+    return Predictor(prepared_dir, model_dir, meta).predict(inputs, ids, batch_size, source=str(input_path))
+
+
+class Predictor:
+    """The saved preprocessing and the trained model, applied to raw inputs of the training data's kind.
+
+    Shared by the predict command and the MLflow pyfunc model, so both give the same answers.
+    """
+
+    def __init__(self, prepared_dir: Path, model_dir: Path, meta: dict | None = None):
+        from pipeline.data import DataError, load_preprocessor
+        from pipeline.train import MODEL_FILE, read_meta
+        from pipeline.trained_model import load_trained_model
+
+        self.meta = meta or read_meta(prepared_dir)
+        self.preprocessor = load_preprocessor(prepared_dir, self.meta)
+        if not (model_dir / MODEL_FILE).is_file():
+            raise DataError(f"{model_dir / MODEL_FILE}: not found. Train first (dvc repro).")
+        self.net, bundle = load_trained_model(model_dir / MODEL_FILE)
+        self.class_names = bundle["class_names"]
+
+    def predict(self, inputs, ids: list[str], batch_size: int = 1024, source: str = "input"):
+        import pandas as pd
+        import torch
+
+        from pipeline.data import DataError
+        from pipeline.trained_model import predict_proba
+
+        x = self.preprocessor.transform(inputs)
+        if list(x.shape[1:]) != list(self.meta["input_shape"]):
+            raise DataError(f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
+                            f"{self.meta['input_shape']}.")
+        probs = predict_proba(self.net, torch.from_numpy(x), batch_size).numpy()
+        table = pd.DataFrame({"id": ids, "predicted": [self.class_names[i] for i in probs.argmax(axis=1)]})
+        for i, name in enumerate(self.class_names):
+            table[f"prob_{name}"] = probs[:, i]
+        return table
 
 
 def main() -> None:

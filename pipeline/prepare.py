@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline.errors import run_cli
 SPLITS = ("train", "val", "test")
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
+EXAMPLE_FILE, EXAMPLE_ROWS = "input_example.json", 3
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
@@ -59,6 +61,13 @@ def split_indices(y: np.ndarray, params: DataParams, class_names: list[str], sou
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def raw_example(inputs: object) -> object:
+    """A few raw training inputs, as JSON: the MLflow model's input example and signature come from them."""
+    if hasattr(inputs, "to_dict"):
+        return json.loads(inputs.to_json(orient="records"))  # NaN -> null, numpy types -> JSON
+    return inputs.tolist() if hasattr(inputs, "tolist") else list(inputs)
+
+
 def prepare(params: DataParams, out_dir: Path) -> dict:
     from pipeline.data import load_raw, new_preprocessor, take
     from pipeline.files import atomic_path, write_json
@@ -76,6 +85,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
             np.savez(tmp / f"{name}.npz", x=x, y=y[idx], index=idx)
             digest.update(x.tobytes() + y[idx].tobytes())
         preprocessor.save(tmp)
+        write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
         meta = {
             "dataset": params.dataset,
             "kind": params.resolved_kind,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import datetime
 import urllib.error
 import urllib.request
 from contextlib import contextmanager, nullcontext
@@ -75,8 +76,11 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def run_name(params: MlflowParams) -> str | None:
-    return params.run_name or os.environ.get("DVC_EXP_NAME") or None
+def run_name(params: MlflowParams, model_name: str) -> str:
+    """params' name, else the DVC experiment's, else `<model>-<time>`. Not MLflow's made-up name: it comes from the
+    global random generator, which `seed_everything` has just seeded, so every run would get the same one."""
+    return (params.run_name or os.environ.get("DVC_EXP_NAME")
+            or f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')[:-3]}")
 
 
 def run_tags(dataset: str, data_digest: str, model_name: str) -> dict[str, str]:
@@ -149,5 +153,6 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
         raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store {uri}. "
                             "Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train used, or rerun "
                             "train (dvc repro --force-downstream).") from None
+    mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)  # whatever was active before
     with mlflow.start_run(run_id=run_id) as run:
         yield run

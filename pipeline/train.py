@@ -58,7 +58,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     digest = tracking.data_digest(prepared_dir, meta)
     logger = MLFlowLogger(
         experiment_name=params.mlflow.experiment_name,
-        run_name=tracking.run_name(params.mlflow),
+        run_name=tracking.run_name(params.mlflow, params.model.name),
         tracking_uri=uri,
         artifact_location=tracking.artifact_location(uri),
         tags=tracking.run_tags(meta["dataset"], digest, params.model.name),

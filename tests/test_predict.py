@@ -284,3 +284,49 @@ def test_command_without_a_model_exits_2(tmp_path: Path, tabular: Trained) -> No
     assert result.returncode == 2, result.stderr
     assert "nomodel/model.pt: not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The MLflow pyfunc model: raw inputs in, the predict command's answers out; registration
+# ---------------------------------------------------------------------------------------------------------------
+def test_pyfunc_model_round_trip_equals_predict(trained: Trained, store: Path) -> None:
+    import mlflow
+
+    from pipeline.data import kind_module
+    from pipeline.serving import log_pyfunc_model
+    from pipeline.train import read_meta
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("pyfunc-tests").experiment_id):
+        info = log_pyfunc_model(trained.prepared, trained.model)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+
+    meta = read_meta(trained.prepared)
+    inputs, _ = kind_module(meta["kind"]).read_new(trained.test_input, meta)
+    model_input = pd.DataFrame({"text": inputs}) if meta["kind"] == "text" else inputs
+    served = model.predict(model_input)
+    expected = predict(trained.test_input, trained.prepared, trained.model)
+    assert served["predicted"].tolist() == expected["predicted"].tolist()
+    np.testing.assert_allclose(probabilities(served, trained.class_names),
+                               probabilities(expected, trained.class_names), atol=1e-6)
+    assert model.metadata.signature is not None and model.metadata.saved_input_example_info is not None
+
+
+def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained, store: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.evaluate import evaluate
+    from pipeline.tracking import read_run_file
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tabular.root)
+        summary = evaluate(tabular.prepared, tabular.model, tabular.root / "eval", 256, uri,
+                           register_as="animals-classifier")
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name='animals-classifier'")
+    assert version.run_id == read_run_file(tabular.model)["run_id"]
+    assert float(version.tags["test/accuracy"]) == pytest.approx(summary["accuracy"], abs=1e-5)
+    assert "test/macro_f1" in version.tags
+    loaded = __import__("mlflow").pyfunc.load_model(f"models:/animals-classifier/{version.version}")
+    assert set(loaded.predict(pd.read_csv(tabular.test_input))["predicted"]) <= set(tabular.class_names)

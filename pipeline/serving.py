@@ -1,0 +1,107 @@
+"""The trained model as an MLflow pyfunc model that takes raw inputs, with the fitted preprocessing bundled.
+
+    model = mlflow.pyfunc.load_model("runs:/<run id>/model")   # or models:/<registered name>/<version>
+    model.predict(raw)   # tables: a DataFrame with the training feature columns; text: a DataFrame with a `text`
+                         # column; images: an array (n, height, width) or (n, channels, height, width)
+
+It answers with the same table as `python -m pipeline.predict`: id, predicted class, one probability per class.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from pipeline.files import read_json
+from pipeline.prepare import EXAMPLE_FILE
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PREPROCESSING_FILES = ("meta.json", "preprocessor.joblib", "vocab.json", EXAMPLE_FILE)
+REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "joblib", "pyarrow")
+
+
+class PipelineModel(mlflow.pyfunc.PythonModel):
+    # No type hints on these two: MLflow would read them as an input schema of its own.
+    def load_context(self, context):
+        from pipeline.predict import Predictor
+
+        self.predictor = Predictor(Path(context.artifacts["preprocessing"]), Path(context.artifacts["model"]))
+
+    def predict(self, context, model_input, params=None):
+        inputs = raw_inputs(model_input, self.predictor.meta)
+        return self.predictor.predict(inputs, [str(i) for i in range(len(inputs))], source="model input")
+
+
+def raw_inputs(model_input: Any, meta: dict[str, Any]) -> Any:
+    """pyfunc's input in the form the kind's preprocessor takes."""
+    from pipeline.data import DataError
+
+    kind = meta["kind"]
+    if kind == "tabular":
+        frame = pd.DataFrame(model_input)
+        missing = [c for c in meta["preprocessing"]["columns"] if c not in frame.columns]
+        if missing:
+            raise DataError(f"model input: missing the column(s) the model was trained on: {', '.join(missing)}.")
+        return frame[meta["preprocessing"]["columns"]]
+    if kind == "text":
+        texts = model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input
+        return [str(t) for t in texts]
+    from pipeline.config import ImageParams
+    from pipeline.data.image import fit_images
+
+    params = ImageParams(**meta["preprocessing"]["params"])
+    return fit_images(np.asarray(model_input, dtype=np.float32), params, "model input", meta["input_shape"][0])
+
+
+def input_example(prepared_dir: Path, meta: dict[str, Any]) -> Any:
+    data = read_json(prepared_dir / EXAMPLE_FILE)
+    if meta["kind"] == "tabular":
+        return pd.DataFrame(data)
+    if meta["kind"] == "text":
+        return pd.DataFrame({"text": data})
+    return np.asarray(data, dtype=np.float32)
+
+
+def log_pyfunc_model(prepared_dir: Path, model_dir: Path, name: str = "model") -> Any:
+    """Log into the active run; returns MLflow's ModelInfo."""
+    from mlflow.models import infer_signature
+
+    from pipeline.predict import Predictor
+
+    meta = read_json(prepared_dir / "meta.json")
+    example = input_example(prepared_dir, meta)
+    output = Predictor(prepared_dir, model_dir, meta).predict(raw_inputs(example, meta), [str(i) for i in
+                                                                                          range(len(example))])
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocessing = Path(tmp) / "preprocessing"
+        preprocessing.mkdir()
+        for file in PREPROCESSING_FILES:  # not the splits: only what prediction needs
+            if (prepared_dir / file).is_file():
+                shutil.copy(prepared_dir / file, preprocessing / file)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=PipelineModel(),
+            artifacts={"preprocessing": str(preprocessing), "model": str(model_dir)},
+            code_paths=[str(PACKAGE_ROOT / "pipeline"), str(PACKAGE_ROOT / "models")],
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=[f"{p}=={importlib.metadata.version(p).split('+')[0]}" for p in REQUIREMENTS],
+        )
+
+
+def register(model_uri: str, name: str, metrics: dict[str, float]) -> Any:
+    """A new version of registered model `name`, tagged with the test metrics it was evaluated with."""
+    from mlflow import MlflowClient
+
+    version = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.set_model_version_tag(name, version.version, key, f"{value:.6g}")
+    return version
