@@ -178,6 +178,7 @@ class TrainParams:
     early_stopping_patience: Optional[int] = field(default=10, metadata={"gt": 0})  # null: off
     gradient_clip_val: Optional[float] = field(default=None, metadata={"gt": 0})  # null: off
     class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weights inverse to class frequency
+    cv_folds: int = _non_negative(0)  # k >= 2: k-fold cross-validation on train + val before the final fit
 
 
 @dataclass
@@ -386,6 +387,9 @@ def _check_combinations(p: Params) -> list[str]:
     if p.trainer.precision in ("16-mixed", "16-true") and p.trainer.accelerator == "cpu":
         problems.append(f"trainer.precision '{p.trainer.precision}' needs a GPU; on trainer.accelerator 'cpu' use "
                         "'bf16-mixed' or '32-true'.")
+    if p.train.cv_folds > 1 and (p.trainer.devices not in (1, [0]) or p.trainer.num_nodes > 1):
+        problems.append("train.cv_folds > 1 runs its folds in one process: use trainer.devices 1 and num_nodes 1 "
+                        "with it (cross-validate first, then train on several devices with cv_folds: 0).")
     if p.trainer.num_nodes > 1 and p.trainer.strategy == "auto":
         problems.append("trainer.num_nodes > 1 needs a distributed trainer.strategy: set it to 'ddp'.")
     return problems

@@ -53,6 +53,13 @@ class PreparedDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.splits: dict[str, InMemoryDataset] = {}
 
+    @classmethod
+    def from_datasets(cls, train: InMemoryDataset, val: InMemoryDataset, batch_size: int) -> "PreparedDataModule":
+        """Splits already in memory (cross-validation folds)."""
+        data = cls("", batch_size)
+        data.splits = {"train": train, "val": val}
+        return data
+
     def setup(self, stage: str) -> None:
         for split in ("train", "val"):
             if split not in self.splits:

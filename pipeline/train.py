@@ -24,81 +24,121 @@ from pipeline.files import read_json
 
 MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
+WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc model evaluate logs
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
-        extra_callbacks: list | None = None, history_file: Path | None = None) -> str | None:
+        extra_callbacks: list | None = None, history_file: Path | None = None,
+        cv_metrics_file: Path | None = None) -> str | None:
     """Train, save the best model and return the MLflow run id (None on ranks other than zero).
 
     `extra_callbacks` are Lightning callbacks added to the stage's own (benchmarks use one to time epochs).
-    `history_file` receives one row per epoch of train/val metrics, for `dvc plots`.
+    `history_file` receives one row per epoch of train/val metrics, for `dvc plots`; `cv_metrics_file` the
+    cross-validation summary (`train.cv_folds`), for `dvc metrics`.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+    from pytorch_lightning.loggers import CSVLogger
 
-    from models import build_model
-    from pipeline.datamodule import PreparedDataModule
-    from pipeline.lightning_module import Classifier, monitor_mode
+    from pipeline.cross_validation import cross_validate, write_cv_metrics
+    from pipeline.datamodule import PreparedDataModule, load_split
     from pipeline.trained_model import save_trained_model
 
     meta = read_meta(prepared_dir)
     uri = tracking.tracking_uri(params.mlflow)
-    pl.seed_everything(params.train.seed, workers=True, verbose=False)
-
-    hparams = dataclasses.asdict(getattr(params.model, params.model.name))
-    net = build_model(params.model.name, hparams, meta["input_shape"], meta["num_classes"], meta.get("vocab_size"))
-    # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
-    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
-    module = Classifier(net, meta["num_classes"], params.train, logged_params=run_params,
-                        class_weights=balanced_class_weights(prepared_dir) if params.train.class_weights == "balanced"
-                        else None)
-    data = PreparedDataModule(prepared_dir, params.train.batch_size)
-
     digest = tracking.data_digest(prepared_dir, meta)
-    logger = MLFlowLogger(
-        experiment_name=params.mlflow.experiment_name,
-        run_name=tracking.run_name(params.mlflow, params.model.name),
-        tracking_uri=uri,
-        artifact_location=tracking.artifact_location(uri),
-        tags=tracking.run_tags(meta["dataset"], digest, params.model.name),
-        log_model=False,  # model.pt is logged below; checkpoints stay DVC outputs
-    )
-    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
-    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
-                                 save_last=True, auto_insert_metric_name=False)
-    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
-    callbacks += extra_callbacks or []
-    if params.train.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
+    logger = new_logger(params, meta, digest)
 
-    t = params.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
-        log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val, callbacks=callbacks,
-        logger=[logger, CSVLogger(checkpoint_dir, name="", version="")],  # CSV rows become the epoch history
-        default_root_dir=checkpoint_dir,
-    )
-    trainer.fit(module, datamodule=data)  # on failure Lightning marks the run FAILED before re-raising
+    cv_summary = None
+    if params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as configured
+        cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
+    pl.seed_everything(params.train.seed, workers=True, verbose=False)
+    module = new_module(params, meta, load_split(prepared_dir, "train").y)
+    checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
+    callbacks += extra_callbacks or []
+    trainer = new_trainer(params, [logger, CSVLogger(checkpoint_dir, name="", version="")], callbacks,
+                          checkpoint_dir)  # the CSV rows become the epoch history
+    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size))
+    # (on failure Lightning marks the run FAILED before re-raising)
 
     if not trainer.is_global_zero:
         return None
     try:
         best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
         module.load_state_dict(best["state_dict"])
-        save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, hparams, meta)
+        save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, model_hparams(params), meta)
         logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, digest)])
-        logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), artifact_path="model")
+        logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
         tracking.write_run_file(model_dir, logger.run_id, uri)
         if history_file:
             write_history(checkpoint_dir / "metrics.csv", history_file)
-        logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), artifact_path="model")
+        if cv_metrics_file:
+            write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
+        logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), WEIGHTS_ARTIFACT_DIR)
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     return logger.run_id
+
+
+def model_hparams(params: Params) -> dict[str, Any]:
+    return dataclasses.asdict(getattr(params.model, params.model.name))
+
+
+def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str | None = None,
+               extra_tags: dict[str, str] | None = None) -> Any:
+    """An MLFlowLogger; it creates its run on global rank zero when first used."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    uri = tracking.tracking_uri(params.mlflow)
+    return MLFlowLogger(
+        experiment_name=params.mlflow.experiment_name,
+        run_name=run_name or tracking.run_name(params.mlflow, params.model.name),
+        tracking_uri=uri,
+        artifact_location=tracking.artifact_location(uri),
+        tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {})},
+        log_model=False,  # model.pt is logged by fit; checkpoints stay DVC outputs
+    )
+
+
+def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
+    from models import build_model
+    from pipeline.lightning_module import Classifier
+
+    net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
+                      meta.get("vocab_size"))
+    # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
+    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
+    weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
+        else None
+    return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)
+
+
+def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
+    """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from pipeline.lightning_module import monitor_mode
+
+    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
+                                 save_last=True, auto_insert_metric_name=False)
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if params.train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
+    return checkpoint, callbacks
+
+
+def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) -> Any:
+    import pytorch_lightning as pl
+
+    t = params.trainer
+    return pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
+        gradient_clip_val=params.train.gradient_clip_val, callbacks=callbacks, logger=loggers,
+        default_root_dir=root_dir,
+    )
 
 
 def write_history(csv_logger_file: Path, history_file: Path) -> None:
@@ -113,14 +153,13 @@ def write_history(csv_logger_file: Path, history_file: Path) -> None:
         rows[columns].astype({"epoch": int}).to_csv(tmp, index=False)
 
 
-def balanced_class_weights(prepared_dir: Path) -> Any:
-    """n_samples / (n_classes * count) per class, over the training split (scikit-learn's 'balanced')."""
+def balanced_class_weights(labels: Any, num_classes: int) -> Any:
+    """n_samples / (n_classes * count) per class (scikit-learn's 'balanced'), from the training labels."""
     import numpy as np
     import torch
     from sklearn.utils.class_weight import compute_class_weight
 
-    meta, y = read_meta(prepared_dir), np.load(prepared_dir / "train.npz")["y"]
-    weights = compute_class_weight("balanced", classes=np.arange(meta["num_classes"]), y=y)
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels))
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -144,11 +183,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and mlflow_run.json")
     parser.add_argument("--checkpoints", type=Path, required=True, help="folder for Lightning checkpoints")
     parser.add_argument("--history", type=Path, default=None, help="CSV of per-epoch metrics, for dvc plots")
+    parser.add_argument("--cv-metrics", type=Path, default=None, help="cross-validation summary, for dvc metrics")
     args = parser.parse_args()
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
     tracking.ensure_store(tracking.tracking_uri(params.mlflow), params.mlflow.experiment_name)
-    run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history)
+    run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
+                 cv_metrics_file=args.cv_metrics)
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
 

@@ -256,8 +256,8 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.data.tags["data.dataset"] == "digits"
     assert run.data.tags["data.digest"] == workspace.meta["digest"]
     assert run.data.tags["model.name"] == "mlp"
-    assert {a.path for a in client.list_artifacts(trained.run_id, "model")} == {"model/model.pt",
-                                                                                 "model/mlflow_run.json"}
+    assert {a.path for a in client.list_artifacts(trained.run_id, "weights")} == {"weights/model.pt",
+                                                                                   "weights/mlflow_run.json"}
     # The artifacts went to the store beside the temporary root, not anywhere else.
     assert run.info.artifact_uri.startswith((workspace.root / "mlartifacts").as_uri())
 

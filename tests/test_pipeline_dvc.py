@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow.pyfunc
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -64,7 +65,10 @@ def test_dvc_repro_end_to_end(repo_copy):
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
             "evaluation/metrics.json"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/model.pt"}
+    assert {a.path for a in client.list_artifacts(run_id, "weights")} >= {"weights/model.pt"}
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy}/mlflow.db")
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the pyfunc model evaluate logged
+    assert served.metadata.get_input_schema() is not None
     assert (repo_copy / "mlartifacts").is_dir()  # artifacts at the root, beside the store
 
     # Nothing changed: nothing runs, no new MLflow run.

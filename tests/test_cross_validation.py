@@ -1,0 +1,52 @@
+"""train.cv_folds: k stratified folds as nested MLflow runs, mean ± std to the parent run and the DVC metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import DataParams, MLPParams, MlflowParams, ModelParams, Params, TrainerParams, TrainParams
+from pipeline.config import ParamsError, load_params
+from pipeline.prepare import prepare
+from pipeline.train import fit
+from tests.conftest import REPO
+
+
+def test_folds_are_nested_runs_and_the_parent_gets_mean_and_std(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    prepare(DataParams(dataset="wine"), tmp_path / "prepared")
+    params = Params(
+        data=DataParams(dataset="wine"), model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[16])),
+        train=TrainParams(cv_folds=3, max_epochs=3, batch_size=16, lr=0.01, early_stopping_patience=None),
+        trainer=TrainerParams(progress_bar=False), mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv"))
+    parent_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt",
+                    cv_metrics_file=tmp_path / "cv.json")
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cv").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert len(runs) == 4 and len(children) == 3
+    assert sorted(r.data.tags["cv.fold"] for r in children) == ["0", "1", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # Each fold's last val/acc is its best checkpoint's (validated after fitting); the parent holds their mean/std.
+    fold_acc = [r.data.metrics["val/acc"] for r in children]
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["cv/val/acc_mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
+    assert parent.data.metrics["cv/val/acc_std"] == pytest.approx(np.std(fold_acc), abs=1e-6)
+    summary = json.loads((tmp_path / "cv.json").read_text())
+    assert summary["folds"] == 3
+    assert summary["val/acc"]["mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
+    assert set(summary) == {"folds", "val/loss", "val/acc", "val/f1"}
+    # The final model was still trained as configured, into the parent run.
+    assert len(client.get_metric_history(parent_id, "val/loss")) == 3
+    assert (tmp_path / "model" / "model.pt").is_file()
+
+
+def test_cross_validation_refuses_several_devices():
+    with pytest.raises(ParamsError, match="train.cv_folds > 1 runs its folds in one process"):
+        load_params(REPO / "params.yaml", ["train.cv_folds=3", "trainer.devices=2", "trainer.strategy=ddp"])
