@@ -3,7 +3,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup pipeline test test-slow test-all ui bench validate
+.PHONY: setup pipeline test test-slow test-all ui server bench validate
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ validate: setup
 # MLflow UI on the repository's store, bound to loopback only.
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A tracking server over the same store, for parallel queue workers or a team: MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+server: setup
+	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 bench: setup
 	python bench/train_throughput.py
