@@ -40,7 +40,7 @@ def edit_params(repo: Path, changes: dict[str, object]) -> None:
         node = params
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[leaf] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.config import DataParams
 from pipeline.prepare import prepare
@@ -115,18 +114,6 @@ CASES = [
 ]
 
 
-def set_params(workdir: Path, changes: dict[str, object]) -> None:
-    """edit_params, after adding the sections params.yaml leaves out (data.tabular, data.text, data.image)."""
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted in changes:
-        node = params
-        for key in dotted.split(".")[:-1]:
-            node = node.setdefault(key, {})
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    edit_params(workdir, changes)
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
@@ -141,7 +128,7 @@ def prepare_stage(workdir: Path):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_data_exits_2_naming_the_file(workdir: Path, case: Case) -> None:
     case.setup(workdir)
-    set_params(workdir, case.params)
+    edit_params(workdir, case.params)
     if case.sentinel:
         (workdir / "prepared").mkdir()
         (workdir / "prepared" / "meta.json").write_text('{"sentinel": true}\n')
@@ -168,7 +155,7 @@ def test_bad_data_exits_2_naming_the_file(workdir: Path, case: Case) -> None:
 
 def test_train_refuses_a_model_that_cannot_read_the_data(workdir: Path) -> None:
     prepare(DataParams(dataset="wine"), workdir / "prepared")
-    set_params(workdir, {"model.name": "cnn"})
+    edit_params(workdir, {"model.name": "cnn"})
 
     start = time.monotonic()
     result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",
@@ -187,7 +174,7 @@ def test_train_refuses_a_model_that_cannot_read_the_data(workdir: Path) -> None:
 
 def test_messages_without_label_are_counted(workdir: Path) -> None:
     (workdir / "sms.tsv").write_text(messages(2) + "\tno label\n" + messages(3) + "  \tnor here\n" + messages())
-    set_params(workdir, {"data.dataset": "sms.tsv", **TEXT})
+    edit_params(workdir, {"data.dataset": "sms.tsv", **TEXT})
     result = prepare_stage(workdir)
     assert result.returncode == 2
     assert "2 message(s) have no label (first at data row(s) [3, 7])" in result.stderr, result.stderr

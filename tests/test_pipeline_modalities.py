@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -27,18 +26,6 @@ GIT_USER = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
-def set_params(repo: Path, changes: dict[str, object]) -> None:
-    """edit_params, after adding the sections params.yaml leaves out (data.tabular, data.text, data.image)."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted in changes:
-        node = params
-        for key in dotted.split(".")[:-1]:
-            node = node.setdefault(key, {})
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    edit_params(repo, changes)
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -79,7 +66,7 @@ def animals(n: int, seed: int) -> pd.DataFrame:
 def test_tabular_csv(repo_copy: Path) -> None:
     csv = repo_copy / "data/raw/animals.csv"
     animals(90, seed=0).to_csv(csv, index=False)
-    set_params(repo_copy, {"data.dataset": "data/raw/animals.csv", "data.tabular.target": "label",
+    edit_params(repo_copy, {"data.dataset": "data/raw/animals.csv", "data.tabular.target": "label",
                            "model.name": "mlp", "model.mlp.hidden_dims": [16], "mlflow.experiment_name": "tabular"})
     commit_all(repo_copy, "animals")
 
@@ -103,7 +90,7 @@ def test_tabular_csv(repo_copy: Path) -> None:
 def test_text_messages(repo_copy: Path) -> None:
     lines = SMS.read_text(encoding="utf-8").splitlines(keepends=True)[:800]
     (repo_copy / "data/raw/sms.tsv").write_text("".join(lines), encoding="utf-8")
-    set_params(repo_copy, {"data.dataset": "data/raw/sms.tsv", "data.kind": "text", "data.text.max_len": 32,
+    edit_params(repo_copy, {"data.dataset": "data/raw/sms.tsv", "data.kind": "text", "data.text.max_len": 32,
                            "model.name": "rnn", "model.rnn.hidden_size": 16, "model.rnn.embedding_dim": 16,
                            "train.max_epochs": 2, "mlflow.experiment_name": "sms"})
     commit_all(repo_copy, "sms")
@@ -128,7 +115,7 @@ def test_image_folder(repo_copy: Path) -> None:
             pixels = rng.integers(0, 80, (10 + i % 3, 12, 3))
             pixels[..., k] += 150
             Image.fromarray(pixels.astype(np.uint8), "RGB").save(folder / f"{i}.png")
-    set_params(repo_copy, {"data.dataset": "data/raw/imgs", "data.image.size": [8, 8], "model.name": "cnn",
+    edit_params(repo_copy, {"data.dataset": "data/raw/imgs", "data.image.size": [8, 8], "model.name": "cnn",
                            "mlflow.experiment_name": "images"})
     commit_all(repo_copy, "images")
 
