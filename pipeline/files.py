@@ -21,6 +21,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+        elif tmp.is_dir() and (path.exists() or path.is_symlink()):
+            path.unlink()  # os.replace cannot put a folder where a file was
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)

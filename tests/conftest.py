@@ -45,6 +45,12 @@ def edit_params(repo: Path, changes: dict[str, object]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def dvc_lock_md5(repo: Path, out_path: str) -> str:
+    """The md5 DVC recorded in dvc.lock for one stage output."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", []) if o["path"] == out_path)
+
+
 # Small enough to train in seconds on 2 cores, large enough to learn the digits.
 FAST_PARAMS = {"train.max_epochs": 3, "trainer.progress_bar": False, "model.cnn.channels": [8, 16],
                "model.cnn.hidden_dim": 32}

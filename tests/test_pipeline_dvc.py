@@ -6,10 +6,9 @@ import json
 
 import mlflow.pyfunc
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FAST_PARAMS, edit_params, run
+from tests.conftest import FAST_PARAMS, dvc_lock_md5, edit_params, run
 
 
 def ran_stages(output: str) -> list[str]:
@@ -56,8 +55,7 @@ def test_dvc_repro_end_to_end(repo_copy):
     tags = mlrun.data.tags
     assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], repo_copy).stdout.strip()
     assert tags["git.dirty"] in ("true", "false")
-    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
-    dvc_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    dvc_md5 = dvc_lock_md5(repo_copy, "data/prepared")
     assert tags["data.digest"] == dvc_md5
     (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs  # the prepared data as an MLflow dataset
     assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits", dvc_md5)

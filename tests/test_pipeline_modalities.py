@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tests.conftest import SHARED_DATA, edit_params, run
+from tests.conftest import SHARED_DATA, dvc_lock_md5, edit_params, run
 
 pytestmark = pytest.mark.slow  # three whole pipelines and a rerun: about two minutes on 2 cores
 
@@ -48,7 +48,7 @@ def repro_and_check(repo: Path, experiment: str, kind: str, expected_stages=("pr
     latest = runs[0]
     assert latest.info.status == "FINISHED"
     assert latest.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
-    assert latest.data.tags["data.digest"] == meta["digest"]
+    assert latest.data.tags["data.digest"] == dvc_lock_md5(repo, "data/prepared")
     assert json.loads((repo / "outputs/model/mlflow_run.json").read_text())["run_id"] == latest.info.run_id
     return meta, runs
 

@@ -37,7 +37,8 @@ def _load(out: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def test_writes_the_three_splits_and_meta(prepared) -> None:
     out, meta = prepared
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.npz", "train.npz", "val.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["input_example.json", "meta.json", "test.npz", "train.npz",
+                                                     "val.npz"]
     assert json.loads((out / "meta.json").read_text()) == meta
 
 
@@ -144,7 +145,8 @@ def test_rerun_replaces_the_previous_output(tmp_path: Path) -> None:
     meta = prepare(DataParams(val_fraction=0.1, test_fraction=0.1), out)
 
     assert not (out / "stale.npz").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.npz", "train.npz", "val.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["input_example.json", "meta.json", "test.npz", "train.npz",
+                                                     "val.npz"]
     assert sum(meta["split_sizes"].values()) == N_DIGITS
     # No temporary siblings are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
