@@ -11,6 +11,11 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pipeline.config import TrainParams
+from pipeline.errors import PipelineError
+
+
+class NonFiniteLoss(PipelineError):
+    """The training loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):
@@ -45,7 +50,14 @@ class Classifier(pl.LightningModule):
         scores.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):  # one bad step poisons every weight after it: stop now, not epochs later
+            raise NonFiniteLoss(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (batch "
+                f"{batch_idx}). Usual causes: a learning rate too high for this model (train.lr is "
+                f"{self.params.lr}; try 10x lower, or set train.gradient_clip_val), or NaN/Inf in the input data "
+                "(check the raw data and data.tabular.numeric_impute). The MLflow run is marked FAILED.")
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.config import DataParams
 from pipeline.prepare import prepare
+from tests.conftest import edit_params, run
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_ARGS = {
@@ -132,3 +133,39 @@ def test_evaluate_without_a_trained_model_exits_2(workdir: Path, prepared_once: 
     assert "Traceback" not in result.stderr
     assert not (workdir / "eval").exists()
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> None:
+    """An absurd learning rate makes the loss non-finite within a few steps: exit 2, epoch and step named, FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    edit_params(workdir, {"model.name": "mlp", "train.lr": 1.0e30, "train.optimizer": "sgd", "train.max_epochs": 5,
+                          "train.scheduler": "none", "trainer.progress_bar": False})
+    result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",
+                  "--checkpoints", "ckpt"], workdir, check=False, PYTHONPATH=str(REPO))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "training loss is nan" in result.stderr or "training loss is inf" in result.stderr
+    assert "at epoch 0, step" in result.stderr and "train.lr" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "model").exists()
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (failed,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert failed.info.status == "FAILED"
+
+
+def test_credentials_in_the_environment_are_never_logged(workdir: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "aws-secret-4f1c", "AWS_ACCESS_KEY_ID": "AKIA-secret-77",
+               "MLFLOW_TRACKING_TOKEN": "mlflow-token-9d2e", "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-31"}
+    run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    edit_params(workdir, {"model.name": "mlp", "train.max_epochs": 1, "trainer.progress_bar": False})
+    run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints",
+         "ckpt"], workdir, PYTHONPATH=str(REPO), **secrets)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (logged,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    recorded = " ".join([*logged.data.params.values(), *logged.data.tags.values(), *logged.data.params,
+                         *logged.data.tags])
+    for name, value in secrets.items():
+        assert value not in recorded and name not in recorded
