@@ -3,8 +3,9 @@
     python -m pipeline.train --prepared data/prepared --out outputs/model --checkpoints outputs/checkpoints
 
 Reads `model`, `train`, `trainer`, `mlflow`. Writes `<out>/model.pt` (the best checkpoint's weights and the config
-to rebuild the network) and `<out>/mlflow_run.json` (the run evaluate continues). Under DDP every process runs this
-file; only global rank zero talks to MLflow and writes outputs.
+to rebuild the network), `<out>/mlflow_run.json` (the run evaluate continues), and with `--history` and
+`--cv-metrics` the per-epoch metrics and the cross-validation summary. Under DDP every process runs this file; only
+global rank zero talks to MLflow and writes outputs.
 
 Lightning, torch and MLflow are imported inside `fit` so that a bad params.yaml or an unreachable tracking server
 is reported before paying several seconds of imports.
@@ -50,7 +51,11 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
 
     cv_summary = None
     if params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as configured
-        cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
+        try:
+            cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
+        except BaseException:  # the parent run exists already; no Trainer owns it yet to mark it
+            logger.experiment.set_terminated(logger.run_id, "FAILED")
+            raise
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     module = new_module(params, meta, load_split(prepared_dir, "train").y)
     checkpoint, callbacks = new_callbacks(params, checkpoint_dir)

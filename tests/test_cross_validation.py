@@ -50,3 +50,24 @@ def test_folds_are_nested_runs_and_the_parent_gets_mean_and_std(tmp_path, monkey
 def test_cross_validation_refuses_several_devices():
     with pytest.raises(ParamsError, match="train.cv_folds > 1 runs its folds in one process"):
         load_params(REPO / "params.yaml", ["train.cv_folds=3", "trainer.devices=2", "trainer.strategy=ddp"])
+
+
+def test_a_failing_fold_leaves_no_run_running(tmp_path, monkeypatch):
+    """Labels outside the class range make the first fold's loss raise; parent and fold both end FAILED."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    prepared = tmp_path / "prepared"
+    prepare(DataParams(dataset="wine"), prepared)
+    with np.load(prepared / "val.npz") as arrays:
+        broken = dict(arrays)
+    broken["y"] = broken["y"] + 10  # not a class index: CrossEntropyLoss raises
+    np.savez(prepared / "val.npz", **broken)
+    params = Params(data=DataParams(dataset="wine"), model=ModelParams(name="mlp"),
+                    train=TrainParams(cv_folds=2, max_epochs=1), trainer=TrainerParams(progress_bar=False),
+                    mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv-fail"))
+    with pytest.raises(Exception):
+        fit(params, prepared, tmp_path / "model", tmp_path / "ckpt")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cv-fail").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)
