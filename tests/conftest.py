@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -73,3 +80,53 @@ def repo_copy(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "copy"], dest)
     return dest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+@contextmanager
+def mlflow_server(store_uri: str, artifacts: Path, workdir: Path, start_timeout_s: float = 120) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port; yields its base URL once /health answers, always stops it."""
+    workdir.mkdir(parents=True, exist_ok=True)  # its cwd: nothing it might create lands in a repository
+    log = workdir / "mlflow-server.log"
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
+           "--serve-artifacts", "--artifacts-destination", str(artifacts),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=stage_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"))
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited {proc.returncode} before answering /health\n{log_tail(log)}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer {base}/health in {start_timeout_s} s\n{log_tail(log)}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        if proc.poll() is None:  # the server's own process group (start_new_session): uvicorn and its workers
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+            except ProcessLookupError:
+                pass

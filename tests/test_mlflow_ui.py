@@ -11,19 +11,12 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import edit_params, run, stage_env
+from tests.conftest import edit_params, mlflow_server, run
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -31,60 +24,13 @@ SERVER_START_TIMEOUT_S = 90  # `mlflow server` imports a lot and migrates the sq
 PAGE_TIMEOUT_S = 60
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def log_tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
-
-
 @pytest.fixture
-def mlflow_server(repo_copy: Path, tmp_path: Path):
-    """`mlflow server` on repo_copy/mlflow.db, on a free loopback port; yields its base URL, always stopped after."""
-    workdir = tmp_path / "mlflow-server"  # its cwd: nothing it might create lands in a repository
-    workdir.mkdir()
-    log = tmp_path / "mlflow-server.log"
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server",
-           "--backend-store-uri", f"sqlite:///{repo_copy}/mlflow.db",
-           # The runs' artifact URIs are file:// paths under repo_copy/mlartifacts, which the server reads directly;
-           # proxied artifacts (new experiments only) go to the same folder instead of ./mlartifacts in the cwd.
-           "--serve-artifacts", "--artifacts-destination", str(repo_copy / "mlartifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    base = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=stage_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"))
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {proc.returncode} before answering /health\n{log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {base}/health in {SERVER_START_TIMEOUT_S} s\n"
-                            f"{log_tail(log)}")
-            time.sleep(0.5)
+def ui_server(repo_copy: Path, tmp_path: Path):
+    """`mlflow server` on repo_copy/mlflow.db. The runs' artifact URIs are file:// paths under repo_copy/mlartifacts,
+    which the server reads directly; proxied uploads (new experiments only) go to the same folder."""
+    with mlflow_server(f"sqlite:///{repo_copy}/mlflow.db", repo_copy / "mlartifacts", tmp_path / "mlflow-server",
+                       SERVER_START_TIMEOUT_S) as base:
         yield base
-    finally:
-        # The server's own process group (start_new_session): uvicorn and its worker go together.
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
@@ -173,7 +119,7 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
     expected = {r.info.run_id: (r.info.run_name, r.data.metrics["test/accuracy"]) for r in runs}
 
     # Only now the server and the browser (both fixtures are torn down even if anything below fails).
-    base = request.getfixturevalue("mlflow_server")
+    base = request.getfixturevalue("ui_server")
     driver = request.getfixturevalue("browser")
     try:
         # The experiment's runs table (the "Model training" view; a fresh profile would open the GenAI overview).

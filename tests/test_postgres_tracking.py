@@ -11,20 +11,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FAST_PARAMS, run, stage_env
-from tests.test_mlflow_ui import free_port, log_tail
+from tests.conftest import FAST_PARAMS, free_port, log_tail, mlflow_server, run
 
 SERVER_START_TIMEOUT_S = 120  # `mlflow server` imports a lot and creates its tables in PostgreSQL on first start
 PG_START_TIMEOUT_S = 60
@@ -105,46 +99,10 @@ def postgres():
 @pytest.fixture
 def tracking_server(postgres: str, tmp_path: Path):
     """`mlflow server` over the PostgreSQL store, proxying artifacts to tmp_path/artifacts; yields its base URL."""
-    workdir = tmp_path / "mlflow-server"  # its cwd: nothing it might create lands in a repository
-    workdir.mkdir()
-    artifacts = tmp_path / "artifacts"
-    log = tmp_path / "mlflow-server.log"
-    port = free_port()
     # The driver named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, not psycopg2.
     store = postgres.replace("postgresql://", "postgresql+psycopg2://", 1)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-           "--artifacts-destination", str(artifacts), "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    base = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=stage_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"))
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {proc.returncode} before answering /health\n{log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {base}/health in {SERVER_START_TIMEOUT_S} s\n"
-                            f"{log_tail(log)}")
-            time.sleep(0.5)
+    with mlflow_server(store, tmp_path / "artifacts", tmp_path / "mlflow-server", SERVER_START_TIMEOUT_S) as base:
         yield base
-    finally:
-        if proc.poll() is None:  # the server's own process group (start_new_session): uvicorn and its workers
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.mark.slow
