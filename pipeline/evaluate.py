@@ -67,13 +67,14 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             fig.savefig(tmp / CONFUSION_PNG, dpi=120, bbox_inches="tight")
             plt.close(fig)
         mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
-        mlflow.log_metrics(evaluation.flat_metrics())
+        test_metrics = evaluation.flat_metrics()
+        mlflow.log_metrics(test_metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
         from pipeline.serving import log_pyfunc_model, register
 
         model_info = log_pyfunc_model(prepared_dir, model_dir)
         if register_as:
-            version = register(model_info.model_uri, register_as, evaluation.flat_metrics())
+            version = register(model_info.model_uri, register_as, test_metrics)
             print(f"evaluate: registered as {register_as} version {version.version}")
         print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
               f"{evaluation.summary['macro']['f1']:.4f}; logged to MLflow run {run.info.run_id}")

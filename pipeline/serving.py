@@ -41,23 +41,16 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
 
 def raw_inputs(model_input: Any, meta: dict[str, Any]) -> Any:
     """pyfunc's input in the form the kind's preprocessor takes."""
-    from pipeline.data import DataError
+    from pipeline.data.image import new_array_images
+    from pipeline.data.tabular import training_columns
 
     kind = meta["kind"]
     if kind == "tabular":
-        frame = pd.DataFrame(model_input)
-        missing = [c for c in meta["preprocessing"]["columns"] if c not in frame.columns]
-        if missing:
-            raise DataError(f"model input: missing the column(s) the model was trained on: {', '.join(missing)}.")
-        return frame[meta["preprocessing"]["columns"]]
+        return training_columns(pd.DataFrame(model_input), meta, "model input")
     if kind == "text":
         texts = model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input
         return [str(t) for t in texts]
-    from pipeline.config import ImageParams
-    from pipeline.data.image import fit_images
-
-    params = ImageParams(**meta["preprocessing"]["params"])
-    return fit_images(np.asarray(model_input, dtype=np.float32), params, "model input", meta["input_shape"][0])
+    return new_array_images(model_input, meta, "model input")
 
 
 def input_example(prepared_dir: Path, meta: dict[str, Any]) -> Any:

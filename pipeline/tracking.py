@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import datetime
 import urllib.error
 import urllib.request
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -148,11 +148,11 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
 
     mlflow.set_tracking_uri(uri)
     try:
-        mlflow.get_run(run_id)
+        existing = mlflow.get_run(run_id)
     except MlflowException:
         raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store {uri}. "
                             "Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train used, or rerun "
                             "train (dvc repro --force-downstream).") from None
-    mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)  # whatever was active before
+    mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
     with mlflow.start_run(run_id=run_id) as run:
         yield run

@@ -37,13 +37,18 @@ def read_new(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     path = require_file(path)
     if path.suffix.lower() == ".npz":
         x, _ = _load_npz(path, need_labels=False)
-        x = fit_images(x, params, str(path), expect_channels=meta["input_shape"][0])
-        return x, [f"{path.name}[{i}]" for i in range(len(x))]
+        return new_array_images(x, meta, str(path)), [f"{path.name}[{i}]" for i in range(len(x))]
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found.")
     size = meta["input_shape"][1:]  # what the model takes: new images are resized to it
     return np.stack([_read_image(f, params.color, size, resize=True) for f in files]), [str(f) for f in files]
+
+
+def new_array_images(x: np.ndarray, meta: dict[str, Any], source: str) -> np.ndarray:
+    """Images to predict, given as an array: brought to the training colour mode and size."""
+    params = ImageParams(**meta["preprocessing"]["params"])
+    return fit_images(np.asarray(x, dtype=np.float32), params, source, expect_channels=meta["input_shape"][0])
 
 
 def fit_images(x: np.ndarray, params: ImageParams, source: str, expect_channels: int | None = None) -> np.ndarray:

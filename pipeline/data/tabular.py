@@ -70,11 +70,16 @@ def read_new(path: Path, meta: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]
     """Rows to predict: a CSV/TSV/Parquet table with at least the training feature columns (target optional)."""
     path = require_file(path)
     frame = read_table(path)
+    return training_columns(frame, meta, str(path)), [str(i) for i in frame.index]
+
+
+def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> pd.DataFrame:
+    """The feature columns the model was trained on, in training order; missing ones are named."""
     columns = meta["preprocessing"]["columns"]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing the column(s) the model was trained on: {', '.join(missing)}.")
-    return frame[columns], [str(i) for i in frame.index]
+        raise DataError(f"{source}: missing the column(s) the model was trained on: {', '.join(missing)}.")
+    return frame[columns]
 
 
 class TablePreprocessor:
