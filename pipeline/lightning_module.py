@@ -6,6 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -62,10 +63,12 @@ class Classifier(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
     def on_validation_epoch_end(self) -> None:
+        # Validation runs after the epoch's last training step, so the train metrics are complete here. Logging
+        # them now rather than in on_train_epoch_end puts them in the MLflow run before the epoch's checkpoint is
+        # written: a training killed right after a checkpoint then still has every epoch up to it on record.
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            self._log_epoch("train")
         self._log_epoch("val")
 
     def configure_optimizers(self) -> Any:

@@ -26,6 +26,7 @@ STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
 REACHABILITY_TIMEOUT_S = 5
+METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 
 def repo_root() -> Path:
@@ -156,3 +157,21 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
     mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+
+
+def take_over_run(client: Any, interrupted_id: str, run_id: str, up_to_step: int) -> None:
+    """The interrupted run ends KILLED if it was left RUNNING (a SIGKILL gives it no chance to say so), and its
+    metrics before the checkpoint we resume from are copied into `run_id`, so that run shows the whole curve."""
+    from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        interrupted = client.get_run(interrupted_id)
+    except MlflowException:
+        return  # deleted meanwhile: nothing to close or copy
+    if interrupted.info.status == RunStatus.to_string(RunStatus.RUNNING):
+        client.set_terminated(interrupted_id, RunStatus.to_string(RunStatus.KILLED))
+    history = [m for key in interrupted.data.metrics for m in client.get_metric_history(interrupted_id, key)
+               if m.step < up_to_step]  # the step a resumed run starts at, it logs itself
+    for start in range(0, len(history), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
 from pipeline.config import Params, check_model_fits_data, load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
-from pipeline.files import read_json
+from pipeline.files import read_json, write_json
 
 MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
 WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc model evaluate logs
+CV_SUMMARY_FILE = "cv_summary.json"  # kept with the checkpoints: a resumed final fit does not redo the folds
+RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
+RESUMED_EPOCHS_TAG = "resumed_from.epochs"  # epochs the interrupted run had completed
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -38,8 +42,8 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     cross-validation summary (`train.cv_folds`), for `dvc metrics`.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.loggers import CSVLogger
 
+    from pipeline import checkpoints
     from pipeline.cross_validation import cross_validate, write_cv_metrics
     from pipeline.datamodule import PreparedDataModule, load_split
     from pipeline.trained_model import save_trained_model
@@ -47,23 +51,37 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     meta = read_meta(prepared_dir)
     uri = tracking.tracking_uri(params.mlflow)
     digest = tracking.data_digest(prepared_dir, meta)
-    logger = new_logger(params, meta, digest)
+    attempt = checkpoints.fingerprint(params, meta["digest"])
+    resume = checkpoints.resume_or_start_over(checkpoint_dir, attempt)
+    logger = new_logger(params, meta, digest, extra_tags={
+        RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
 
-    cv_summary = None
-    if params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as configured
+    cv_summary, cv_summary_file = None, checkpoint_dir / CV_SUMMARY_FILE
+    if params.train.cv_folds > 1 and resume:  # the folds finished before the final fit began
+        cv_summary = read_json(cv_summary_file)
+    elif params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as configured
         try:
             cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
         except BaseException:  # the parent run exists already; no Trainer owns it yet to mark it
             logger.experiment.set_terminated(logger.run_id, "FAILED")
             raise
+        write_json(cv_summary_file, cv_summary)
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     module = new_module(params, meta, load_split(prepared_dir, "train").y)
     checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
-    callbacks += extra_callbacks or []
-    trainer = new_trainer(params, [logger, CSVLogger(checkpoint_dir, name="", version="")], callbacks,
-                          checkpoint_dir)  # the CSV rows become the epoch history
-    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size))
-    # (on failure Lightning marks the run FAILED before re-raising)
+    callbacks += [checkpoints.AttemptRecord(checkpoint_dir, attempt, logger, uri, resume), *(extra_callbacks or [])]
+    trainer = new_trainer(params, [logger], callbacks, checkpoint_dir)
+    try:
+        trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
+                    ckpt_path=resume.checkpoint if resume else None)
+    except SystemExit:  # Lightning's answer to Ctrl+C / SIGINT, after marking the run FAILED
+        if trainer.is_global_zero and logger.run_id:
+            logger.experiment.set_terminated(logger.run_id, "KILLED")
+        last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
+        if last.is_file():
+            print(f"train: interrupted; the next `dvc repro` resumes from {last}", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    # (on any other failure Lightning marks the run FAILED before re-raising)
 
     if not trainer.is_global_zero:
         return None
@@ -75,10 +93,11 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
         tracking.write_run_file(model_dir, logger.run_id, uri)
         if history_file:
-            write_history(checkpoint_dir / "metrics.csv", history_file)
+            write_history(logger.experiment, logger.run_id, history_file)
         if cv_metrics_file:
             write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
         logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), WEIGHTS_ARTIFACT_DIR)
+        checkpoints.mark_finished(checkpoint_dir)
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
@@ -122,12 +141,13 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
     """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+    from pipeline.checkpoints import RandomStateCheckpoint
     from pipeline.lightning_module import monitor_mode
 
     monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
                                  save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), RandomStateCheckpoint()]
     if params.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
     return checkpoint, callbacks
@@ -146,16 +166,22 @@ def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) 
     )
 
 
-def write_history(csv_logger_file: Path, history_file: Path) -> None:
-    """CSVLogger writes a row per logging call (train and val metrics apart); DVC plots want one row per epoch."""
+def write_history(client: Any, run_id: str, history_file: Path) -> None:
+    """One row per epoch of the run's train/ and val/ metrics, for DVC plots. Read back from MLflow, not kept in a
+    file while training: the run is the one record that a resumed training continues (see checkpoints.py)."""
     import pandas as pd
 
     from pipeline.files import atomic_path
 
-    rows = pd.read_csv(csv_logger_file).dropna(subset=["epoch"]).groupby("epoch", as_index=False).first()
-    columns = ["epoch"] + sorted(c for c in rows.columns if c.startswith(("train/", "val/")))
+    epoch_at_step = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")))
+    rows: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(epoch_at_step[m.step], {})[key] = m.value
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=keys).sort_index().rename_axis("epoch")
     with atomic_path(history_file) as tmp:
-        rows[columns].astype({"epoch": int}).to_csv(tmp, index=False)
+        table.to_csv(tmp)
 
 
 def balanced_class_weights(labels: Any, num_classes: int) -> Any:

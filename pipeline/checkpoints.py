@@ -1,0 +1,171 @@
+"""Resuming an interrupted training from its last checkpoint.
+
+The checkpoint folder is a `persist: true` DVC output, so it survives a killed stage. Beside Lightning's `last.ckpt`
+it holds `resume.json`: a fingerprint of everything that shapes training (the params sections train reads except
+display and tracking keys, the prepared data's digest, and the train stage's code), the MLflow run of the attempt, and
+whether that attempt finished. The next `dvc repro` resumes only an unfinished attempt with the same fingerprint;
+anything else starts over in an emptied folder, so a checkpoint never leaks into a different experiment (a
+`dvc exp run` in the workspace finds the previous experiment's checkpoints there).
+
+Lightning restores weights, optimizer, scheduler, loop counters and callback state (best score, early-stopping
+patience) from `last.ckpt`. It does not restore the global random generators that draw the shuffle order and dropout
+masks, so `RandomStateCheckpoint` stores them in every checkpoint: a resumed run then takes exactly the steps an
+uninterrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from pipeline.config import Params, to_flat_dict
+from pipeline.files import read_json, write_json
+
+RESUME_FILE = "resume.json"
+LAST_CHECKPOINT = "last.ckpt"
+# The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
+# checkpoints unusable, so training starts over.
+TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
+                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py", "models")
+# Keys of the declared sections that do not change what is trained.
+NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps")
+FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
+# Environment variables launchers set on processes other than global rank zero (torchrun, SLURM, Lightning's DDP
+# subprocesses, a Lightning multi-node launch).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    checkpoint: Path
+    run_id: str | None  # the interrupted attempt's MLflow run
+    tracking_uri: str | None
+    epochs: int = 0  # epochs the interrupted attempt completed
+    step: int = 0  # optimizer steps it took: its metrics logged before this step are carried over
+
+
+def fingerprint(params: Params, data_digest: str) -> str:
+    flat = {k: v for k, v in to_flat_dict(params).items()
+            if k.startswith(FINGERPRINTED_SECTIONS) and k not in NOT_FINGERPRINTED}
+    digest = hashlib.sha256(json.dumps({"params": flat, "data": data_digest}, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parents[1]
+    for entry in TRAINING_CODE:
+        sources = sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]
+        for source in sources:
+            digest.update(source.relative_to(root).as_posix().encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
+def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str | None) -> ResumePoint | None:
+    """The unfinished attempt to continue (None: of any fingerprint), or None. Only reads, so every DDP process
+    reaches the same answer."""
+    record, last = checkpoint_dir / RESUME_FILE, checkpoint_dir / LAST_CHECKPOINT
+    if not (record.is_file() and last.is_file()):
+        return None
+    try:
+        attempt = read_json(record)
+    except ValueError:  # cut short while being written: nothing trustworthy to resume
+        return None
+    if attempt.get("finished") or expected_fingerprint not in (None, attempt.get("fingerprint")):
+        return None
+    try:
+        progress = checkpoint_progress(last)
+    except Exception:  # cut short while being written (torch raises several types): nothing to resume
+        return None
+    return ResumePoint(last, attempt.get("run_id"), attempt.get("tracking_uri"), *progress)
+
+
+def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str) -> ResumePoint | None:
+    """The attempt to continue; else None, with the folder emptied for a fresh start (by rank zero alone)."""
+    resume = find_resume_point(checkpoint_dir, expected_fingerprint)
+    if resume is None and launched_as_global_zero() and start_over(checkpoint_dir):
+        print(f"train: not resuming the interrupted training in {checkpoint_dir}: its params, prepared data or "
+              "training code differ from these. Starting over.")
+    elif resume:
+        print(f"train: resuming after epoch {resume.epochs} from {resume.checkpoint} (run {resume.run_id})")
+    return resume
+
+
+def start_over(checkpoint_dir: Path) -> bool:
+    """Empty the folder (a stale `best.ckpt` or `last.ckpt` belongs to another attempt); True when it
+    held an unfinished attempt, which can only be one of other params, data or code."""
+    unfinished = find_resume_point(checkpoint_dir, expected_fingerprint=None) is not None
+    if checkpoint_dir.is_dir():
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True)
+    return unfinished
+
+
+def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str,
+                   finished: bool = False) -> None:
+    write_json(checkpoint_dir / RESUME_FILE, {"fingerprint": fingerprint_, "run_id": run_id,
+                                              "tracking_uri": tracking_uri, "finished": finished})
+
+
+def mark_finished(checkpoint_dir: Path) -> None:
+    record = read_json(checkpoint_dir / RESUME_FILE)
+    record_attempt(checkpoint_dir, record["fingerprint"], record["run_id"], record["tracking_uri"], finished=True)
+
+
+def launched_as_global_zero() -> bool:
+    """Before the Trainer exists: is this the process that becomes global rank zero?"""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+def checkpoint_progress(path: Path) -> tuple[int, int]:
+    """(epochs completed, optimizer steps taken) stored in a Lightning checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) + 1, int(state["global_step"])
+
+
+class RandomStateCheckpoint(pl.Callback):
+    """Saves and restores the global random generators of torch, numpy and Python with each checkpoint.
+
+    Stored as tensors and plain types only: Lightning loads checkpoints with `torch.load(weights_only=True)`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state(legacy=False)
+        numpy_state["state"] = {**numpy_state["state"], "key": torch.from_numpy(numpy_state["state"]["key"].copy())}
+        version, internal, gauss = random.getstate()
+        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": [version, list(internal), gauss],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        numpy_state = state["numpy"]
+        np.random.set_state({**numpy_state, "state": {**numpy_state["state"],
+                                                       "key": numpy_state["state"]["key"].numpy()}})
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AttemptRecord(pl.Callback):
+    """Once the MLflow run exists (global rank zero): note it in resume.json, so that a kill from here on can be
+    resumed; when this attempt resumes another, end that one KILLED and carry its metric history over."""
+
+    def __init__(self, checkpoint_dir: Path, fingerprint_: str, logger: Any, tracking_uri: str,
+                 resumed: ResumePoint | None = None):
+        self.checkpoint_dir, self.fingerprint, self.logger = checkpoint_dir, fingerprint_, logger
+        self.tracking_uri, self.resumed = tracking_uri, resumed
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        run_id = self.logger.run_id
+        if self.resumed and self.resumed.run_id and self.resumed.tracking_uri == self.tracking_uri:
+            from pipeline import tracking
+
+            tracking.take_over_run(self.logger.experiment, self.resumed.run_id, run_id, self.resumed.step)
+        record_attempt(self.checkpoint_dir, self.fingerprint, run_id, self.tracking_uri)
