@@ -9,7 +9,6 @@ setup:
 	@bash scripts/setup.sh
 
 pipeline: setup
-	python -m pipeline.validate
 	dvc repro
 	dvc metrics show
 

@@ -392,6 +392,26 @@ def _check_combinations(p: Params) -> list[str]:
                         "with it (cross-validate first, then train on several devices with cv_folds: 0).")
     if p.trainer.num_nodes > 1 and p.trainer.strategy == "auto":
         problems.append("trainer.num_nodes > 1 needs a distributed trainer.strategy: set it to 'ddp'.")
+    problems += _check_mlflow(p.mlflow)
+    return problems
+
+
+# Stores MLflow 3 opens without a plugin ("postgresql+psycopg2" and the like count by their dialect). A bare folder
+# or file: URI is MLflow's file store, which refuses to open since 3.x unless an environment opt-out is set.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check_mlflow(m: MlflowParams) -> list[str]:
+    """What MLflow would otherwise reject with a traceback, after the stage has paid for its imports."""
+    problems = []
+    if not m.experiment_name.strip():
+        problems.append("mlflow.experiment_name is empty: name the MLflow experiment the runs go to (e.g. digits).")
+    if m.tracking_uri:
+        scheme = m.tracking_uri.partition(":")[0].split("+")[0]  # a bare path has none: it stays whole
+        if scheme not in TRACKING_SCHEMES:
+            problems.append(f"mlflow.tracking_uri: '{m.tracking_uri}' is not a tracking store MLflow can open; use "
+                            "sqlite:///<path>/mlflow.db, a server http://<host>:<port>, a database "
+                            "postgresql://<user>@<host>/<db>, or null for mlflow.db at the repository root.")
     return problems
 
 

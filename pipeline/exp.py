@@ -54,6 +54,7 @@ def overrides_of(args: list[str]) -> list[list[str]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ParamsError(f"-S {item}: expected key=value, e.g. -S train.lr=0.01.")
+        key = key.lstrip("+")  # Hydra's +key (add) and ++key (add or replace): the key is checked all the same
         file, colon, key = key.rpartition(":")  # DVC's `-S params.yaml:train.lr=...`
         if colon and file != PARAMS_FILE:
             continue  # another params file: not ours to check

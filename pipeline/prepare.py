@@ -33,7 +33,9 @@ def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str
         return labels.astype(np.int64), class_names
     names, y = np.unique(labels.astype(str), return_inverse=True)
     if len(names) < 2:
-        raise DataError(f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes.")
+        raise DataError(f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes. "
+                        "Check that the label column is the right one (data.tabular.target, data.text.label_column) "
+                        "or add examples of the other classes.")
     return y.astype(np.int64), names.tolist()
 
 
@@ -110,7 +112,13 @@ def main() -> None:
     if source.exists() and not source.resolve().is_relative_to(RAW_DIR.resolve()):
         print(f"prepare: warning: {source} is outside {RAW_DIR}/, so DVC will not notice when it changes; put it "
               f"there (`dvc add {RAW_DIR}/{source.name}` for a large file).", file=sys.stderr)
-    meta = prepare(params, args.out)
+    try:
+        meta = prepare(params, args.out)
+    except UnicodeDecodeError as exc:  # a reader that let undecodable bytes through (pyarrow keeps them as bytes)
+        from pipeline.data import DataError
+
+        raise DataError(f"{params.dataset}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} in a "
+                        "value). Re-save the file as UTF-8.") from None
     print(f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
           f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}")
 

@@ -56,10 +56,23 @@ def ensure_store(uri: str, experiment_name: str) -> None:
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     with FileLock(lock) if lock else nullcontext():
-        client = MlflowClient(uri)
-        if client.get_experiment_by_name(experiment_name) is None:
-            client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
+        try:
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
+        except MlflowException as exc:
+            reason = exc.message.strip().splitlines()[0]
+            raise PipelineError(f"MLflow tracking store {uri} cannot be used ({reason}). Fix mlflow.tracking_uri in "
+                                "params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for the local store "
+                                f"{STORE_FILE} at the repository root.") from None
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {uri}. Restore it (mlflow "
+                            f"experiments restore --experiment-id {experiment.experiment_id}) or set another "
+                            "mlflow.experiment_name in params.yaml.")
 
 
 def check_reachable(uri: str) -> None:

@@ -52,6 +52,14 @@ def edit_params(repo: Path, changes: dict[str, object]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+ALL_STAGES = ["validate", "prepare", "train", "evaluate"]  # dvc.yaml's stages, in the order dvc repro runs them
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` actually executed (not those it found up to date)."""
+    return [line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage")]
+
+
 def dvc_lock_md5(repo: Path, out_path: str) -> str:
     """The md5 DVC recorded in dvc.lock for one stage output."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -63,12 +71,10 @@ FAST_PARAMS = {"train.max_epochs": 3, "trainer.progress_bar": False, "model.cnn.
                "model.cnn.hidden_dim": 32}
 
 
-@pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
+def make_repo_copy(dest: Path) -> Path:
     """This repository's tracked and new (not ignored) files, as a fresh git repo with DVC, fast params committed."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\0")
-    dest = tmp_path / "repo"
     for name in filter(None, files):
         src = REPO / name
         if src.is_file() and not name.startswith(("dvc.lock", "outputs/eval/metrics.json",
@@ -80,6 +86,11 @@ def repo_copy(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "copy"], dest)
     return dest
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return make_repo_copy(tmp_path / "repo")
 
 
 def free_port() -> int:

@@ -8,11 +8,7 @@ import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FAST_PARAMS, dvc_lock_md5, edit_params, run
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+from tests.conftest import ALL_STAGES, FAST_PARAMS, dvc_lock_md5, edit_params, ran_stages, run
 
 
 def runs_in(client: MlflowClient, experiment: str):
@@ -21,7 +17,7 @@ def runs_in(client: MlflowClient, experiment: str):
 
 def test_dvc_repro_end_to_end(repo_copy):
     first = run(["dvc", "repro"], repo_copy)
-    assert ran_stages(first.stdout) == ["prepare", "train", "evaluate"]
+    assert ran_stages(first.stdout) == ALL_STAGES
 
     # DVC sees the metrics and the confusion plot.
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
@@ -74,10 +70,10 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert ran_stages(second.stdout) == []
     assert len(runs_in(client, "digits")) == 1
 
-    # A training hyper-parameter reruns train and evaluate, not prepare.
+    # A training hyper-parameter reruns train and evaluate, not prepare (validate checks every params.yaml edit).
     edit_params(repo_copy, {"train.lr": 0.01})
     third = run(["dvc", "repro"], repo_copy)
-    assert ran_stages(third.stdout) == ["train", "evaluate"]
+    assert ran_stages(third.stdout) == ["validate", "train", "evaluate"]
     runs = runs_in(client, "digits")
     assert len(runs) == 2
     assert {r.data.params["train.lr"] for r in runs} == {"0.003", "0.01"}
@@ -88,7 +84,7 @@ def test_dvc_repro_end_to_end(repo_copy):
 def test_temp_experiment_logs_to_the_main_repository_store(repo_copy):
     """`dvc exp run --temp` runs in .dvc/tmp/exps/..., which DVC deletes; the run must land at the repo root."""
     result = run(["dvc", "exp", "run", "--temp", "-S", "train.max_epochs=2", "-n", "temp-exp"], repo_copy)
-    assert ran_stages(result.stdout) == ["prepare", "train", "evaluate"]
+    assert ran_stages(result.stdout) == ALL_STAGES
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
     (mlrun,) = runs_in(client, "digits")
     assert mlrun.info.status == "FINISHED"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FAST_PARAMS, free_port, log_tail, mlflow_server, run
+from tests.conftest import ALL_STAGES, FAST_PARAMS, free_port, log_tail, mlflow_server, ran_stages, run
 
 SERVER_START_TIMEOUT_S = 120  # `mlflow server` imports a lot and creates its tables in PostgreSQL on first start
 PG_START_TIMEOUT_S = 60
@@ -108,8 +108,7 @@ def tracking_server(postgres: str, tmp_path: Path):
 @pytest.mark.slow
 def test_pipeline_logs_to_a_tracking_server_on_postgresql(repo_copy, tracking_server, postgres, tmp_path):
     result = run(["dvc", "repro"], repo_copy, MLFLOW_TRACKING_URI=tracking_server)
-    assert [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")] == \
-        ["prepare", "train", "evaluate"]
+    assert ran_stages(result.stdout) == ALL_STAGES
 
     # The run, read back through the server.
     client = MlflowClient(tracking_server)

@@ -6,6 +6,7 @@ Every image ends up float32 (channels, height, width) in the colour mode (`data.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,11 @@ def _load_npz(path: Path, need_labels: bool = True) -> tuple[np.ndarray, np.ndar
                 raise DataError(f"{path}: no array named {', '.join(missing)} (found {', '.join(arrays.files)}); "
                                 "save images as `x` and labels as `y`.")
             return arrays["x"], arrays["y"] if "y" in arrays else None
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc}).") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy takes any non-archive for a pickle and suggests allow_pickle=True: not advice to pass on.
+        reason = "not an .npz archive" if "pickle" in str(exc) else str(exc)
+        raise DataError(f"{path}: not a readable .npz file ({reason}). Write it with numpy.savez(path, x=images, "
+                        "y=labels).") from None
 
 
 def _load_folder(root: Path, params: ImageParams) -> RawData:
