@@ -40,13 +40,17 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        getattr(self, f"{split}_loss").update(loss.detach(), weight=len(y))
+        # The batch mean once per sample, not `weight=len(y)`: with nan_strategy="disable" (no host sync per step)
+        # torchmetrics 1.9 ignores weights (Lightning-AI/torchmetrics#3434) and would average batches unweighted.
+        getattr(self, f"{split}_loss").update(loss.detach().expand(len(y)))
         getattr(self, f"{split}_scores").update(logits.argmax(dim=1), y)
         return loss
 
     def _log_epoch(self, split: str) -> None:
         loss, scores = getattr(self, f"{split}_loss"), getattr(self, f"{split}_scores")
-        self.log_dict({f"{split}/loss": loss.compute(), **scores.compute()})
+        # compute() already gathers every DDP process's counts; sync_dist only averages equal values (once an
+        # epoch) and keeps Lightning from warning that epoch values are unsynced.
+        self.log_dict({f"{split}/loss": loss.compute(), **scores.compute()}, sync_dist=True)
         loss.reset()
         scores.reset()
 

@@ -126,6 +126,23 @@ def test_plateau_on_loss_minimises() -> None:
     assert module.configure_optimizers()["lr_scheduler"]["scheduler"].mode == "min"
 
 
+def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
+    import pytorch_lightning as pl
+    from torch.nn import functional
+
+    from pipeline.datamodule import InMemoryDataset, PreparedDataModule
+
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
+    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False)
+    (scores,) = trainer.validate(Classifier(net, 3, TrainParams()), datamodule=data, verbose=False)
+    with torch.no_grad():
+        expected = functional.cross_entropy(net(x), y).item()
+    assert scores["val/loss"] == pytest.approx(expected, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A real training run on the digits, tracked in a temporary SQLite store
 # ---------------------------------------------------------------------------------------------------------------
