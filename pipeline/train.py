@@ -197,8 +197,8 @@ def balanced_class_weights(labels: Any, num_classes: int) -> Any:
 def torch_load_checkpoint(path: str) -> dict[str, Any]:
     import torch
 
-    # Our own checkpoint, written moments ago by this process; it holds Lightning's loop state next to the tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # Tensors and plain types only (the random state included, see checkpoints.py), like every file we load.
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_meta(prepared_dir: Path) -> dict[str, Any]:

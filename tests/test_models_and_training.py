@@ -230,7 +230,7 @@ def test_fit_saves_a_weights_only_model_file(workspace, trained) -> None:
 def test_model_file_holds_the_best_checkpoint_weights(trained) -> None:
     from pipeline.train import BEST_CHECKPOINT, MODEL_FILE
 
-    best = torch.load(trained.ckpt_dir / f"{BEST_CHECKPOINT}.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(trained.ckpt_dir / f"{BEST_CHECKPOINT}.ckpt", map_location="cpu", weights_only=True)
     expected = {k[len("net."):]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     saved = torch.load(trained.model_dir / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
     assert saved.keys() == expected.keys()
