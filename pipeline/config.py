@@ -51,7 +51,8 @@ class TabularParams:
     target: Optional[str] = None  # the label column; required for a CSV/Parquet file
     features: Optional[list[str]] = None  # null: every column but the target
     categorical: Optional[list[str]] = None  # null: detected (text, boolean and category columns)
-    categorical_encoding: str = _choice("onehot", "onehot", "ordinal")  # ordinal: one integer code per category
+    # embedding: one index per categorical column (0 missing/unknown, 1..K), embedded by the MLP
+    categorical_encoding: str = _choice("onehot", "onehot", "embedding")
     numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
     scaling: str = _choice("standard", "standard", "minmax", "none")
 
@@ -104,7 +105,7 @@ class DataParams:
 class MLPParams:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = field(default=0.1, metadata={"min": 0, "lt": 1})
-    embedding_dim: int = _positive(64)  # text only: tokens are embedded and mean-pooled first
+    embedding_dim: int = _positive(64)  # text: tokens, mean-pooled; tables: min(this, categories) per column
 
 
 @dataclass

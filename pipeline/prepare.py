@@ -31,7 +31,13 @@ def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str
 
     if class_names is not None:  # built-ins: labels are already 0..k-1
         return labels.astype(np.int64), class_names
-    names, y = np.unique(labels.astype(str), return_inverse=True)
+    # Class names are the labels as text, sorted; converting only the distinct values, not every row, keeps a
+    # million-row target from becoming a million fixed-width strings.
+    import pandas as pd
+
+    codes, distinct = pd.factorize(labels, use_na_sentinel=False)
+    names, index_of_distinct = np.unique(np.asarray(distinct).astype(str), return_inverse=True)
+    y = index_of_distinct[codes]
     if len(names) < 2:
         raise DataError(f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes. "
                         "Check that the label column is the right one (data.tabular.target, data.text.label_column) "

@@ -129,7 +129,7 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
     from pipeline.lightning_module import Classifier
 
     net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
-                      meta.get("vocab_size"))
+                      meta.get("vocab_size"), meta.get("categorical_cardinalities"))
     # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
     run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
     weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \

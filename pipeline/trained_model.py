@@ -25,6 +25,7 @@ def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dic
         "kind": meta["kind"],
         "input_shape": list(meta["input_shape"]),
         "vocab_size": meta.get("vocab_size"),
+        "categorical_cardinalities": meta.get("categorical_cardinalities"),  # tables with embedding indices
         "num_classes": int(meta["num_classes"]),
         "class_names": list(meta["class_names"]),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -36,7 +37,7 @@ def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dic
 def load_trained_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     bundle = torch.load(path, map_location="cpu", weights_only=True)
     net = build_model(bundle["model_name"], bundle["hparams"], bundle["input_shape"], bundle["num_classes"],
-                      bundle["vocab_size"])
+                      bundle["vocab_size"], bundle.get("categorical_cardinalities"))  # absent in older files
     net.load_state_dict(bundle["state_dict"])
     net.eval()
     return net, bundle

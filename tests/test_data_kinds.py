@@ -167,15 +167,23 @@ def test_categorical_column_outside_features_is_a_data_error(tmp_path: Path, mix
         prepare(tabular_params(path.name, features=["height"], categorical=["colour"]), tmp_path / "prepared")
 
 
-def test_ordinal_encoding_gives_one_column_per_categorical(tmp_path: Path, mixed_csv) -> None:
-    path, _ = mixed_csv
+def test_embedding_encoding_gives_one_index_per_categorical(tmp_path: Path, mixed_csv) -> None:
+    path, frame = mixed_csv
     out = tmp_path / "prepared"
-    meta = prepare(tabular_params(path.name, categorical_encoding="ordinal"), out)
-    assert meta["input_shape"] == [4]  # height, weight, colour, member
+    meta = prepare(tabular_params(path.name, categorical_encoding="embedding"), out)
+    assert meta["input_shape"] == [4]  # height, weight, then the indices of colour and member
+    assert meta["numeric_features"] == 2
+    assert meta["categorical_cardinalities"] == [3, 2]  # blue/green/red, False/True: a missing value is none
+    assert meta["preprocessing"]["categorical_encoding"] == "embedding"
     names = meta["feature_names"]
-    colour = next(i for i, n in enumerate(names) if "colour" in n)
-    x = load_splits(out)["train"]["x"]
-    assert set(np.unique(x[:, colour])) == {0.0, 1.0, 2.0}
+    colour, member = names.index("categorical__colour"), names.index("categorical__member")
+    splits = load_splits(out)
+    everything = np.concatenate([s["x"] for s in splits.values()])
+    rows = np.concatenate([s["index"] for s in splits.values()])
+    # Sorted categories 1..K; the one missing colour (row 5) shares index 0 with categories training never saw.
+    expected = frame["colour"].map({"blue": 1, "green": 2, "red": 3}).fillna(0).to_numpy()[rows]
+    assert np.array_equal(everything[:, colour], expected)
+    assert np.array_equal(everything[:, member], frame["member"].map({False: 1, True: 2}).to_numpy()[rows])
 
 
 def test_minmax_scaling_puts_training_rows_in_0_1(tmp_path: Path, mixed_csv) -> None:
@@ -205,6 +213,72 @@ def test_tsv_and_parquet_read_the_same_as_csv(tmp_path: Path, mixed_csv) -> None
             assert np.array_equal(arrays[suffix][split]["index"], arrays["csv"][split]["index"])
             assert np.array_equal(arrays[suffix][split]["y"], arrays["csv"][split]["y"])
             np.testing.assert_allclose(arrays[suffix][split]["x"], arrays["csv"][split]["x"], rtol=1e-6, atol=1e-6)
+
+
+def test_csv_reads_as_pandas_read_csv_does(tmp_path: Path) -> None:
+    """The reader against pandas.read_csv(engine="pyarrow") on what differs between them: missing markers, an empty
+    header name, and columns whose type changes after the first block (1 MB) that typed the float32 columns."""
+    from pipeline.data.tabular import read_table
+
+    n = 80_000  # about 3 MB: the changes of type below come long after the first block
+    rng = np.random.default_rng(0)
+    numbers_then_text, ints_then_float = np.arange(n).astype(object), np.arange(n).astype(object)
+    numbers_then_text[n - 5], ints_then_float[n - 5] = "x", "2.5"
+    frame = pd.DataFrame({"a": rng.normal(size=n).round(3), "then_text": numbers_then_text,
+                          "then_float": ints_then_float, "b": rng.choice(["u", "v", "None", "", "NA", "<NA>"], n),
+                          "a2": rng.integers(-3, 3, n), "flag": rng.choice(["True", "False", ""], n),
+                          "big": rng.integers(0, 2**40, n), "empty": [""] * n})
+    (tmp_path / "t.csv").write_text(frame.to_csv(index=False).replace("then_text", "", 1))
+
+    ours = read_table(tmp_path / "t.csv", exact=["then_float"])
+    theirs = pd.read_csv(tmp_path / "t.csv", engine="pyarrow")
+    assert list(ours.columns) == list(theirs.columns) == ["a", "Unnamed: 1", "then_float", "b", "a2", "flag", "big",
+                                                          "empty"]
+    assert ours["a"].dtype == ours["empty"].dtype == np.float32  # float features: float32
+    assert ours["then_float"].dtype == np.float64  # exact columns keep their values
+    assert ours["a2"].dtype == ours["big"].dtype == np.int64  # integers as pandas reads them
+    assert isinstance(ours["b"].dtype, pd.CategoricalDtype)
+    for c in theirs.columns:
+        assert np.array_equal(ours[c].isna().to_numpy(), theirs[c].isna().to_numpy()), c
+        if pd.api.types.is_numeric_dtype(theirs[c]) and theirs[c].dtype != bool:
+            np.testing.assert_allclose(ours[c].to_numpy(np.float64), theirs[c].to_numpy(np.float64), rtol=1e-6)
+        else:
+            present = theirs[c].notna()
+            assert ours[c][present].astype(str).tolist() == theirs[c][present].astype(str).tolist(), c
+    assert set(ours["b"].dropna()) == {"u", "v"}  # "None", "", "NA", "<NA>" are missing, as in pandas
+
+
+def test_repeated_header_name_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("a,a,species\n" + "".join(f"{i},{i},{'xyz'[i % 3]}\n" for i in range(12)))
+    with pytest.raises(DataError, match=r"t\.csv: the header names column\(s\) a more than once"):
+        prepare(tabular_params("t.csv"), tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_parquet_index_is_restored_as_pandas_does(tmp_path: Path, mixed_csv) -> None:
+    from pipeline.data.tabular import read_table
+
+    _, frame = mixed_csv
+    frame.set_index(pd.Index([f"animal{i}" for i in range(len(frame))], name="name")).to_parquet(tmp_path / "a.pq")
+    (tmp_path / "a.pq").rename(tmp_path / "a.parquet")
+    ours, theirs = read_table(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "a.parquet")
+    assert list(ours.columns) == list(theirs.columns) and ours.index.tolist() == theirs.index.tolist()
+    assert ours.index.name == "name"
+
+
+def test_table_that_is_not_utf8_names_the_column(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_bytes(b"a,b,species\n" + b"".join(b"%d,ok,%s\n" % (i, b"xyz"[i % 3:i % 3 + 1])
+                                                                     for i in range(12)) + b"1,caf\xe9,x\n")
+    with pytest.raises(DataError, match=r"t\.csv: not UTF-8 text \(column\(s\) b hold"):
+        prepare(tabular_params("t.csv"), tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_float_labels_keep_their_exact_text(tmp_path: Path) -> None:
+    labels = np.tile([0.123456789, 1.5, 2.000001], 10)
+    pd.DataFrame({"x": np.arange(30.0), "grade": labels}).to_csv(tmp_path / "g.csv", index=False)
+    meta = prepare(DataParams(dataset="g.csv", tabular=TabularParams(target="grade")), tmp_path / "prepared")
+    assert meta["class_names"] == ["0.123456789", "1.5", "2.000001"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,7 +411,7 @@ def test_sms_corpus_prepared_as_text(tmp_path: Path) -> None:
     splits = load_splits(out)
     truncated = padded = 0
     for s in splits.values():
-        assert s["x"].dtype == np.int64 and s["x"].shape[1:] == (20,)
+        assert s["x"].dtype == np.int32 and s["x"].shape[1:] == (20,)
         assert np.array_equal(s["y"], (labels[s["index"]] == "spam").astype(np.int64))
         for row, raw in zip(s["x"], s["index"]):
             tokens = tokenizer.tokenize(texts[raw])

@@ -1,12 +1,22 @@
 """Tables: scikit-learn's built-in breast_cancer, wine and iris, or a CSV/TSV/Parquet file with a target column.
 
-The preprocessing is a scikit-learn ColumnTransformer fitted on the training split only: numeric columns imputed
-and scaled, categorical ones imputed and one-hot (or ordinal) encoded. It is saved beside the prepared arrays
-(`preprocessor.joblib`) so that prediction applies exactly the same transformation.
+Reading keeps memory near the size of the data: pyarrow streams the file block by block, floats parsed as float32 and
+text dictionary-encoded, and hands the table to pandas column by column (text arrives as pandas categoricals). The
+target and the columns named in `data.tabular.categorical` keep their exact values, since classes and categories are
+named after their text.
+
+The preprocessing is a scikit-learn ColumnTransformer fitted on the training split only: numeric columns imputed and
+scaled; categorical ones, compared as text, either imputed and one-hot encoded or, with `categorical_encoding:
+embedding`, replaced by one index per column: 1..K for the K categories seen in training, 0 for a missing value or a
+category training never saw (meta.json then records `numeric_features` and `categorical_cardinalities`, which the MLP
+is built from; the indices follow the numeric features). It transforms in row chunks into one float32 array, and is
+saved beside the prepared arrays (`preprocessor.joblib`) so that prediction applies exactly the same transformation.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +28,10 @@ from pipeline.data import DataError, RawData, require_file
 
 PREPROCESSOR_FILE = "preprocessor.joblib"
 BUILTIN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "iris": "load_iris"}
+# Rows per transform step: scikit-learn's float64 temporaries stay a few MB whatever the table's length.
+TRANSFORM_CHUNK_ROWS = 65536
+# Embedding index of a missing or never-seen category: models.UNKNOWN_CATEGORY (not imported: that loads torch).
+UNKNOWN_INDEX = 0
 
 
 def load_raw(params: DataParams) -> RawData:
@@ -27,7 +41,7 @@ def load_raw(params: DataParams) -> RawData:
         bunch = getattr(sklearn.datasets, BUILTIN_LOADERS[params.dataset])(as_frame=True)
         return RawData(bunch.data, bunch.target.to_numpy(), [str(c) for c in bunch.target_names])
     t, path = params.tabular, require_file(params.dataset)
-    frame = read_table(path)
+    frame = read_table(path, exact=[t.target, *(t.categorical or [])])
     if frame.empty or frame.shape[1] < 2:
         raise DataError(f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
                         "least a feature and a target column (is the delimiter right? .tsv files use tabs).")
@@ -42,15 +56,82 @@ def load_raw(params: DataParams) -> RawData:
     return RawData(select_features(frame.drop(columns=[t.target]), t, path), target.to_numpy())
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, exact: Collection[str] = ()) -> pd.DataFrame:
+    """The table with its floats as float32, but in the `exact` columns, and its text as pandas categoricals."""
+    import pyarrow as pa
+
     try:
-        if path.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", engine="pyarrow")
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        if path.suffix.lower() != ".parquet":
+            return _read_delimited(path, "\t" if path.suffix.lower() == ".tsv" else ",", set(exact))
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as a {path.suffix or 'CSV'} table ({exc}).") from None
+    # float32: the model's dtype, and half float64's memory (a CSV is read so already).
+    return frame.astype({c: np.float32 for c in frame.columns if c not in exact and frame[c].dtype.kind == "f"})
+
+
+def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    # pandas.read_csv's missing-value markers: pyarrow's list lacks "None" and "<NA>"; "" is missing text too.
+    convert = pacsv.ConvertOptions(null_values=pacsv.ConvertOptions().null_values + ["None", "<NA>"],
+                                   strings_can_be_null=True)
+    with pacsv.open_csv(path, parse_options=parse, convert_options=convert) as first_block:
+        schema = first_block.schema
+    del first_block  # closed, it still holds the blocks it read ahead
+    repeated = sorted({name for name, n in Counter(schema.names).items() if n > 1 and name})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {', '.join(repeated)} more than once; rename them so "
+                        "that each column has its own name.")
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(schema.names)]  # pandas' name for an empty header
+    read = pacsv.ReadOptions(column_names=names, skip_rows=1)
+    # Streamed block by block with the first block's types made compact: the parser holds a few blocks (read_csv
+    # holds about the whole file), and no float64 or one-string-per-row copy of the table exists.
+    convert.column_types = {name: _compact_type(field.type, name in exact) for name, field in zip(names, schema)}
+    try:
+        with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as blocks:
+            table = blocks.read_all()
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc):
+            raise
+        # A column changes type after the first block (numbers, then text): typed from every block, then compacted.
+        convert.column_types = {}
+        table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        table = table.cast(pa.schema([field.with_type(_compact_type(field.type, field.name in exact))
+                                      for field in table.schema]), safe=False)
+    binary = [field.name for field in table.schema if _is_bytes(field.type)]
+    if binary:
+        raise DataError(f"{path}: not UTF-8 text (column(s) {', '.join(binary)} hold bytes that are not UTF-8). "
+                        "Re-save the file as UTF-8.")
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)  # one column at a time, its arrow memory freed
+    del table
+    pa.default_memory_pool().release_unused()  # else arrow's allocator keeps the freed pages: about the data's size
     return frame
+
+
+def _compact_type(arrow_type: Any, exact: bool) -> Any:
+    """float32 for floats (not in exact columns), dictionary-encoded text (pandas categoricals), else as is.
+
+    Integers stay integers: the MLflow model's signature, taken from the training rows, then takes them as users'
+    pandas reads them (int64), where float features refuse them."""
+    import pyarrow as pa
+
+    if (pa.types.is_floating(arrow_type) or pa.types.is_null(arrow_type)) and not exact:  # null: empty so far, NaN
+        return pa.float32()
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pa.dictionary(pa.int32(), pa.string())
+    return arrow_type
+
+
+def _is_bytes(arrow_type: Any) -> bool:
+    """pyarrow's type for a text column with bytes that are not UTF-8 (dictionary-encoded or not)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
 
 
 def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.DataFrame:
@@ -69,8 +150,11 @@ def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.Dat
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """Rows to predict: a CSV/TSV/Parquet table with at least the training feature columns (target optional)."""
     path = require_file(path)
-    frame = read_table(path)
-    return training_columns(frame, meta, str(path)), [str(i) for i in frame.index]
+    frame = read_table(path, exact=meta["preprocessing"].get("categorical", []))
+    columns = training_columns(frame, meta, str(path))
+    # Text as plain strings, the form a caller of the MLflow model passes (its signature refuses categoricals).
+    text = {c: object for c in columns.columns if isinstance(columns[c].dtype, pd.CategoricalDtype)}
+    return columns.astype(text), [str(i) for i in frame.index]
 
 
 def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> pd.DataFrame:
@@ -86,24 +170,44 @@ class TablePreprocessor:
     def __init__(self, params: TabularParams, transformer: Any = None, columns: list[str] | None = None):
         self.params, self.transformer, self.columns = params, transformer, columns
 
-    def fit(self, frame: pd.DataFrame) -> "TablePreprocessor":
+    def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
         from sklearn.compose import ColumnTransformer
         from sklearn.impute import SimpleImputer
         from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+        from sklearn.preprocessing import (
+            FunctionTransformer,
+            MinMaxScaler,
+            OneHotEncoder,
+            OrdinalEncoder,
+            StandardScaler,
+        )
 
         p = self.params
         categorical = list(p.categorical) if p.categorical is not None else [
             c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].dtype == bool]
         numeric = [c for c in frame.columns if c not in categorical]
+        text = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
+        if text:
+            raise DataError(f"column(s) {', '.join(map(str, text))} hold text, but data.tabular.categorical does not "
+                            "list them; add them there, or set it to null to detect the categorical columns.")
         scaler = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[p.scaling]
-        # float32 throughout: the model's dtype, and half the memory of scikit-learn's float64 default.
-        encoder = (OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
-                   if p.categorical_encoding == "onehot"
-                   else OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, dtype=np.float32))
+        # Outputs in float32, the model's dtype (scikit-learn's default is float64); one-hot columns in int8, since
+        # fit() stacks every output of the training split into one array (float32), and this one is the widest.
+        if p.categorical_encoding == "embedding":
+            # Sorted categories 0..K-1, missing and unknown -1; shifted to 1..K and 0 (UNKNOWN_INDEX).
+            encoder = make_pipeline(
+                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1,
+                               dtype=np.float32),
+                FunctionTransformer(_past_unknown_index, feature_names_out="one-to-one"))
+        else:
+            encoder = make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                    OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.int8))
+        # A callable is applied column by column; scikit-learn's own "median" sorts a masked copy of the whole
+        # numeric block, which takes about five times the block's memory.
+        impute = np.median if p.numeric_impute == "median" else p.numeric_impute
         self.transformer = ColumnTransformer([
-            ("numeric", make_pipeline(SimpleImputer(strategy=p.numeric_impute), scaler), numeric),
-            ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"), encoder), categorical),
+            ("numeric", make_pipeline(SimpleImputer(strategy=impute), scaler), numeric),
+            ("categorical", encoder, categorical),
         ], sparse_threshold=0.0)
         self.columns = list(frame.columns)
         self.transformer.fit(_categories_as_text(frame, categorical))
@@ -111,12 +215,26 @@ class TablePreprocessor:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         categorical = self.transformer.transformers_[1][2]
-        return self.transformer.transform(_categories_as_text(frame, categorical)).astype(np.float32)
+        out = np.empty((len(frame), len(self.transformer.get_feature_names_out())), dtype=np.float32)
+        for start in range(0, len(frame), TRANSFORM_CHUNK_ROWS):
+            rows = frame.iloc[start:start + TRANSFORM_CHUNK_ROWS]
+            out[start:start + len(rows)] = self.transformer.transform(_categories_as_text(rows, categorical))
+        return out
 
     def describe(self) -> dict[str, Any]:
         names = [str(n) for n in self.transformer.get_feature_names_out()]
-        return {"input_shape": [len(names)], "feature_names": names,
-                "preprocessing": {"file": PREPROCESSOR_FILE, "columns": self.columns}}
+        categorical = list(self.transformer.transformers_[1][2])
+        described: dict[str, Any] = {
+            "input_shape": [len(names)], "feature_names": names,
+            "preprocessing": {"file": PREPROCESSOR_FILE, "columns": self.columns, "categorical": categorical,
+                              "categorical_encoding": self.params.categorical_encoding},
+        }
+        if self.params.categorical_encoding == "embedding":  # what the MLP is built from
+            encoder = self.transformer.named_transformers_["categorical"][0]
+            known = encoder.categories_ if categorical else []  # scikit-learn fits no empty column selection
+            described["numeric_features"] = self.transformer.output_indices_["numeric"].stop
+            described["categorical_cardinalities"] = [int(pd.notna(k).sum()) for k in known]  # missing: none of K
+        return described
 
     def save(self, folder: Path) -> None:
         import joblib
@@ -124,11 +242,23 @@ class TablePreprocessor:
         joblib.dump(self.transformer, folder / PREPROCESSOR_FILE)
 
 
+def _past_unknown_index(codes: np.ndarray) -> np.ndarray:
+    """OrdinalEncoder's -1 (missing or unknown) becomes UNKNOWN_INDEX, its categories 0..K-1 become 1..K."""
+    return codes + 1
+
+
 def _categories_as_text(frame: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
     """Categories compared as text (a column of 1, 2 and 'x' must not break the encoder); missing stays missing."""
+
+    def as_text(column: pd.Series) -> pd.Series:
+        if not isinstance(column.dtype, pd.CategoricalDtype):  # text as read already is one
+            column = column.astype(str).astype("category")
+        # Python strings: pandas' default (arrow) strings would become a new string object per row, about 60 bytes,
+        # where scikit-learn reads the column.
+        return column.cat.rename_categories(pd.Index(column.cat.categories.astype(str), dtype=object))
+
     # assign() shares the untouched columns (pandas copy-on-write): no copy of the whole table.
-    return frame.assign(**{c: frame[c].astype(object).where(frame[c].isna(), frame[c].astype(str))
-                           for c in categorical})
+    return frame.assign(**{c: as_text(frame[c]) for c in categorical})
 
 
 def new_preprocessor(params: DataParams) -> TablePreprocessor:

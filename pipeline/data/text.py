@@ -2,7 +2,7 @@
 
 Cleaning and tokenisation follow `data.text`; the vocabulary is built on the training split only (PAD = 0, UNK = 1,
 then tokens by falling frequency) and saved as `vocab.json`, so prediction encodes new text identically. Each text
-becomes `max_len` token ids, truncated or padded at the end with PAD.
+becomes `max_len` token ids (int32), truncated or padded at the end with PAD.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
 
 VOCAB_FILE = "vocab.json"
+# Half of int64, and the narrowest index type torch's embeddings take (int16 would need a cast per batch).
+TOKEN_ID_DTYPE = np.int32
 PAD, UNK = "<pad>", "<unk>"
 URL = re.compile(r"(https?://|www\.)\S+")
 NUMBER = re.compile(r"\d+")
@@ -31,13 +33,16 @@ WORD = re.compile(r"\w+|[^\w\s]")
 def load_raw(params: DataParams) -> RawData:
     path = require_file(params.dataset)
     frame = read_messages(path, params.text, need_labels=True)
-    labels = frame["label"]
-    missing = labels.isna() | (labels.astype(str).str.strip() == "")
+    # Labels through their few distinct values: one stripped string per class, not one per message.
+    codes, distinct = pd.factorize(frame["label"], use_na_sentinel=True)
+    names = np.array([str(v).strip() for v in distinct] + [""], dtype=object)  # [-1]: a missing label
+    labels = names[codes]
+    missing = labels == ""
     if missing.any():
-        rows = (np.flatnonzero(missing.to_numpy()) + 1)[:5].tolist()
+        rows = (np.flatnonzero(missing) + 1)[:5].tolist()
         raise DataError(f"{path}: {int(missing.sum())} message(s) have no label (first at data row(s) {rows}). "
                         "Label or drop them.")
-    return RawData(frame["text"].tolist(), labels.astype(str).str.strip().to_numpy())
+    return RawData(frame["text"].tolist(), labels)
 
 
 def read_messages(path: Path, p: TextParams, need_labels: bool) -> pd.DataFrame:
@@ -61,9 +66,11 @@ def read_messages(path: Path, p: TextParams, need_labels: bool) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as delimited text ({exc}).") from None
     if frame.empty:
         raise DataError(f"{path}: no messages in the file.")
-    empty = frame["text"].fillna("").str.strip() == ""
+    # One message at a time: no stripped copy of the whole column.
+    empty = np.fromiter((not isinstance(t, str) or not t.strip() for t in frame["text"]), dtype=bool,
+                        count=len(frame))
     if empty.any():
-        rows = (np.flatnonzero(empty.to_numpy()) + 1)[:5].tolist()
+        rows = (np.flatnonzero(empty) + 1)[:5].tolist()
         raise DataError(f"{path}: {int(empty.sum())} empty message(s) (first at data row(s) {rows}). Remove them or "
                         "give them text.")
     return frame
@@ -80,7 +87,7 @@ def _read_label_then_text(path: Path, delimiter: str) -> pd.DataFrame:
                                 "and data.text.label_column.")
             labels.append(label)
             texts.append(text)
-    return pd.DataFrame({"label": labels, "text": texts})
+    return pd.DataFrame({"label": labels, "text": texts}, dtype=object)  # object: these strings, not copies
 
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -123,7 +130,7 @@ class Vocabulary:
 
     def transform(self, texts: list[str]) -> np.ndarray:
         max_len, unk = self.params.max_len, self.ids[UNK]
-        out = np.zeros((len(texts), max_len), dtype=np.int64)  # PAD is 0
+        out = np.zeros((len(texts), max_len), dtype=TOKEN_ID_DTYPE)  # PAD is 0
         for row, text in enumerate(texts):
             ids = [self.ids.get(t, unk) for t in self.tokenize(text)[:max_len]]
             out[row, :len(ids)] = ids
