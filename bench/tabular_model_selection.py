@@ -46,7 +46,7 @@ from pipeline.train import MODEL_FILE  # noqa: E402
 # Fixed for every setting: the MLP, a generous epoch budget that early stopping on the fold's validation loss cuts.
 BASE = {"model.name": "mlp", "train.max_epochs": 100, "train.early_stopping_patience": 20, "train.monitor": "val/loss"}
 # The declared search space (its product is tried; keys are params.yaml keys). Its ranges come from a wider random
-# search (250 settings, 5-fold CV on train + val with a plain-torch copy of the training loop; no test data), which
+# search (a one-off, script not kept: 250 settings, 5-fold CV on train + val, plain-torch loop; no test data), which
 # favoured two hidden layers, lr 0.003-0.01, weight decay 0.01-0.1 and batches of 16 over the earlier setting below.
 GRID = {
     "model.mlp.hidden_dims": [[64], [256, 128]],

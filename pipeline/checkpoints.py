@@ -66,17 +66,21 @@ def fingerprint(params: Params, data_digest: str) -> str:
     return digest.hexdigest()
 
 
-def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str | None) -> ResumePoint | None:
-    """The unfinished attempt to continue (None: of any fingerprint), or None. Only reads, so every DDP process
-    reaches the same answer."""
-    record, last = checkpoint_dir / RESUME_FILE, checkpoint_dir / LAST_CHECKPOINT
-    if not (record.is_file() and last.is_file()):
-        return None
+def read_attempt(checkpoint_dir: Path) -> dict[str, Any] | None:
     try:
-        attempt = read_json(record)
-    except ValueError:  # cut short while being written: nothing trustworthy to resume
+        return read_json(checkpoint_dir / RESUME_FILE)
+    except (OSError, ValueError):  # none yet, or cut short while being written
         return None
-    if attempt.get("finished") or expected_fingerprint not in (None, attempt.get("fingerprint")):
+
+
+def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str) -> ResumePoint | None:
+    """The unfinished attempt to continue, or None. Only reads, so every DDP process reaches the same answer.
+
+    Same fingerprint, and the same tracking store: the resumed run carries the interrupted run's metrics over, which
+    it can only read from the store that holds them."""
+    attempt, last = read_attempt(checkpoint_dir), checkpoint_dir / LAST_CHECKPOINT
+    if not attempt or attempt.get("finished") or not last.is_file() \
+            or (attempt.get("fingerprint"), attempt.get("tracking_uri")) != (expected_fingerprint, tracking_uri):
         return None
     try:
         progress = checkpoint_progress(last)
@@ -85,25 +89,30 @@ def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str | None) ->
     return ResumePoint(last, attempt.get("run_id"), attempt.get("tracking_uri"), *progress)
 
 
-def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str) -> ResumePoint | None:
-    """The attempt to continue; else None, with the folder emptied for a fresh start (by rank zero alone)."""
-    resume = find_resume_point(checkpoint_dir, expected_fingerprint)
-    if resume is None and launched_as_global_zero() and start_over(checkpoint_dir):
-        print(f"train: not resuming the interrupted training in {checkpoint_dir}: its params, prepared data or "
-              "training code differ from these. Starting over.")
-    elif resume:
+def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str) -> ResumePoint | None:
+    """The attempt to continue; else None, with the folder emptied for a fresh start by rank zero, which also ends an
+    interrupted attempt's run KILLED if it was left RUNNING (killed before its first checkpoint, or not resumable)."""
+    resume = find_resume_point(checkpoint_dir, expected_fingerprint, tracking_uri)
+    if resume:
         print(f"train: resuming after epoch {resume.epochs} from {resume.checkpoint} (run {resume.run_id})")
-    return resume
+        return resume
+    if not launched_as_global_zero():
+        return None
+    attempt = read_attempt(checkpoint_dir)
+    if attempt and not attempt.get("finished"):
+        if attempt.get("run_id") and attempt.get("tracking_uri") == tracking_uri:
+            from mlflow import MlflowClient
 
+            from pipeline import tracking
 
-def start_over(checkpoint_dir: Path) -> bool:
-    """Empty the folder (a stale `best.ckpt` or `last.ckpt` belongs to another attempt); True when it
-    held an unfinished attempt, which can only be one of other params, data or code."""
-    unfinished = find_resume_point(checkpoint_dir, expected_fingerprint=None) is not None
-    if checkpoint_dir.is_dir():
+            tracking.end_if_running(MlflowClient(tracking_uri), attempt["run_id"])
+        if (checkpoint_dir / LAST_CHECKPOINT).is_file():
+            print(f"train: not resuming the interrupted training in {checkpoint_dir}: its params, prepared data, "
+                  "training code or tracking store differ from these. Starting over.")
+    if checkpoint_dir.is_dir():  # a stale best.ckpt or last.ckpt belongs to another attempt
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True)
-    return unfinished
+    return None
 
 
 def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str,
@@ -124,7 +133,7 @@ def launched_as_global_zero() -> bool:
 
 def checkpoint_progress(path: Path) -> tuple[int, int]:
     """(epochs completed, optimizer steps taken) stored in a Lightning checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
     return int(state["epoch"]) + 1, int(state["global_step"])
 
 
@@ -149,23 +158,3 @@ class RandomStateCheckpoint(pl.Callback):
         random.setstate((version, tuple(internal), gauss))
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class AttemptRecord(pl.Callback):
-    """Once the MLflow run exists (global rank zero): note it in resume.json, so that a kill from here on can be
-    resumed; when this attempt resumes another, end that one KILLED and carry its metric history over."""
-
-    def __init__(self, checkpoint_dir: Path, fingerprint_: str, logger: Any, tracking_uri: str,
-                 resumed: ResumePoint | None = None):
-        self.checkpoint_dir, self.fingerprint, self.logger = checkpoint_dir, fingerprint_, logger
-        self.tracking_uri, self.resumed = tracking_uri, resumed
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        run_id = self.logger.run_id
-        if self.resumed and self.resumed.run_id and self.resumed.tracking_uri == self.tracking_uri:
-            from pipeline import tracking
-
-            tracking.take_over_run(self.logger.experiment, self.resumed.run_id, run_id, self.resumed.step)
-        record_attempt(self.checkpoint_dir, self.fingerprint, run_id, self.tracking_uri)

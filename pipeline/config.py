@@ -368,6 +368,12 @@ def _check_combinations(p: Params) -> list[str]:
             "training data; keep their sum below 1 (e.g. 0.15 and 0.2)."
         )
     problems += _check_data(p.data)
+    if p.data.tabular.categorical_encoding == "embedding" and p.trainer.precision in ("16-true", "bf16-true"):
+        # The indices travel in the float input; 16-bit floats hold whole numbers exactly only up to 2048 (fp16)
+        # or 256 (bf16), so larger category indices would be rounded to a neighbour's.
+        problems.append(f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
+                        "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
+                        "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot.")
     if p.model.name not in MODEL_NAMES:
         close = difflib.get_close_matches(p.model.name, MODEL_NAMES, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

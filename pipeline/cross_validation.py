@@ -19,8 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 from pipeline.config import Params
 from pipeline.datamodule import InMemoryDataset, PreparedDataModule, load_split
 from pipeline.files import write_json
-
-PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests runs in its UI
+from pipeline.tracking import PARENT_RUN_TAG
 
 
 def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], parent: Any,

@@ -27,6 +27,7 @@ ARTIFACT_DIR = "mlartifacts"
 RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
 REACHABILITY_TIMEOUT_S = 5
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests runs (cross-validation folds) in its UI
 
 
 def repo_root() -> Path:
@@ -172,19 +173,35 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
         yield run
 
 
-def take_over_run(client: Any, interrupted_id: str, run_id: str, up_to_step: int) -> None:
-    """The interrupted run ends KILLED if it was left RUNNING (a SIGKILL gives it no chance to say so), and its
-    metrics before the checkpoint we resume from are copied into `run_id`, so that run shows the whole curve."""
+def end_if_running(client: Any, run_id: str) -> None:
+    """End an interrupted attempt's run KILLED if it was left RUNNING (a SIGKILL gives it no chance to say so)."""
     from mlflow.entities import RunStatus
     from mlflow.exceptions import MlflowException
 
     try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        return  # deleted meanwhile
+    if status == RunStatus.to_string(RunStatus.RUNNING):
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def take_over_run(client: Any, interrupted_id: str, run_id: str, up_to_step: int) -> None:
+    """`run_id` continues the interrupted run: that one ends KILLED if left RUNNING, its metrics before the
+    checkpoint we resume from are copied into `run_id` (so it shows the whole curve), and its cross-validation folds
+    are nested under `run_id` instead."""
+    from mlflow.exceptions import MlflowException
+
+    end_if_running(client, interrupted_id)
+    try:
         interrupted = client.get_run(interrupted_id)
     except MlflowException:
-        return  # deleted meanwhile: nothing to close or copy
-    if interrupted.info.status == RunStatus.to_string(RunStatus.RUNNING):
-        client.set_terminated(interrupted_id, RunStatus.to_string(RunStatus.KILLED))
+        return
     history = [m for key in interrupted.data.metrics for m in client.get_metric_history(interrupted_id, key)
                if m.step < up_to_step]  # the step a resumed run starts at, it logs itself
     for start in range(0, len(history), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])
+    folds = client.search_runs([interrupted.info.experiment_id],
+                               filter_string=f"tags.`{PARENT_RUN_TAG}` = '{interrupted_id}'")
+    for fold in folds:
+        client.set_tag(fold.info.run_id, PARENT_RUN_TAG, run_id)

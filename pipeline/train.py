@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,36 +54,32 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     uri = tracking.tracking_uri(params.mlflow)
     digest = tracking.data_digest(prepared_dir, meta)
     attempt = checkpoints.fingerprint(params, meta["digest"])
-    resume = checkpoints.resume_or_start_over(checkpoint_dir, attempt)
+    resume = checkpoints.resume_or_start_over(checkpoint_dir, attempt, uri)
     logger = new_logger(params, meta, digest, extra_tags={
         RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
+    if checkpoints.launched_as_global_zero():  # the run exists from here on: a kill at any point is on record
+        if resume and resume.run_id:
+            tracking.take_over_run(logger.experiment, resume.run_id, logger.run_id, resume.step)
+        checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri)
 
-    cv_summary, cv_summary_file = None, checkpoint_dir / CV_SUMMARY_FILE
-    if params.train.cv_folds > 1 and resume:  # the folds finished before the final fit began
-        cv_summary = read_json(cv_summary_file)
-    elif params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as configured
-        try:
-            cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
-        except BaseException:  # the parent run exists already; no Trainer owns it yet to mark it
-            logger.experiment.set_terminated(logger.run_id, "FAILED")
-            raise
-        write_json(cv_summary_file, cv_summary)
-    pl.seed_everything(params.train.seed, workers=True, verbose=False)
-    module = new_module(params, meta, load_split(prepared_dir, "train").y)
-    checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
-    callbacks += [checkpoints.AttemptRecord(checkpoint_dir, attempt, logger, uri, resume), *(extra_callbacks or [])]
-    trainer = new_trainer(params, [logger], callbacks, checkpoint_dir)
-    try:
+    with ends_killed_on_interrupt(logger, checkpoint_dir):
+        cv_summary, cv_summary_file = None, checkpoint_dir / CV_SUMMARY_FILE
+        if params.train.cv_folds > 1 and resume:  # the folds finished before the final fit began
+            cv_summary = read_json(cv_summary_file)
+        elif params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as set
+            try:
+                cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
+            except BaseException:  # the parent run exists already; no Trainer owns it yet to mark it
+                logger.experiment.set_terminated(logger.run_id, "FAILED")
+                raise
+            write_json(cv_summary_file, cv_summary)
+        pl.seed_everything(params.train.seed, workers=True, verbose=False)
+        module = new_module(params, meta, load_split(prepared_dir, "train").y)
+        checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
+        trainer = new_trainer(params, [logger], callbacks + (extra_callbacks or []), checkpoint_dir)
         trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
                     ckpt_path=resume.checkpoint if resume else None)
-    except SystemExit:  # Lightning's answer to Ctrl+C / SIGINT, after marking the run FAILED
-        if trainer.is_global_zero and logger.run_id:
-            logger.experiment.set_terminated(logger.run_id, "KILLED")
-        last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
-        if last.is_file():
-            print(f"train: interrupted; the next `dvc repro` resumes from {last}", file=sys.stderr)
-        raise KeyboardInterrupt from None
-    # (on any other failure Lightning marks the run FAILED before re-raising)
+        # (on any other failure Lightning marks the run FAILED before re-raising)
 
     if not trainer.is_global_zero:
         return None
@@ -102,6 +100,23 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     return logger.run_id
+
+
+@contextmanager
+def ends_killed_on_interrupt(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
+    """Ctrl+C / SIGINT: Lightning shuts down cleanly, marks the run FAILED and exits 1; between Lightning's loops it
+    is a plain KeyboardInterrupt. Either way the run ends KILLED and the user learns what the next run will do."""
+    from pipeline import checkpoints
+
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        if checkpoints.launched_as_global_zero() and logger.run_id:
+            logger.experiment.set_terminated(logger.run_id, "KILLED")
+            last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
+            print(f"train: interrupted; the next `dvc repro` resumes from {last}" if last.is_file() else
+                  "train: interrupted before the first checkpoint; the next `dvc repro` starts over", file=sys.stderr)
+        raise KeyboardInterrupt from None
 
 
 def model_hparams(params: Params) -> dict[str, Any]:

@@ -210,6 +210,8 @@ def test_bad_value_is_explained(params_copy: Path, override: str, fragment: str)
         (["model.mlp.hidden_dims=[]"], "model.mlp.hidden_dims: needs at least one layer"),
         (["model.cnn.channels=[32,0]"], "model.cnn.channels: needs at least one layer and every size > 0"),
         (["trainer.num_nodes=2"], "trainer.num_nodes > 1 needs a distributed trainer.strategy"),
+        (["data.tabular.categorical_encoding=embedding", "trainer.precision=bf16-true"],
+         "round the category indices"),
     ],
 )
 def test_impossible_combination_is_rejected(params_copy: Path, overrides: list[str], fragment: str) -> None:
@@ -226,6 +228,7 @@ def test_impossible_combination_is_rejected(params_copy: Path, overrides: list[s
         ["trainer.devices=[0,1]", "trainer.strategy=ddp"],
         ["trainer.devices=auto"],
         ["trainer.precision=bf16-mixed"],
+        ["trainer.precision=bf16-mixed", "data.tabular.categorical_encoding=embedding"],
         ["trainer.precision=16-mixed", "trainer.accelerator=gpu"],
         ["trainer.num_nodes=2", "trainer.strategy=ddp"],
         ["data.val_fraction=0.4", "data.test_fraction=0.5"],

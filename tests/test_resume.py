@@ -162,10 +162,11 @@ def test_training_code_in_the_fingerprint_is_the_train_stage_code_dvc_tracks() -
 
 
 @pytest.mark.parametrize("record", [
-    None, "{not json", {"fingerprint": "abc", "run_id": "r", "tracking_uri": "u", "finished": True},
-    {"fingerprint": "other", "run_id": "r", "tracking_uri": "u", "finished": False},
-], ids=["no record", "cut-short record", "finished attempt", "other fingerprint"])
-def test_only_an_unfinished_attempt_with_the_same_fingerprint_is_resumed(tmp_path, record) -> None:
+    None, "{not json", {"fingerprint": "abc", "run_id": "r", "tracking_uri": "uri", "finished": True},
+    {"fingerprint": "other", "run_id": "r", "tracking_uri": "uri", "finished": False},
+    {"fingerprint": "abc", "run_id": "r", "tracking_uri": "another store", "finished": False},
+], ids=["no record", "cut-short record", "finished attempt", "other fingerprint", "other tracking store"])
+def test_only_an_unfinished_attempt_with_the_same_fingerprint_and_store_is_resumed(tmp_path, record) -> None:
     last = tmp_path / checkpoints.LAST_CHECKPOINT
     torch.save({"epoch": 2, "global_step": 30}, last)  # what a Lightning checkpoint says of its progress
     if isinstance(record, dict):
@@ -173,11 +174,53 @@ def test_only_an_unfinished_attempt_with_the_same_fingerprint_is_resumed(tmp_pat
                                    record["finished"])
     elif record is not None:
         (tmp_path / checkpoints.RESUME_FILE).write_text(record)
-    assert checkpoints.find_resume_point(tmp_path, "abc") is None
+    assert checkpoints.find_resume_point(tmp_path, "abc", "uri") is None
     checkpoints.record_attempt(tmp_path, "abc", "run", "uri")
-    assert checkpoints.find_resume_point(tmp_path, "abc") == checkpoints.ResumePoint(last, "run", "uri", 3, 30)
+    assert checkpoints.find_resume_point(tmp_path, "abc", "uri") == checkpoints.ResumePoint(last, "run", "uri", 3, 30)
     last.write_bytes(b"cut short")  # a checkpoint torn by the kill is not resumed either
-    assert checkpoints.find_resume_point(tmp_path, "abc") is None
+    assert checkpoints.find_resume_point(tmp_path, "abc", "uri") is None
+
+
+def test_a_run_killed_before_its_first_checkpoint_ends_killed_and_training_starts_over(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id  # RUNNING, as a SIGKILL leaves it
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    checkpoints.record_attempt(ckpt, "abc", run_id, uri)  # no last.ckpt: killed during the first epoch
+    assert checkpoints.resume_or_start_over(ckpt, "abc", uri) is None
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert ckpt.is_dir() and not any(ckpt.iterdir())
+
+
+@pytest.mark.slow
+def test_a_resumed_final_fit_keeps_the_cross_validation_of_the_interrupted_run(workdir) -> None:
+    root = workdir / "cv"
+    root.mkdir()
+    shutil.copytree(workdir / "prepared", root / "prepared")
+    shutil.copyfile(workdir / "params.yaml", root / "params.yaml")
+    edit_params(root, {"train.cv_folds": 2})
+    env, cmd = stage_environ(root), train_command("ckpt", "model") + ["--cv-metrics", "model/cv_metrics.json"]
+    # The folds write under ckpt/cv/; ckpt/last.ckpt appears with the final fit's first epoch.
+    killed = kill_after_first_checkpoint(cmd, root, env, signal.SIGKILL, root / "ckpt")
+    assert killed.returncode != 0
+
+    resumed = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=KILL_TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "train: resuming after epoch" in resumed.stdout
+    assert "cross-validation:" not in resumed.stdout  # the folds are not trained again
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    resumed_id = json.loads((root / "model" / "mlflow_run.json").read_text())["run_id"]
+    final = next(r for r in runs if r.info.run_id == resumed_id)
+    killed_id = final.data.tags[RESUMED_FROM_TAG]
+    folds = [r for r in runs if r.data.tags.get("cv.fold") is not None]
+    assert len(folds) == 2 and all(r.data.tags["mlflow.parentRunId"] == resumed_id for r in folds)
+    assert next(r for r in runs if r.info.run_id == killed_id).info.status == "KILLED"
+    summary = json.loads((root / "model" / "cv_metrics.json").read_text())
+    assert summary["folds"] == 2
+    assert final.data.metrics["cv/val/acc_mean"] == pytest.approx(summary["val/acc"]["mean"])
 
 
 @pytest.mark.slow
