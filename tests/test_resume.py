@@ -224,6 +224,35 @@ def test_a_resumed_final_fit_keeps_the_cross_validation_of_the_interrupted_run(w
 
 
 @pytest.mark.slow
+def test_ddp_training_resumes_on_every_process_and_matches_an_uninterrupted_ddp_run(workdir) -> None:
+    """Each of the 2 DDP processes decides on its own to resume (rank zero alone empties or records); they agree."""
+    root = workdir / "ddp"
+    root.mkdir()
+    shutil.copytree(workdir / "prepared", root / "prepared")
+    shutil.copyfile(workdir / "params.yaml", root / "params.yaml")
+    edit_params(root, {"trainer.devices": 2, "trainer.strategy": "ddp"})
+    env = stage_environ(root)
+    reference = subprocess.run(train_command("ckpt-reference", "reference"), cwd=root, env=env, capture_output=True,
+                               text=True, timeout=KILL_TIMEOUT_S)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+
+    killed = kill_after_first_checkpoint(train_command("ckpt", "model"), root, env, signal.SIGKILL, root / "ckpt")
+    assert killed.returncode != 0
+    resumed = subprocess.run(train_command("ckpt", "model"), cwd=root, env=env, capture_output=True, text=True,
+                             timeout=KILL_TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "MEMBER: 2/2" in resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("train: resuming after epoch") == 2  # both processes, from the same checkpoint
+
+    expected, got = weights(root / "reference"), weights(root / "model")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    assert sorted(r.info.status for r in client.search_runs([experiment])) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
 def test_dvc_repro_after_sigkill_resumes_and_reaches_the_uninterrupted_result(repo_copy) -> None:
     edit_params(repo_copy, RESUMABLE)
     run(["git", "commit", "-qam", "resumable params"], repo_copy)
