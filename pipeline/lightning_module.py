@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
+from torch.nn import functional
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -26,7 +27,7 @@ class Classifier(pl.LightningModule):
         self.net, self.params = net, params
         # Lightning hands hparams to the logger itself, once, on global rank zero after the distributed setup.
         self.save_hyperparameters(logged_params or {})
-        self.loss = nn.CrossEntropyLoss(weight=class_weights)
+        self.register_buffer("class_weights", class_weights)  # None: every class counts the same
         # Per-step work is only metric updates; values are computed and logged once per epoch. `self.log` on every
         # step costs ~0.7 ms a call on 2 CPU cores, more than a small model's whole step. torchmetrics objects also
         # synchronise across DDP processes when computed, so every rank logs the same epoch values.
@@ -39,10 +40,14 @@ class Classifier(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = self.loss(logits, y)
-        # The batch mean once per sample, not `weight=len(y)`: with nan_strategy="disable" (no host sync per step)
-        # torchmetrics 1.9 ignores weights (Lightning-AI/torchmetrics#3434) and would average batches unweighted.
-        getattr(self, f"{split}_loss").update(loss.detach().expand(len(y)))
+        per_sample = functional.cross_entropy(logits, y, reduction="none")
+        # The objective weighs classes when train.class_weights asks; the logged loss is the plain mean cross-entropy
+        # per sample, comparable between runs with and without class weights. Per-sample values rather than
+        # `weight=len(y)`: with nan_strategy="disable" (no host sync per step) torchmetrics 1.9 ignores weights
+        # (Lightning-AI/torchmetrics#3434) and would average the batches unweighted.
+        loss = per_sample.mean() if self.class_weights is None else \
+            functional.cross_entropy(logits, y, weight=self.class_weights)
+        getattr(self, f"{split}_loss").update(per_sample.detach())
         getattr(self, f"{split}_scores").update(logits.argmax(dim=1), y)
         return loss
 

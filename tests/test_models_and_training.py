@@ -143,6 +143,29 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
     assert scores["val/loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
+    import pytorch_lightning as pl
+    from torch.nn import functional
+
+    from pipeline.datamodule import InMemoryDataset, PreparedDataModule
+    from pipeline.train import balanced_class_weights
+
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(12, 4), torch.tensor([0] * 8 + [1] * 3 + [2])
+    weights = balanced_class_weights(y.numpy(), 3)
+    assert weights.tolist() == pytest.approx([12 / (3 * 8), 12 / (3 * 3), 12 / (3 * 1)])  # n / (k * count)
+    module = Classifier(net, 3, TrainParams(), class_weights=weights)
+    with torch.no_grad():
+        objective = module.training_step((x, y), 0)
+        assert objective.item() == pytest.approx(functional.cross_entropy(net(x), y, weight=weights).item())
+        plain = functional.cross_entropy(net(x), y).item()
+    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False)
+    (scores,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert scores["val/loss"] == pytest.approx(plain, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A real training run on the digits, tracked in a temporary SQLite store
 # ---------------------------------------------------------------------------------------------------------------
