@@ -80,6 +80,16 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+def variant_of(workdir: Path, name: str, changes: dict[str, object]) -> Path:
+    """A folder beside `workdir` with the same prepared data and its params.yaml with `changes` applied."""
+    root = workdir / name
+    root.mkdir()
+    shutil.copytree(workdir / "prepared", root / "prepared")
+    shutil.copyfile(workdir / "params.yaml", root / "params.yaml")
+    edit_params(root, changes)
+    return root
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(workdir: Path) -> Path:
     run(train_command("ckpt-reference", "reference"), workdir, PYTHONPATH=str(REPO),
@@ -125,11 +135,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workdir, unint
 
 def test_a_changed_param_starts_over_instead_of_resuming(workdir, uninterrupted) -> None:
     """A checkpoint of other params is never continued: the folder is emptied and training starts from epoch 0."""
-    other = workdir / "other-params"
-    other.mkdir()
-    shutil.copytree(workdir / "prepared", other / "prepared")
-    shutil.copyfile(workdir / "params.yaml", other / "params.yaml")
-    edit_params(other, {"train.lr": 0.002})
+    other = variant_of(workdir, "other-params", {"train.lr": 0.002})
     ckpt = other / "ckpt"  # the reference's checkpoints, made to look like an attempt killed at its last epoch
     shutil.copytree(workdir / "ckpt-reference", ckpt)
     record = json.loads((ckpt / checkpoints.RESUME_FILE).read_text())
@@ -195,11 +201,7 @@ def test_a_run_killed_before_its_first_checkpoint_ends_killed_and_training_start
 
 @pytest.mark.slow
 def test_a_resumed_final_fit_keeps_the_cross_validation_of_the_interrupted_run(workdir) -> None:
-    root = workdir / "cv"
-    root.mkdir()
-    shutil.copytree(workdir / "prepared", root / "prepared")
-    shutil.copyfile(workdir / "params.yaml", root / "params.yaml")
-    edit_params(root, {"train.cv_folds": 2})
+    root = variant_of(workdir, "cv", {"train.cv_folds": 2})
     env, cmd = stage_environ(root), train_command("ckpt", "model") + ["--cv-metrics", "model/cv_metrics.json"]
     # The folds write under ckpt/cv/; ckpt/last.ckpt appears with the final fit's first epoch.
     killed = kill_after_first_checkpoint(cmd, root, env, signal.SIGKILL, root / "ckpt")
@@ -226,11 +228,7 @@ def test_a_resumed_final_fit_keeps_the_cross_validation_of_the_interrupted_run(w
 @pytest.mark.slow
 def test_ddp_training_resumes_on_every_process_and_matches_an_uninterrupted_ddp_run(workdir) -> None:
     """Each of the 2 DDP processes decides on its own to resume (rank zero alone empties or records); they agree."""
-    root = workdir / "ddp"
-    root.mkdir()
-    shutil.copytree(workdir / "prepared", root / "prepared")
-    shutil.copyfile(workdir / "params.yaml", root / "params.yaml")
-    edit_params(root, {"trainer.devices": 2, "trainer.strategy": "ddp"})
+    root = variant_of(workdir, "ddp", {"trainer.devices": 2, "trainer.strategy": "ddp"})
     env = stage_environ(root)
     reference = subprocess.run(train_command("ckpt-reference", "reference"), cwd=root, env=env, capture_output=True,
                                text=True, timeout=KILL_TIMEOUT_S)
