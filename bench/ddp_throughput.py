@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,57 +34,27 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-NUM_CLASSES = 10
 IMAGE_SHAPE = [1, 8, 8]
-VAL_FRACTION = 0.05  # validation is excluded from the timing; a small set keeps the runs short
 
 
 def make_prepared(folder: Path, rows: int, seed: int = 0) -> None:
-    """A prepare-stage output folder (train/val .npz + meta.json) of learnable synthetic images."""
-    rng = np.random.default_rng(seed)
-    features = int(np.prod(IMAGE_SHAPE))
-    x = rng.standard_normal((rows, features), dtype=np.float32)
-    y = (x @ rng.standard_normal((features, NUM_CLASSES), dtype=np.float32)).argmax(axis=1).astype(np.int64)
-    x = x.reshape(rows, *IMAGE_SHAPE)
-    n_val = int(rows * VAL_FRACTION)
-    folder.mkdir(parents=True)
-    np.savez(folder / "train.npz", x=x[n_val:], y=y[n_val:], index=np.arange(n_val, rows))
-    np.savez(folder / "val.npz", x=x[:n_val], y=y[:n_val], index=np.arange(n_val))
-    meta = {"dataset": "synthetic", "kind": "image", "class_names": [str(i) for i in range(NUM_CLASSES)],
-            "num_classes": NUM_CLASSES, "input_shape": IMAGE_SHAPE, "normalisation": {"mean": [0.0], "std": [1.0]},
-            "split_sizes": {"train": rows - n_val, "val": n_val}, "digest": "bench"}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    """A prepare-stage output folder of learnable synthetic images: bench/train_throughput.py's data, reshaped."""
+    from bench.train_throughput import make_data, write_prepared
+
+    x, y = make_data(rows, int(np.prod(IMAGE_SHAPE)), seed)
+    write_prepared(folder, x.reshape(rows, *IMAGE_SHAPE), y, "image")
 
 
 def worker(args: argparse.Namespace) -> None:
     """One training run (every DDP rank runs this); global rank zero writes its timing to args.result."""
-    import pytorch_lightning as pl
     import torch
 
+    from bench.train_throughput import EpochTimer
     from pipeline import tracking
     from pipeline.config import load_params
     from pipeline.train import fit
 
-    class EpochTimer(pl.Callback):
-        """Training seconds of each epoch, the validation loop Lightning runs inside it excluded."""
-
-        def __init__(self) -> None:
-            self.epoch_seconds: list[float] = []
-            self._start = self._elapsed = 0.0
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._start, self._elapsed = time.perf_counter(), 0.0
-
-        def on_validation_start(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking:
-                self._elapsed += time.perf_counter() - self._start
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.epoch_seconds.append(self._elapsed + time.perf_counter() - self._start)
-
+    class TimedToFile(EpochTimer):
         def on_fit_end(self, trainer, pl_module) -> None:
             if trainer.is_global_zero:
                 timed = self.epoch_seconds[1:]  # the first epoch pays for warm-up
@@ -104,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     params.mlflow.tracking_uri, params.mlflow.experiment_name = f"sqlite:///{run_dir}/mlflow.db", "bench"
     tracking.ensure_store(params.mlflow.tracking_uri, params.mlflow.experiment_name)
-    fit(params, Path(args.prepared), run_dir / "model", run_dir / "checkpoints", extra_callbacks=[EpochTimer()])
+    fit(params, Path(args.prepared), run_dir / "model", run_dir / "checkpoints", extra_callbacks=[TimedToFile()])
 
 
 def timed_run(args: argparse.Namespace, prepared: Path, tmp: Path, devices: int, global_batch: int,
@@ -153,6 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddp-bench-") as tmp:
         prepared = Path(tmp) / "prepared"
         make_prepared(prepared, args.rows)
+        train_rows = json.loads((prepared / "meta.json").read_text())["split_sizes"]["train"]
         for global_batch in args.global_batches:
             single = timed_run(args, prepared, Path(tmp), 1, global_batch)
             one_thread = timed_run(args, prepared, Path(tmp), 1, global_batch, torch_threads=1)
@@ -160,7 +130,6 @@ def main() -> None:
             assert ddp["world_size"] == args.processes and one_thread["torch_threads"] == 1, (ddp, one_thread)
             rows.append((global_batch, single, one_thread, ddp))
 
-    train_rows = args.rows - int(args.rows * VAL_FRACTION)
     print(f"\nDDP training throughput (global samples/s), {train_rows} training rows of {IMAGE_SHAPE}, model "
           f"{args.model} (params.yaml), epochs 2-{args.epochs} timed, CPU cores {os.cpu_count()}, gloo")
     print(f"  global batch | (a) 1 process, torch threads | (b) 1 process, 1 thread | (c) {args.processes} processes "
