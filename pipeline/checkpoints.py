@@ -121,11 +121,6 @@ def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, trackin
                                               "tracking_uri": tracking_uri, "finished": finished})
 
 
-def mark_finished(checkpoint_dir: Path) -> None:
-    record = read_json(checkpoint_dir / RESUME_FILE)
-    record_attempt(checkpoint_dir, record["fingerprint"], record["run_id"], record["tracking_uri"], finished=True)
-
-
 def launched_as_global_zero() -> bool:
     """Before the Trainer exists: is this the process that becomes global rank zero?"""
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)

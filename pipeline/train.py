@@ -95,7 +95,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         if cv_metrics_file:
             write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
         logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), WEIGHTS_ARTIFACT_DIR)
-        checkpoints.mark_finished(checkpoint_dir)
+        checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri, finished=True)
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
