@@ -44,16 +44,25 @@ def train_command(checkpoint_dir: str, model_dir: str) -> list[str]:
             "--checkpoints", checkpoint_dir, "--history", f"{model_dir}/history.csv"]
 
 
+def fully_written(checkpoint: Path) -> bool:
+    """Lightning writes a checkpoint in place: a kill while it writes tears it (and training then starts over)."""
+    try:
+        checkpoints.checkpoint_progress(checkpoint)
+    except Exception:
+        return False
+    return True
+
+
 def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals,
                                 checkpoint_dir: Path) -> subprocess.CompletedProcess:
     """Start `cmd` in its own process group and send `sig` to the whole group (as Ctrl+C or a scheduler would) once
-    this attempt has written its first checkpoint."""
+    this attempt has written its first checkpoint completely."""
     log = cwd / f"killed-{sig.name}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started, deadline = time.time(), time.monotonic() + KILL_TIMEOUT_S
     last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
-    while not (last.is_file() and last.stat().st_mtime >= started):
+    while not (last.is_file() and last.stat().st_mtime >= started and fully_written(last)):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"no checkpoint before exit/timeout (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
