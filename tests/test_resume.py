@@ -56,18 +56,27 @@ def fully_written(checkpoint: Path) -> bool:
 def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals,
                                 checkpoint_dir: Path) -> subprocess.CompletedProcess:
     """Start `cmd` in its own process group and send `sig` to the whole group (as Ctrl+C or a scheduler would) once
-    this attempt has written its first checkpoint completely."""
+    this attempt has written its first checkpoint completely.
+
+    The group is stopped (SIGSTOP) while the checkpoint is read: on a loaded machine the few remaining epochs can
+    otherwise finish before the signal is sent, and the kill would land on a process that has already exited."""
     log = cwd / f"killed-{sig.name}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started, deadline = time.time(), time.monotonic() + KILL_TIMEOUT_S
     last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
-    while not (last.is_file() and last.stat().st_mtime >= started and fully_written(last)):
+    while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"no checkpoint before exit/timeout (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        if last.is_file() and last.stat().st_mtime >= started:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            if fully_written(last):
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(0.01)
     os.killpg(proc.pid, sig)
+    os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=60)
     return subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
 
