@@ -147,7 +147,7 @@ def run_sms(tmp: Path, sms: Path, seeds: list[int]) -> list[dict]:
           flush=True)
     positive = meta["class_names"].index(POSITIVE)
     split = {name: dict(np.load(prepared / f"{name}.npz")) for name in ("train", "val", "test")}
-    texts = load_raw(data_params).inputs  # the raw messages, in the order `index` refers to
+    texts = list(load_raw(data_params).inputs)  # the raw messages, in the order `index` refers to
 
     rows = []
     for label, ngrams in (("TF-IDF 1-2 grams + LinearSVC (baseline)", (1, 2)), ("TF-IDF unigrams + LinearSVC", (1, 1))):

@@ -38,8 +38,10 @@ def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Ten
 
 
 def load_split(prepared_dir: str | Path, split: str) -> InMemoryDataset:
+    from pipeline.data import model_input
+
     with np.load(Path(prepared_dir) / f"{split}.npz") as arrays:
-        return InMemoryDataset(torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"]))
+        return InMemoryDataset(torch.from_numpy(model_input(arrays["x"])), torch.from_numpy(arrays["y"]))
 
 
 def batches(dataset: InMemoryDataset, batch_size: int, shuffle: bool = False) -> DataLoader:

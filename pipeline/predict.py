@@ -51,14 +51,14 @@ class Predictor:
         import pandas as pd
         import torch
 
-        from pipeline.data import DataError
+        from pipeline.data import DataError, model_input
         from pipeline.trained_model import predict_proba
 
         x = self.preprocessor.transform(inputs)
         if list(x.shape[1:]) != list(self.meta["input_shape"]):
             raise DataError(f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
                             f"{self.meta['input_shape']}.")
-        probs = predict_proba(self.net, torch.from_numpy(x), batch_size).numpy()
+        probs = predict_proba(self.net, torch.from_numpy(model_input(x)), batch_size).numpy()
         table = pd.DataFrame({"id": ids, "predicted": [self.class_names[i] for i in probs.argmax(axis=1)]})
         for i, name in enumerate(self.class_names):
             table[f"prob_{name}"] = probs[:, i]

@@ -14,6 +14,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,13 @@ def raw_example(inputs: object) -> object:
     return inputs.tolist() if hasattr(inputs, "tolist") else list(inputs)
 
 
+def write_split(path: Path, x: np.ndarray, y: np.ndarray, idx: np.ndarray, digest: Any) -> None:
+    # A function of its own so that each split's array is freed before the next one is made.
+    np.savez(path, x=x, y=y[idx], index=idx)
+    digest.update(np.ascontiguousarray(x))  # the buffers themselves: no copies of large splits
+    digest.update(y[idx])
+
+
 def prepare(params: DataParams, out_dir: Path) -> dict:
     from pipeline.data import load_raw, new_preprocessor, take
     from pipeline.files import atomic_path, write_json
@@ -88,11 +96,8 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     with atomic_path(out_dir) as tmp:  # a failure leaves the previous output (or none), never half of one
         tmp.mkdir()
         for name in SPLITS:
-            idx = splits[name]
-            x = preprocessor.transform(take(raw.inputs, idx))
-            np.savez(tmp / f"{name}.npz", x=x, y=y[idx], index=idx)
-            digest.update(np.ascontiguousarray(x))  # the buffers themselves: no copies of large splits
-            digest.update(y[idx])
+            write_split(tmp / f"{name}.npz", preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
+                        digest)
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
         meta = {

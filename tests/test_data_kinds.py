@@ -411,7 +411,7 @@ def test_sms_corpus_prepared_as_text(tmp_path: Path) -> None:
     splits = load_splits(out)
     truncated = padded = 0
     for s in splits.values():
-        assert s["x"].dtype == np.int32 and s["x"].shape[1:] == (20,)
+        assert s["x"].dtype == np.uint16 and s["x"].shape[1:] == (20,)
         assert np.array_equal(s["y"], (labels[s["index"]] == "spam").astype(np.int64))
         for row, raw in zip(s["x"], s["index"]):
             tokens = tokenizer.tokenize(texts[raw])
@@ -562,3 +562,52 @@ def test_csv_with_header_text_and_label_columns(tmp_path: Path) -> None:
     assert "ham" not in vocab and "spam" not in vocab  # the label column is not text
     for s in load_splits(out).values():
         assert np.array_equal(s["y"], (np.array(labels)[s["index"]] == "spam").astype(np.int64))
+
+
+def test_header_file_read_in_chunks_loses_no_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.data.text as text
+
+    labels, texts = small_messages()
+    pd.DataFrame({"message": texts, "category": labels}).to_csv(tmp_path / "msgs.csv", index=False)
+    params = DataParams(dataset="msgs.csv", kind="text",
+                        text=TextParams(text_column="message", label_column="category"))
+    prepare(params, tmp_path / "whole")
+    monkeypatch.setattr(text, "READ_CHUNK_ROWS", 7)  # 40 rows: six chunks, the last one short
+    prepare(params, tmp_path / "chunked")
+    whole, chunked = load_splits(tmp_path / "whole"), load_splits(tmp_path / "chunked")
+    for name in SPLITS:
+        for key in ("x", "y", "index"):
+            assert np.array_equal(whole[name][key], chunked[name][key]), (name, key)
+
+
+def test_message_file_reads_only_the_selected_rows(tmp_path: Path) -> None:
+    from pipeline.data.text import MessageFile
+
+    labels, texts = small_messages()
+    write_tsv(tmp_path / "msgs.tsv", labels, texts)
+    messages = MessageFile(tmp_path / "msgs.tsv", TextParams())
+    assert messages.scan(labelled=True).tolist() == labels
+    assert len(messages) == 40 and list(messages) == texts
+    view = messages[np.array([1, 5, 39])]
+    assert len(view) == 3 and list(view) == [texts[1], texts[5], texts[39]]
+    assert list(view[np.array([0, 2])]) == [texts[1], texts[39]]  # a view of a view: rows of the view
+    with pytest.raises(ValueError, match="increasing"):
+        messages[np.array([5, 1])]
+    write_tsv(tmp_path / "msgs.tsv", labels[:10], texts[:10])  # the file shrinks between two passes
+    with pytest.raises(DataError, match="changed while it was being read"):
+        list(view)
+
+
+def test_token_ids_are_uint16_until_the_vocabulary_outgrows_it() -> None:
+    from pipeline.data import model_input
+
+    small = Vocabulary(TextParams(max_len=3)).fit(["a b c"])
+    ids = small.transform(["a b c", "c"])
+    assert ids.dtype == np.uint16
+    widened = model_input(ids)
+    assert widened.dtype == np.int32 and np.array_equal(widened, ids)
+
+    last = 70_000  # more ids than uint16 holds
+    large = Vocabulary(TextParams(max_len=2), [PAD, UNK, *(f"w{i}" for i in range(2, last + 1))])
+    ids = large.transform([f"w{last} w2"])
+    assert ids.dtype == np.int32 and ids.tolist() == [[last, 2]]

@@ -24,7 +24,7 @@ class DataError(PipelineError):
 
 @dataclass
 class RawData:
-    inputs: Any  # images: float32 (n, channels, height, width); tabular: DataFrame of features; text: list[str]
+    inputs: Any  # images: float32 (n, channels, height, width); tabular: DataFrame of features; text: MessageFile
     labels: np.ndarray  # one raw label per row, any type
     class_names: list[str] | None = None  # built-ins know theirs; otherwise the sorted distinct labels
 
@@ -53,7 +53,7 @@ def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> Preprocessor:
 
 
 def take(inputs: Any, index: np.ndarray) -> Any:
-    """Rows `index` of any kind's inputs."""
+    """Rows `index` (increasing, as the splits are) of any kind's inputs."""
     if hasattr(inputs, "iloc"):
         return inputs.iloc[index]
     if isinstance(inputs, list):
@@ -70,3 +70,9 @@ def require_file(path: str | Path) -> Path:
         raise DataError(f"{path}: cannot be read: the file is empty (0 bytes). Write the data into it, or point "
                         "data.dataset in params.yaml at another file.")
     return path
+
+
+def model_input(x: np.ndarray) -> np.ndarray:
+    """Prepared arrays as a model takes them: token ids are stored as uint16, and torch's embeddings index with
+    int32 or int64 only."""
+    return x.astype(np.int32) if x.dtype == np.uint16 else x

@@ -1,8 +1,12 @@
 """Text: a CSV/TSV of messages and labels, with or without a header (SMS Spam format: label TAB message).
 
-Cleaning and tokenisation follow `data.text`; the vocabulary is built on the training split only (PAD = 0, UNK = 1,
-then tokens by falling frequency) and saved as `vocab.json`, so prediction encodes new text identically. Each text
-becomes `max_len` token ids (int32), truncated or padded at the end with PAD.
+The messages are not held in memory: `load_raw` reads the file once for its labels, checking every line on the way,
+and hands on a `MessageFile`, which reads the file again whenever the texts are needed, through the rows a split
+selects. As Python strings a corpus takes about three times its file size; a re-read costs a fraction of the
+tokenising that follows it. Cleaning and tokenisation follow `data.text`; the vocabulary is built on the training
+split only (PAD = 0, UNK = 1, then tokens by falling frequency) and saved as `vocab.json`, so prediction encodes new
+text identically. Each text becomes `max_len` token ids, truncated or padded at the end with PAD, stored as uint16
+when the vocabulary fits (half of int32; `pipeline.data.model_input` widens them for torch).
 """
 
 from __future__ import annotations
@@ -10,19 +14,18 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import DataParams, TextParams
 from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
 
 VOCAB_FILE = "vocab.json"
-# Half of int64, and the narrowest index type torch's embeddings take (int16 would need a cast per batch).
-TOKEN_ID_DTYPE = np.int32
+READ_CHUNK_ROWS = 65536  # rows per pandas chunk when the file has a header
 PAD, UNK = "<pad>", "<unk>"
 URL = re.compile(r"(https?://|www\.)\S+")
 NUMBER = re.compile(r"\d+")
@@ -31,63 +34,8 @@ WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def load_raw(params: DataParams) -> RawData:
-    path = require_file(params.dataset)
-    frame = read_messages(path, params.text, need_labels=True)
-    # Labels through their few distinct values: one stripped string per class, not one per message.
-    codes, distinct = pd.factorize(frame["label"], use_na_sentinel=True)
-    names = np.array([str(v).strip() for v in distinct] + [""], dtype=object)  # [-1]: a missing label
-    labels = names[codes]
-    missing = labels == ""
-    if missing.any():
-        rows = (np.flatnonzero(missing) + 1)[:5].tolist()
-        raise DataError(f"{path}: {int(missing.sum())} message(s) have no label (first at data row(s) {rows}). "
-                        "Label or drop them.")
-    return RawData(frame["text"].tolist(), labels)
-
-
-def read_messages(path: Path, p: TextParams, need_labels: bool) -> pd.DataFrame:
-    """A frame with `text` (and `label`) columns; a header-less file is label, delimiter, text on each line."""
-    delimiter = p.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not p.text_column else ",")
-    try:
-        if p.text_column:
-            frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, encoding="utf-8")
-            wanted = [p.text_column] + ([p.label_column] if need_labels else [])
-            missing = [c for c in wanted if c not in frame.columns]
-            if missing:
-                raise DataError(f"{path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
-                                f"Columns: {', '.join(frame.columns[:20])}. Is the delimiter {delimiter!r} right?")
-            frame = frame.rename(columns={p.text_column: "text", p.label_column: "label"})
-        else:
-            frame = _read_label_then_text(path, delimiter)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Re-save the file as UTF-8.") \
-            from None
-    except (pd.errors.ParserError, csv.Error, OSError) as exc:
-        raise DataError(f"{path}: cannot be read as delimited text ({exc}).") from None
-    if frame.empty:
-        raise DataError(f"{path}: no messages in the file.")
-    # One message at a time: no stripped copy of the whole column.
-    empty = np.fromiter((not isinstance(t, str) or not t.strip() for t in frame["text"]), dtype=bool,
-                        count=len(frame))
-    if empty.any():
-        rows = (np.flatnonzero(empty) + 1)[:5].tolist()
-        raise DataError(f"{path}: {int(empty.sum())} empty message(s) (first at data row(s) {rows}). Remove them or "
-                        "give them text.")
-    return frame
-
-
-def _read_label_then_text(path: Path, delimiter: str) -> pd.DataFrame:
-    labels, texts = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            label, sep, text = line.rstrip("\r\n").partition(delimiter)
-            if not sep:
-                raise DataError(f"{path}, line {number}: no {delimiter!r} between label and text. A file without "
-                                "header holds `label<delimiter>text` lines; otherwise set data.text.text_column "
-                                "and data.text.label_column.")
-            labels.append(label)
-            texts.append(text)
-    return pd.DataFrame({"label": labels, "text": texts}, dtype=object)  # object: these strings, not copies
+    messages = MessageFile(require_file(params.dataset), params.text)
+    return RawData(messages, messages.scan(labelled=True))
 
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -100,8 +48,111 @@ def read_new(path: Path, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start}). Re-save the file as UTF-8.") from None
     else:
-        texts = read_messages(path, TextParams(**meta["preprocessing"]["params"]), need_labels=False)["text"]
-    return list(texts), list(texts)
+        messages = MessageFile(path, TextParams(**meta["preprocessing"]["params"]))
+        messages.scan(labelled=False)
+        texts = list(messages)
+    return texts, texts
+
+
+class MessageFile:
+    """The messages of one file, read anew on every iteration; `file[rows]` sees only those (sorted) row numbers."""
+
+    def __init__(self, path: Path, params: TextParams, rows: np.ndarray | None = None, total: int = 0):
+        self.path, self.params, self.rows, self.total = path, params, rows, total
+        self.delimiter = params.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not params.text_column else ",")
+
+    def scan(self, labelled: bool) -> np.ndarray | None:
+        """Read every row once: the labels (stripped, one string object per distinct label) and the row count, with
+        a clear error for a file without messages, an empty message or a missing label."""
+        labels: list[str] = []
+        distinct: dict[str, str] = {}
+        empty, unlabelled = [], []
+        self.total = 0
+        for label, text in self._records(labelled):
+            self.total += 1
+            if not text.strip():
+                empty.append(self.total)
+            if labelled:
+                labels.append(distinct.setdefault(label, label.strip()))
+                if not labels[-1]:
+                    unlabelled.append(self.total)
+        if not self.total:
+            raise DataError(f"{self.path}: no messages in the file.")
+        if empty:
+            raise DataError(f"{self.path}: {len(empty)} empty message(s) (first at data row(s) {empty[:5]}). Remove "
+                            "them or give them text.")
+        if unlabelled:
+            raise DataError(f"{self.path}: {len(unlabelled)} message(s) have no label (first at data row(s) "
+                            f"{unlabelled[:5]}). Label or drop them.")
+        return np.array(labels, dtype=object) if labelled else None
+
+    def __len__(self) -> int:
+        return self.total if self.rows is None else len(self.rows)
+
+    def __getitem__(self, rows: np.ndarray) -> MessageFile:
+        rows = np.asarray(rows) if self.rows is None else self.rows[rows]
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError("MessageFile rows must be increasing: the file is read front to back")
+        return MessageFile(self.path, self.params, rows, self.total)
+
+    def __iter__(self) -> Iterator[str]:
+        if self.rows is None:
+            yield from (text for _, text in self._records(labelled=False))
+            return
+        wanted = iter(self.rows.tolist())
+        next_row, found = next(wanted, None), 0
+        for row, (_, text) in enumerate(self._records(labelled=False)):
+            if next_row is None:
+                break
+            if row == next_row:
+                yield text
+                next_row, found = next(wanted, None), found + 1
+        if found < len(self.rows):
+            raise DataError(f"{self.path}: changed while it was being read (fewer rows than before). Run again.")
+
+    def _records(self, labelled: bool) -> Iterator[tuple[str, str]]:
+        """(label, text) of every row, label "" where the file has none or it is not needed."""
+        try:
+            if self.params.text_column:
+                yield from self._records_with_header(labelled)
+            else:
+                yield from self._records_label_then_text()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{self.path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Re-save the file as "
+                            "UTF-8.") from None
+        except (csv.Error, OSError) as exc:
+            raise DataError(f"{self.path}: cannot be read as delimited text ({exc}).") from None
+
+    def _records_label_then_text(self) -> Iterator[tuple[str, str]]:
+        with open(self.path, encoding="utf-8", newline="") as f:
+            for number, line in enumerate(f, start=1):
+                label, sep, text = line.rstrip("\r\n").partition(self.delimiter)
+                if not sep:
+                    raise DataError(f"{self.path}, line {number}: no {self.delimiter!r} between label and text. A "
+                                    "file without header holds `label<delimiter>text` lines; otherwise set "
+                                    "data.text.text_column and data.text.label_column.")
+                yield label, text
+
+    def _records_with_header(self, labelled: bool) -> Iterator[tuple[str, str]]:
+        import pandas as pd
+
+        p = self.params
+        read = {"sep": self.delimiter, "dtype": str, "keep_default_na": False, "encoding": "utf-8"}
+        try:
+            columns = pd.read_csv(self.path, nrows=0, **read).columns
+            wanted = [p.text_column] + ([p.label_column] if labelled else [])
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise DataError(f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
+                                f"Columns: {', '.join(columns[:20])}. Is the delimiter {self.delimiter!r} right?")
+            with pd.read_csv(self.path, usecols=wanted, chunksize=READ_CHUNK_ROWS, **read) as chunks:
+                for chunk in chunks:
+                    labels = chunk[p.label_column] if labelled else [""] * len(chunk)
+                    yield from zip(labels, chunk[p.text_column])
+        except pd.errors.ParserError as exc:
+            raise DataError(f"{self.path}: cannot be read as delimited text ({exc}).") from None
+        except pd.errors.EmptyDataError:
+            return
 
 
 class Vocabulary:
@@ -121,16 +172,17 @@ class Vocabulary:
             text = PUNCTUATION.sub(" ", text)
         return list(text) if p.tokenizer == "char" else WORD.findall(text)
 
-    def fit(self, texts: list[str]) -> "Vocabulary":
+    def fit(self, texts: Iterable[str]) -> Vocabulary:
         counts = Counter(token for text in texts for token in self.tokenize(text))
         kept = [t for t, n in counts.most_common(self.params.max_vocab - 2) if n >= self.params.min_freq]
         self.tokens = [PAD, UNK, *kept]
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         return self
 
-    def transform(self, texts: list[str]) -> np.ndarray:
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
         max_len, unk = self.params.max_len, self.ids[UNK]
-        out = np.zeros((len(texts), max_len), dtype=TOKEN_ID_DTYPE)  # PAD is 0
+        dtype = np.uint16 if len(self.tokens) <= np.iinfo(np.uint16).max + 1 else np.int32
+        out = np.zeros((len(texts), max_len), dtype=dtype)  # PAD is 0
         for row, text in enumerate(texts):
             ids = [self.ids.get(t, unk) for t in self.tokenize(text)[:max_len]]
             out[row, :len(ids)] = ids
