@@ -437,6 +437,9 @@ def _check_data(d: DataParams) -> list[str]:
     if kind == "text" and bool(d.text.text_column) != bool(d.text.label_column):
         problems.append("data.text.text_column and data.text.label_column go together: set both (a file with a "
                         "header) or neither (no header: label, then text).")
+    if kind == "text" and d.text.text_column and d.text.text_column == d.text.label_column:
+        problems.append(f"data.text.text_column and data.text.label_column are both '{d.text.text_column}': the "
+                        "label must come from a column of its own.")
     return problems
 
 

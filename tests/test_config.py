@@ -212,6 +212,9 @@ def test_bad_value_is_explained(params_copy: Path, override: str, fragment: str)
         (["trainer.num_nodes=2"], "trainer.num_nodes > 1 needs a distributed trainer.strategy"),
         (["data.tabular.categorical_encoding=embedding", "trainer.precision=bf16-true"],
          "round the category indices"),
+        (["data.kind=text", "data.text.text_column=message"], "text_column and data.text.label_column go together"),
+        (["data.kind=text", "data.text.text_column=message", "data.text.label_column=message"],
+         "the label must come from a column of its own"),
     ],
 )
 def test_impossible_combination_is_rejected(params_copy: Path, overrides: list[str], fragment: str) -> None:

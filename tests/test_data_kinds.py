@@ -580,6 +580,18 @@ def test_header_file_read_in_chunks_loses_no_row(tmp_path: Path, monkeypatch: py
             assert np.array_equal(whole[name][key], chunked[name][key]), (name, key)
 
 
+def test_unquoted_delimiter_in_a_header_file_is_an_error_not_a_cut_message(tmp_path: Path) -> None:
+    labels, texts = small_messages()
+    rows = [f"{label},{text}" for label, text in zip(labels, texts)]
+    rows[30] = "ham,Hello, how are you"  # the comma should have been quoted
+    (tmp_path / "msgs.csv").write_text("category,message\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    params = DataParams(dataset="msgs.csv", kind="text",
+                        text=TextParams(text_column="message", label_column="category"))
+    with pytest.raises(DataError, match=r"msgs.csv: cannot be read as delimited text.*Expected 2 fields"):
+        prepare(params, tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_message_file_reads_only_the_selected_rows(tmp_path: Path) -> None:
     from pipeline.data.text import MessageFile
 

@@ -3,6 +3,7 @@ run ends: same weights, same per-epoch metrics, one MLflow run that records whic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,16 +66,21 @@ def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], 
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started, deadline = time.time(), time.monotonic() + KILL_TIMEOUT_S
     last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no checkpoint before exit/timeout (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-        if last.is_file() and last.stat().st_mtime >= started:
-            os.killpg(proc.pid, signal.SIGSTOP)
-            if fully_written(last):
-                break
-            os.killpg(proc.pid, signal.SIGCONT)
-        time.sleep(0.01)
+    try:
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint before exit/timeout (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+            if last.is_file() and last.stat().st_mtime >= started:
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if fully_written(last):
+                    break
+                os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.01)
+    except BaseException:  # a failure or an interrupted test: leave no stopped or running process group behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        raise
     os.killpg(proc.pid, sig)
     os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=60)

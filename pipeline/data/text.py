@@ -57,8 +57,9 @@ def read_new(path: Path, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
 class MessageFile:
     """The messages of one file, read anew on every iteration; `file[rows]` sees only those (sorted) row numbers."""
 
-    def __init__(self, path: Path, params: TextParams, rows: np.ndarray | None = None, total: int = 0):
-        self.path, self.params, self.rows, self.total = path, params, rows, total
+    def __init__(self, path: Path, params: TextParams, rows: np.ndarray | None = None, total: int = 0,
+                 version: tuple[int, int] | None = None):
+        self.path, self.params, self.rows, self.total, self.version = path, params, rows, total, version
         self.delimiter = params.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not params.text_column else ",")
 
     def scan(self, labelled: bool) -> np.ndarray | None:
@@ -67,7 +68,7 @@ class MessageFile:
         labels: list[str] = []
         distinct: dict[str, str] = {}
         empty, unlabelled = [], []
-        self.total = 0
+        self.total, self.version = 0, self._stat()
         for label, text in self._records(labelled):
             self.total += 1
             if not text.strip():
@@ -93,25 +94,29 @@ class MessageFile:
         rows = np.asarray(rows) if self.rows is None else self.rows[rows]
         if np.any(np.diff(rows) <= 0):
             raise ValueError("MessageFile rows must be increasing: the file is read front to back")
-        return MessageFile(self.path, self.params, rows, self.total)
+        return MessageFile(self.path, self.params, rows, self.total, self.version)
 
     def __iter__(self) -> Iterator[str]:
         if self.rows is None:
             yield from (text for _, text in self._records(labelled=False))
             return
         wanted = iter(self.rows.tolist())
-        next_row, found = next(wanted, None), 0
+        next_row = next(wanted, None)
         for row, (_, text) in enumerate(self._records(labelled=False)):
             if next_row is None:
                 break
             if row == next_row:
                 yield text
-                next_row, found = next(wanted, None), found + 1
-        if found < len(self.rows):
-            raise DataError(f"{self.path}: changed while it was being read (fewer rows than before). Run again.")
+                next_row = next(wanted, None)
+
+    def _stat(self) -> tuple[int, int]:
+        stat = self.path.stat()
+        return stat.st_size, stat.st_mtime_ns
 
     def _records(self, labelled: bool) -> Iterator[tuple[str, str]]:
         """(label, text) of every row, label "" where the file has none or it is not needed."""
+        if self.version is not None and self._stat() != self.version:  # rows now would not be the rows scanned
+            raise DataError(f"{self.path}: changed while it was being read. Run again once it is complete.")
         try:
             if self.params.text_column:
                 yield from self._records_with_header(labelled)
@@ -145,7 +150,9 @@ class MessageFile:
             if missing:
                 raise DataError(f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
                                 f"Columns: {', '.join(columns[:20])}. Is the delimiter {self.delimiter!r} right?")
-            with pd.read_csv(self.path, usecols=wanted, chunksize=READ_CHUNK_ROWS, **read) as chunks:
+            # Every column is parsed (no `usecols`), so that a row with too many fields, such as an unquoted comma
+            # in a message, is an error rather than a message cut short.
+            with pd.read_csv(self.path, chunksize=READ_CHUNK_ROWS, **read) as chunks:
                 for chunk in chunks:
                     labels = chunk[p.label_column] if labelled else [""] * len(chunk)
                     yield from zip(labels, chunk[p.text_column])
