@@ -26,10 +26,12 @@ from tests.conftest import edit_params, run
 
 REPO = Path(__file__).resolve().parents[1]
 # Dropout and a shuffled loader draw from the global random generators: resuming must restore them too. Enough
-# epochs that the kill lands well before the end; no early stopping, so both runs take every epoch.
+# epochs, and small enough batches (about 0.1 s an epoch), that the kill lands well before the end even when the
+# watching test is slow to notice the first checkpoint on a loaded machine; no early stopping, so both runs take
+# every epoch.
 RESUMABLE = {"model.name": "mlp", "model.mlp.hidden_dims": [64], "model.mlp.dropout": 0.2,
-             "train.max_epochs": 8, "train.early_stopping_patience": None, "train.scheduler": "cosine",
-             "trainer.progress_bar": False}
+             "train.max_epochs": 8, "train.batch_size": 8, "train.early_stopping_patience": None,
+             "train.scheduler": "cosine", "trainer.progress_bar": False}
 KILL_TIMEOUT_S = 180
 
 
@@ -81,9 +83,13 @@ def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], 
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         raise
+    epochs_done, _ = checkpoints.checkpoint_progress(last)
     os.killpg(proc.pid, sig)
     os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=60)
+    if epochs_done >= RESUMABLE["train.max_epochs"]:
+        pytest.fail(f"the first checkpoint was noticed only after the last epoch ({epochs_done}): nothing was left to "
+                    "interrupt. The machine is too loaded for this test's timing.")
     return subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
 
 
