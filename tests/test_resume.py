@@ -56,6 +56,12 @@ def fully_written(checkpoint: Path) -> bool:
     return True
 
 
+def interruptible() -> None:
+    """SIGINT as a terminal delivers it: a test run in the background (`make test &`, some CI runners) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl+C could not be simulated."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals,
                                 checkpoint_dir: Path) -> subprocess.CompletedProcess:
     """Start `cmd` in its own process group and send `sig` to the whole group (as Ctrl+C or a scheduler would) once
@@ -65,7 +71,8 @@ def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], 
     otherwise finish before the signal is sent, and the kill would land on a process that has already exited."""
     log = cwd / f"killed-{sig.name}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=interruptible)
     started, deadline = time.time(), time.monotonic() + KILL_TIMEOUT_S
     last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
     try:
