@@ -55,9 +55,8 @@ def ensure_store(uri: str, experiment_name: str) -> None:
     check_reachable(uri)
     lock = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
     from filelock import FileLock
-    from mlflow.tracking import MlflowClient
-
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     with FileLock(lock) if lock else nullcontext():
         try:
@@ -173,29 +172,27 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
         yield run
 
 
-def end_if_running(client: Any, run_id: str) -> None:
-    """End an interrupted attempt's run KILLED if it was left RUNNING (a SIGKILL gives it no chance to say so)."""
+def end_if_running(client: Any, run_id: str) -> Any:
+    """End an interrupted attempt's run KILLED if it was left RUNNING (a SIGKILL gives it no chance to say so).
+    Returns the run as it was read, or None if it is gone."""
     from mlflow.entities import RunStatus
     from mlflow.exceptions import MlflowException
 
     try:
-        status = client.get_run(run_id).info.status
+        run = client.get_run(run_id)
     except MlflowException:
-        return  # deleted meanwhile
-    if status == RunStatus.to_string(RunStatus.RUNNING):
+        return None  # deleted meanwhile
+    if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return run
 
 
 def take_over_run(client: Any, interrupted_id: str, run_id: str, up_to_step: int) -> None:
     """`run_id` continues the interrupted run: that one ends KILLED if left RUNNING, its metrics before the
     checkpoint we resume from are copied into `run_id` (so it shows the whole curve), and its cross-validation folds
     are nested under `run_id` instead."""
-    from mlflow.exceptions import MlflowException
-
-    end_if_running(client, interrupted_id)
-    try:
-        interrupted = client.get_run(interrupted_id)
-    except MlflowException:
+    interrupted = end_if_running(client, interrupted_id)
+    if interrupted is None:
         return
     history = [m for key in interrupted.data.metrics for m in client.get_metric_history(interrupted_id, key)
                if m.step < up_to_step]  # the step a resumed run starts at, it logs itself
