@@ -105,18 +105,35 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
 @contextmanager
 def ends_killed_on_interrupt(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
     """Ctrl+C / SIGINT: Lightning shuts down cleanly, marks the run FAILED and exits 1; between Lightning's loops it
-    is a plain KeyboardInterrupt. Either way the run ends KILLED and the user learns what the next run will do."""
+    is a plain KeyboardInterrupt. Either way the run ends KILLED and the user learns what the next run will do.
+
+    An interrupt that cuts an MLflow write short leaves that SQLite transaction holding the store's lock, and
+    Lightning's shutdown then fails to mark the run ("database is locked"). That is still the interrupt: the run is
+    left to the next attempt, which ends it KILLED when it finds it RUNNING (as after a SIGKILL)."""
     from pipeline import checkpoints
 
     try:
         yield
-    except (SystemExit, KeyboardInterrupt):
+    except BaseException as exc:
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt)) and not _raised_by_interrupt(exc):
+            raise
         if checkpoints.launched_as_global_zero() and logger.run_id:
-            logger.experiment.set_terminated(logger.run_id, "KILLED")
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                logger.experiment.set_terminated(logger.run_id, "KILLED")
             last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
             print(f"train: interrupted; the next `dvc repro` resumes from {last}" if last.is_file() else
                   "train: interrupted before the first checkpoint; the next `dvc repro` starts over", file=sys.stderr)
         raise KeyboardInterrupt from None
+
+
+def _raised_by_interrupt(exc: BaseException) -> bool:
+    """Did `exc` happen while a KeyboardInterrupt was being handled (its context chain holds one)?"""
+    context = exc.__context__
+    while context is not None:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        context = context.__context__
+    return False
 
 
 def model_hparams(params: Params) -> dict[str, Any]:

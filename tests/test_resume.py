@@ -316,3 +316,29 @@ def test_dvc_repro_after_sigkill_resumes_and_reaches_the_uninterrupted_result(re
     statuses = sorted(r.info.status for r in client.search_runs(
         [client.get_experiment_by_name("digits").experiment_id]))
     assert statuses == ["FINISHED", "FINISHED", "KILLED"]  # reference, resumed, killed; none left RUNNING
+
+
+def test_an_interrupt_whose_shutdown_fails_is_still_an_interrupt(tmp_path: Path) -> None:
+    """Ctrl+C during an MLflow write leaves SQLite locked and Lightning's shutdown raises "database is locked": the
+    stage still ends as interrupted (no traceback), and leaves the run for the next attempt to end KILLED."""
+    from mlflow.exceptions import MlflowException
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipeline.train import ends_killed_on_interrupt
+
+    logger = MLFlowLogger(experiment_name="interrupts", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = logger.experiment
+
+    with pytest.raises(KeyboardInterrupt), ends_killed_on_interrupt(logger, tmp_path):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise MlflowException("(sqlite3.OperationalError) database is locked") from None
+    assert client.get_run(logger.run_id).info.status == "RUNNING"  # untouched: the store may still be locked
+
+    with pytest.raises(KeyboardInterrupt), ends_killed_on_interrupt(logger, tmp_path):
+        raise KeyboardInterrupt
+    assert client.get_run(logger.run_id).info.status == "KILLED"
+
+    with pytest.raises(MlflowException), ends_killed_on_interrupt(logger, tmp_path):  # not an interrupt: as raised
+        raise MlflowException("some other failure")
