@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
+EVAL_FILES = (METRICS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
 
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -57,7 +58,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
         y_true, y_pred, _ = predict_split(model_path, prepared_dir, "test", batch_size)
         evaluation = evaluate_predictions(y_true, y_pred, class_names)
 
-        with atomic_path(out_dir) as tmp:
+        with atomic_path(out_dir, EVAL_FILES) as tmp:
             tmp.mkdir()
             write_json(tmp / METRICS_FILE, evaluation.summary)
             write_json(tmp / CONFUSION_PLOT_FILE, [{"actual": class_names[a], "predicted": class_names[p]}

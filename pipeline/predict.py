@@ -72,15 +72,15 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, default=DEFAULT_PREPARED, help="prepare's output (%(default)s)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="train's output (%(default)s)")
     args = parser.parse_args()
-    table = predict(args.input, args.prepared, args.model)
     if args.out:
         from pipeline.files import atomic_path
 
-        with atomic_path(args.out) as tmp:
+        with atomic_path(args.out) as tmp:  # refuses a folder as --out before any work
+            table = predict(args.input, args.prepared, args.model)
             table.to_csv(tmp, index=False)
         print(f"predict: {len(table)} predictions written to {args.out}")
     else:
-        print(table.to_csv(index=False), end="")
+        print(predict(args.input, args.prepared, args.model).to_csv(index=False), end="")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ SPLITS = ("train", "val", "test")
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
 EXAMPLE_FILE, EXAMPLE_ROWS = "input_example.json", 3
+# Every file prepare writes for some kind of data: a rerun may replace these, never anything else in the folder.
+PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), "meta.json", EXAMPLE_FILE, "preprocessor.joblib", "vocab.json")
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
@@ -93,7 +95,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     splits = split_indices(y, params, class_names, params.dataset)
     preprocessor = new_preprocessor(params).fit(take(raw.inputs, splits["train"]))
     digest = hashlib.sha256()
-    with atomic_path(out_dir) as tmp:  # a failure leaves the previous output (or none), never half of one
+    with atomic_path(out_dir, PREPARED_FILES) as tmp:  # a failure leaves the previous output (or none), never half of one
         tmp.mkdir()
         for name in SPLITS:
             write_split(tmp / f"{name}.npz", preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],

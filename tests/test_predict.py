@@ -246,6 +246,19 @@ def test_command_writes_a_csv(tmp_path: Path, tabular: Trained) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["preds.csv"]  # no temporary left
 
 
+@pytest.mark.parametrize("out", ["results", ".", "data"])
+def test_command_never_replaces_a_folder_given_as_out(tmp_path: Path, tabular: Trained, out: str) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.csv").write_text("precious")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    result = predict_command(tmp_path, tabular, "--input", str(tabular.test_input), "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "data" / "raw.csv").read_text() == "precious"
+
+
 def test_command_prints_to_stdout_without_out(tmp_path: Path, text: Trained) -> None:
     (tmp_path / "two.txt").write_text("WINNER!! Claim your free prize now\nsee you at home later\n", encoding="utf-8")
     result = predict_command(tmp_path, text, "--input", "two.txt")
