@@ -76,6 +76,7 @@ def main() -> None:
     tracking.ensure_store(uri, params.mlflow.experiment_name)
 
     import torch
+    from optuna.trial import TrialState
 
     torch.set_num_threads(threads_per_worker(params.tune.workers))
     study = open_study(params.tune)
@@ -86,7 +87,8 @@ def main() -> None:
     print(f"tune: best trial {best.number}: {params.tune.metric} {best.value:.4f} with "
           f"{' '.join(f'{k}={v}' for k, v in best_values(best, params.tune.space).items())}", flush=True)
     if not args.no_final:
-        train_best_as_experiment(params, best_values(best, params.tune.space), uri)
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        train_best_as_experiment(params, best_values(best, params.tune.space), finished, uri)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -385,12 +387,25 @@ def override_value(value: Any) -> str:
     return json.dumps(value)  # numbers, true/false, null and lists are written alike in both
 
 
-def train_best_as_experiment(params: Params, values: dict[str, Any], uri: str) -> None:
-    """`python -m pipeline.exp -S ... -n <study>`: validated, then `dvc exp run` trains and evaluates the best
+def experiment_name(study_name: str, finished_trials: int) -> str | None:
+    """The study's name, or once that is taken (a continued study) `<study>-<finished trials>`; None when both
+    are: this state of the study has been trained already. Existing experiments are never overwritten."""
+    listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True, text=True,
+                            check=False)
+    taken = set(listed.stdout.split())
+    return next((n for n in (study_name, f"{study_name}-{finished_trials}") if n not in taken), None)
+
+
+def train_best_as_experiment(params: Params, values: dict[str, Any], finished_trials: int, uri: str) -> None:
+    """`python -m pipeline.exp -S ... -n <name>`: validated, then `dvc exp run` trains and evaluates the best
     setting like any experiment (the workspace then holds it, as after any `dvc exp run`)."""
     sets = [f"{key}={override_value(value)}" for key, value in
             {**values, "train.monitor": params.tune.metric}.items()]
-    name = params.tune.study_name
+    name = experiment_name(params.tune.study_name, finished_trials)
+    if name is None:
+        print(f"tune: DVC experiments '{params.tune.study_name}' and '{params.tune.study_name}-{finished_trials}' "
+              "exist already: the study's best after these trials has been trained (see `dvc exp show`).")
+        return
     print(f"tune: training the best setting as DVC experiment '{name}'", flush=True)
     _run([sys.executable, "-m", "pipeline.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
          f"dvc exp run -n {name}")
@@ -406,7 +421,7 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], uri: str) -
                                                   f"'{storage_label(params.tune)}'")
         for run in parent:
             client.set_tag(run.info.run_id, FINAL_RUN_TAG, final_run)
-    print(f"tune: done; compare with `dvc exp show`, the study in MLflow (run '{name}')", flush=True)
+    print(f"tune: done; compare with `dvc exp show`, the study in MLflow (run '{params.tune.study_name}')", flush=True)
 
 
 def _run(cmd: list[str], what: str) -> None:
