@@ -133,10 +133,7 @@ def open_study(tune: TuneParams) -> Any:
         pruner = optuna.pruners.HyperbandPruner(min_resource=1)
     try:
         if tune.storage:
-            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; psycopg2 is the driver installed.
-            url = tune.storage.replace("postgresql://", "postgresql+psycopg2://", 1)
-            storage: Any = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
-                                                      grace_period=HEARTBEAT_GRACE_S)
+            storage: Any = _database_storage(tune.storage)
         else:
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(tracking.repo_root() / JOURNAL_FILE)))
         return optuna.create_study(storage=storage, study_name=tune.study_name, sampler=sampler, pruner=pruner,
@@ -149,6 +146,23 @@ def open_study(tune: TuneParams) -> Any:
         reason = type(exc).__name__ + ": " + str(exc).replace(tune.storage or "", "").strip().splitlines()[0]
         raise PipelineError(f"Optuna storage {storage_label(tune)} cannot be reached ({reason}). Check that the "
                             "database server runs and tune.storage names it.") from None
+
+
+def _database_storage(url: str, attempts: int = 3) -> Any:
+    """Optuna's RDB storage. Workers started together on an empty database race to create its tables, and all but
+    one fail on a duplicate; they retry once the winner is done."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; psycopg2 is the driver installed.
+    url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
 
 
 def budget_left(study: Any, n_trials: int | None, deadline: float | None) -> bool:

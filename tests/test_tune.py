@@ -184,6 +184,9 @@ def test_two_workers_share_one_study_in_postgresql(repo_copy, postgres):  # noqa
                             "tune.pruner": "none", "mlflow.tracking_uri": mlflow_url})
     commit(repo_copy, "shared study")
     run(["dvc", "repro", "prepare"], repo_copy)
+    # A team's tracking database exists before its workers start (MLflow's first-time table creation is not safe
+    # to race; Optuna's is retried by tune).
+    MlflowClient(mlflow_url).search_experiments()
 
     workers = [subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--no-final"], cwd=repo_copy,
                                 env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -193,7 +196,8 @@ def test_two_workers_share_one_study_in_postgresql(repo_copy, postgres):  # noqa
         assert worker.returncode == 0, output[-4000:]
         assert "tune: trial" in output  # each worker ran trials
 
-    trials = optuna.load_study(study_name="tune", storage=optuna_url).get_trials()
+    study = optuna.load_study(study_name="tune", storage=optuna_url.replace("postgresql://", "postgresql+psycopg2://"))
+    trials = study.get_trials()
     assert len(trials) == n_trials
     assert sorted(t.number for t in trials) == list(range(n_trials))
     assert all(t.state == TrialState.COMPLETE for t in trials)
