@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -110,6 +111,11 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def _secret_masked(text: str, url: str | None) -> str:
+    password = urlsplit(url).password if url else None
+    return text.replace(password, "***") if password else text
+
+
 def storage_label(tune: TuneParams) -> str:
     return masked(tune.storage) if tune.storage else str(tracking.repo_root() / JOURNAL_FILE)
 
@@ -139,11 +145,11 @@ def open_study(tune: TuneParams) -> Any:
         return optuna.create_study(storage=storage, study_name=tune.study_name, sampler=sampler, pruner=pruner,
                                    direction=objective_direction(tune.metric, tune.direction), load_if_exists=True)
     except (optuna.exceptions.OptunaError, ValueError, ImportError) as exc:
-        reason = str(exc).replace(tune.storage or "", storage_label(tune)).strip().splitlines()[0]
+        reason = _secret_masked(str(exc), tune.storage).strip().splitlines()[0]
         raise PipelineError(f"Optuna storage {storage_label(tune)} cannot be used for study '{tune.study_name}' "
                             f"({reason}). Fix tune.storage (or tune.study_name) in params.yaml.") from None
     except SQLAlchemyError as exc:  # an unreachable or refusing database server
-        reason = type(exc).__name__ + ": " + str(exc).replace(tune.storage or "", "").strip().splitlines()[0]
+        reason = type(exc).__name__ + ": " + _secret_masked(str(exc), tune.storage).strip().splitlines()[0]
         raise PipelineError(f"Optuna storage {storage_label(tune)} cannot be reached ({reason}). Check that the "
                             "database server runs and tune.storage names it.") from None
 
@@ -158,7 +164,10 @@ def _database_storage(url: str, attempts: int = 3) -> Any:
     url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; said every run
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=HEARTBEAT_GRACE_S)
         except SQLAlchemyError:
             if attempt == attempts - 1:
                 raise

@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from pipeline.config import ParamsError, load_params
-from pipeline.tune import JOURNAL_FILE, masked, threads_per_worker
-from tests.conftest import REPO, edit_params, run, stage_env
+from pipeline.config import ParamsError, TuneParams, load_params
+from pipeline.errors import PipelineError
+from pipeline.tune import JOURNAL_FILE, masked, open_study, threads_per_worker
+from tests.conftest import REPO, edit_params, free_port, run, stage_env
 from tests.test_postgres_tracking import postgres  # noqa: F401  (a fixture)
 
 PARAMS = str(REPO / "params.yaml")
@@ -87,6 +88,16 @@ def test_storage_password_is_masked_and_threads_split_the_cores():
     assert masked("postgresql://tuner@db/optuna") == "postgresql://tuner@db/optuna"
     assert threads_per_worker(1) >= threads_per_worker(2) >= 1
     assert threads_per_worker(10_000) == 1
+
+
+def test_an_unreachable_storage_is_one_message_without_its_password(capsys):
+    pytest.importorskip("psycopg2")
+    url = f"postgresql://tuner:s3cret@127.0.0.1:{free_port()}/optuna"
+    with pytest.raises(PipelineError) as caught:
+        open_study(TuneParams(storage=url))
+    message = str(caught.value) + capsys.readouterr().err
+    assert "postgresql://tuner:***@127.0.0.1" in message and "cannot be reached" in message
+    assert "s3cret" not in message
 
 
 def test_a_bad_space_stops_the_command_before_any_trial(repo_copy):
