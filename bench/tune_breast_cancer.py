@@ -1,6 +1,6 @@
 """`python -m pipeline.tune` on breast_cancer, then the best setting's test accuracy against LogisticRegression.
 
-    python bench/tune_breast_cancer.py [--trials 40] [--workers 1]
+    python bench/tune_breast_cancer.py [--trials 40] [--max-epochs 40] [--timeout-s SECONDS] [--workers 1]
 
 In a throw-away git + DVC copy of this repository (in a temporary folder, deleted afterwards): params.yaml at its
 defaults except `data.dataset: breast_cancer`, `model.name: mlp` and the `tune:` section below; then the real
@@ -38,7 +38,7 @@ SPACE = {
 }
 SETTINGS = {"data.dataset": "breast_cancer", "model.name": "mlp", "trainer.progress_bar": False,
             "mlflow.experiment_name": STUDY, "tune.study_name": STUDY, "tune.space": SPACE, "tune.metric": "val/loss",
-            "tune.pruner": "median", "tune.pruner_startup_trials": 5, "tune.pruner_warmup_epochs": 5}
+            "tune.pruner": "median", "tune.pruner_startup_trials": 4, "tune.pruner_warmup_epochs": 4}
 
 
 def repo_copy(dest: Path) -> None:
@@ -70,6 +70,8 @@ def git(repo: Path, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=40, help="the study's budget (tune.n_trials)")
+    parser.add_argument("--max-epochs", type=int, default=40, help="train.max_epochs of every trial and the final")
+    parser.add_argument("--timeout-s", type=float, default=None, help="tune.timeout_s: the study stops after it")
     parser.add_argument("--workers", type=int, default=1, help="tune processes sharing the study (one runs the final)")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -78,7 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         repo = Path(tmp) / "repo"
         repo_copy(repo)
-        set_params(repo / "params.yaml", {**SETTINGS, "tune.n_trials": args.trials, "tune.workers": args.workers})
+        set_params(repo / "params.yaml", {**SETTINGS, "tune.n_trials": args.trials, "tune.workers": args.workers,
+                                          "tune.timeout_s": args.timeout_s, "train.max_epochs": args.max_epochs})
         git(repo, "init", "-q", "-b", "main")
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "breast_cancer study")
@@ -111,6 +114,7 @@ def main() -> None:
             baseline = float(logreg.score(test["x"], test["y"]))
             test_rows = len(test["y"])
 
+    print(f"budget: {args.trials} trials, {args.max_epochs} epochs each at most, timeout {args.timeout_s} s")
     print(f"study: {len(trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
           f"{counts['fail']} failed) in {seconds:.0f} s with {args.workers} worker(s), final experiment included; "
           f"this process saw {len(states)} trials")
