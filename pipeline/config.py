@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,26 @@ class MlflowParams:
 
 
 @dataclass
+class TuneParams:
+    """`python -m pipeline.tune`: an Optuna study over `space`, each trial trained on train and judged on val."""
+
+    study_name: str = "tune"  # also the DVC experiment the best setting is trained as
+    # dotted params.yaml key -> {low, high[, log][, step]} (a number or integer key) or {choices: [...]}
+    space: dict[str, Any] = field(default_factory=dict)
+    n_trials: Optional[int] = field(default=40, metadata={"gt": 0})  # finished trials of the study, all workers
+    timeout_s: Optional[float] = field(default=None, metadata={"gt": 0})  # per command; null: no time limit
+    metric: str = _choice("val/loss", *MONITORABLE_METRICS)  # also train.monitor of every trial and the final run
+    direction: str = _choice("auto", "auto", "minimize", "maximize")  # auto: minimize a loss, maximize the others
+    sampler: str = _choice("tpe", "tpe", "random")
+    seed: int = 42  # of the sampler
+    pruner: str = _choice("median", "median", "hyperband", "none")
+    pruner_startup_trials: int = _non_negative(5)  # median: trials finished before any is pruned
+    pruner_warmup_epochs: int = _non_negative(2)  # median: epochs of a trial before it may be pruned
+    storage: Optional[str] = None  # null: a journal file at the repository root; postgresql://... to share a study
+    workers: int = _positive(1)  # tune processes sharing this machine's cores (threads per trial = cores / this)
+
+
+@dataclass
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -215,6 +236,7 @@ class Params:
     trainer: TrainerParams = field(default_factory=TrainerParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    tune: TuneParams = field(default_factory=TuneParams)
 
 
 class ParamsError(PipelineError):
@@ -236,7 +258,11 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     if raw is None or not isinstance(raw, DictConfig):
         raise ParamsError(f"{path}: expected a mapping of sections ({', '.join(_field_names(Params))}).")
     if overrides:
-        raw = OmegaConf.merge(raw, _parse_overrides(overrides))
+        try:
+            raw = OmegaConf.merge(raw, _parse_overrides(overrides))
+        except OmegaConfBaseException as exc:  # a value of another shape than the file's (a list for a section)
+            raise ParamsError(f"overrides {overrides}: {exc.msg.splitlines()[0]}; give a value of the shape "
+                              "params.yaml has there.") from None
     return params_from_dict(OmegaConf.to_container(raw), source=str(path))
 
 
@@ -252,6 +278,8 @@ def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
     except OmegaConfBaseException as exc:
         raise ParamsError(_format(source, [f"{exc.full_key or 'params'}: {exc.msg}"])) from None
     problems = _check_fields(params, prefix="") + _check_combinations(params)
+    if not problems and params.tune.space:  # each range end / choice is checked as an override of the rest
+        problems = _check_tune_space(params.tune.space, {k: v for k, v in data.items() if k != "tune"})
     if problems:
         raise ParamsError(_format(source, problems))
     return params
@@ -400,6 +428,7 @@ def _check_combinations(p: Params) -> list[str]:
     if p.trainer.num_nodes > 1 and p.trainer.strategy == "auto":
         problems.append("trainer.num_nodes > 1 needs a distributed trainer.strategy: set it to 'ddp'.")
     problems += _check_mlflow(p.mlflow)
+    problems += _check_tune(p.tune)
     return problems
 
 
@@ -441,6 +470,113 @@ def _check_data(d: DataParams) -> list[str]:
         problems.append(f"data.text.text_column and data.text.label_column are both '{d.text.text_column}': the "
                         "label must come from a column of its own.")
     return problems
+
+
+def _check_tune(t: TuneParams) -> list[str]:
+    problems = []
+    if t.n_trials is None and t.timeout_s is None:
+        problems.append("tune.n_trials and tune.timeout_s are both null: set a number of trials, a time budget "
+                        "in seconds, or both.")
+    if t.direction != "auto" and t.direction != objective_direction(t.metric, "auto"):
+        auto = objective_direction(t.metric, "auto")
+        problems.append(f"tune.direction: '{t.direction}' contradicts tune.metric '{t.metric}', which early stopping "
+                        f"and the best checkpoint also follow (as '{auto}'); use auto or {auto}.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t.study_name) or ".." in t.study_name:
+        problems.append(f"tune.study_name: '{t.study_name}' is also a DVC experiment name: use letters, digits, "
+                        "'-', '_' and '.', e.g. tune-breast-cancer.")
+    if t.storage and t.storage.partition(":")[0].split("+")[0] not in ("postgresql", "mysql", "sqlite"):
+        problems.append("tune.storage: not a database URL Optuna can share a study through; use "
+                        "postgresql://<user>@<host>/<db> (the password in PGPASSWORD or ~/.pgpass, not here), or null "
+                        "for a journal file at the repository root.")
+    return problems
+
+
+def objective_direction(metric: str, direction: str) -> str:
+    """Optuna's direction for tune.direction ('auto' follows the metric, as early stopping does)."""
+    if direction != "auto":
+        return direction
+    return "minimize" if metric.endswith("loss") else "maximize"
+
+
+TUNABLE_SECTIONS = ("model", "train")  # what a trial can change without preparing the data again
+RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+def _check_tune_space(space: dict[str, Any], rest: dict[str, Any]) -> list[str]:
+    """Every range is well formed and every value it can take (its ends, each choice) is valid as an override of
+    params.yaml, as `-S key=value` would be; nothing is tried before all pass."""
+    problems = []
+    for key, spec in space.items():
+        where = f"tune.space.{key}"
+        if key.split(".")[0] not in TUNABLE_SECTIONS:
+            problems.append(f"{where}: only keys under {' and '.join(TUNABLE_SECTIONS)} can be searched (trials "
+                            "share one prepared data set and one trainer set-up).")
+            continue
+        if key == "train.monitor":
+            problems.append(f"{where}: trials monitor tune.metric; set that instead.")
+            continue
+        if not isinstance(spec, dict) or not (set(spec) == {"choices"} or
+                                              {"low", "high"} <= set(spec) <= RANGE_KEYS):
+            problems.append(f"{where}: expected {{low: .., high: ..}} (optionally log: true, step: ..) or "
+                            f"{{choices: [..]}}, got {spec!r}.")
+            continue
+        if "choices" in spec:
+            values = spec["choices"]
+            if not isinstance(values, list) or not values:
+                problems.append(f"{where}.choices: expected a non-empty list, got {values!r}.")
+                continue
+        else:
+            values = [spec["low"], spec["high"]]
+            kind = _expected_type(key) if _key_exists(key) else None
+            if kind is not None and kind not in ("an integer", "a number"):
+                problems.append(f"{where}: {key} is {kind}, not a number: give it {{choices: [..]}} instead.")
+                continue
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+                problems.append(f"{where}: low and high must be numbers, got {values!r}.")
+                continue
+            if not spec["low"] < spec["high"]:
+                problems.append(f"{where}: low ({spec['low']}) must be below high ({spec['high']}).")
+            if spec.get("log") and spec["low"] <= 0:
+                problems.append(f"{where}: a log range needs low > 0, got {spec['low']}.")
+            if spec.get("log") and spec.get("step") is not None:
+                problems.append(f"{where}: log and step do not go together (Optuna refuses them); drop one.")
+        for value in values:
+            problem = _override_problem(rest, key, value)
+            if problem:
+                problems.append(f"{where}: the value {value!r} is refused: {problem}")
+                break
+    return problems
+
+
+def is_integer_key(dotted_key: str) -> bool:
+    """Does the schema type this params.yaml key as an integer (train.batch_size) rather than a number?"""
+    return _expected_type(dotted_key) == "an integer"
+
+
+def _key_exists(dotted_key: str) -> bool:
+    schema: Any = Params
+    for part in dotted_key.split("."):
+        if not dataclasses.is_dataclass(schema) or part not in _field_names(schema):
+            return False
+        schema = typing.get_type_hints(schema)[part]
+    return not dataclasses.is_dataclass(schema)
+
+
+def _override_problem(data: dict[str, Any], key: str, value: Any) -> str | None:
+    """Why params.yaml with `key` set to `value` is invalid (as `-S key=value` would be), or None."""
+    if not _key_exists(key):
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        found = _unknown_keys(Params, nested, "")
+        return found[0] if found else f"{key}: not a single value of params.yaml (a section, or below a value)."
+    candidate = OmegaConf.create(data)
+    OmegaConf.update(candidate, key, value, merge=False)
+    try:
+        params_from_dict(OmegaConf.to_container(candidate))
+    except ParamsError as exc:
+        return "; ".join(line.strip(" -") for line in str(exc).splitlines()[1:])
+    return None
 
 
 MODEL_INPUTS = {"mlp": ("tabular", "image", "text"), "cnn": ("image", "text"), "rnn": ("image", "text"),

@@ -163,7 +163,8 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
     net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
                       meta.get("vocab_size"), meta.get("categorical_cardinalities"))
     # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
-    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith("evaluate.")}
+    # tune.* configures the search, not the model (and tune.storage may hold a password).
+    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith(("evaluate.", "tune."))}
     weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
         else None
     return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)

@@ -56,12 +56,15 @@ def test_repository_params_yaml_validates_and_keeps_its_values(params_copy: Path
 
     assert isinstance(params, Params)
     # Every value written in params.yaml comes through to the typed params unchanged.
-    written = _flatten(OmegaConf.to_container(OmegaConf.load(REPO_PARAMS)))
+    raw = OmegaConf.to_container(OmegaConf.load(REPO_PARAMS))
+    space = raw["tune"].pop("space")  # one value: a mapping from params.yaml keys to their search ranges
+    written = _flatten(raw)
     flat = to_flat_dict(params)
     assert written, "params.yaml is empty"
     for key, value in written.items():
         assert key in flat, f"{key} in params.yaml is not in the schema"
         assert flat[key] == value, key
+    assert flat["tune.space"] == space
     assert params.model.name in MODEL_NAMES
 
 
@@ -77,7 +80,8 @@ def test_to_flat_dict_uses_dotted_keys_for_every_leaf() -> None:
     # Only leaves: no section ever appears as a key of its own.
     assert "train" not in flat and "model" not in flat and "model.cnn" not in flat
     assert all("." in key for key in flat)
-    assert not any(isinstance(v, dict) for v in flat.values())
+    # tune.space is one value, a mapping from params.yaml keys to search ranges.
+    assert not any(isinstance(v, dict) for k, v in flat.items() if k != "tune.space")
 
 
 def test_overrides_are_applied_on_top_of_the_file(params_copy: Path) -> None:
