@@ -91,6 +91,7 @@ def main() -> None:
     params = load_params()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
+    tracking.bound_retries(uri, params.mlflow.max_unreachable_s, "evaluate")
     tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
     evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
              run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
