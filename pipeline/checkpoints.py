@@ -32,6 +32,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from pipeline.config import Params, to_flat_dict
+from pipeline.errors import PipelineError
 from pipeline.files import TMP_MARK, read_json, write_json
 
 RESUME_FILE = "resume.json"
@@ -208,9 +209,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
+            failed_write = exc if isinstance(exc, OSError) else exc.__context__  # torch wraps it in a RuntimeError
+            if isinstance(failed_write, OSError):
+                raise PipelineError(f"{path}: the checkpoint could not be written ({failed_write.strerror or exc}); "
+                                    "the previous one is kept. Free disk space, then rerun: training resumes from "
+                                    "it.") from None
             raise
         _fsync_folder(path.parent)
 

@@ -438,7 +438,8 @@ def _check_mlflow(m: MlflowParams) -> list[str]:
         if scheme not in TRACKING_SCHEMES:
             from pipeline.tracking import masked_uri
 
-            problems.append(f"mlflow.tracking_uri: '{masked_uri(m.tracking_uri)}' is not a tracking store MLflow can open; use "
+            shown = masked_uri(m.tracking_uri)
+            problems.append(f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
                             "sqlite:///<path>/mlflow.db, a server http://<host>:<port>, a database "
                             "postgresql://<user>@<host>/<db>, or null for mlflow.db at the repository root.")
     return problems

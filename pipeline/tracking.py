@@ -94,12 +94,12 @@ def ensure_store(uri: str, experiment_name: str) -> None:
                 client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
         except MlflowException as exc:
             reason = exc.message.strip().splitlines()[0]
-            raise PipelineError(f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix mlflow.tracking_uri in "
-                                "params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for the local store "
-                                f"{STORE_FILE} at the repository root.") from None
+            raise PipelineError(f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix "
+                                "mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for "
+                                f"the local store {STORE_FILE} at the repository root.") from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
-        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {masked_uri(uri)}. Restore it (mlflow "
-                            f"experiments restore --experiment-id {experiment.experiment_id}) or set another "
+        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {masked_uri(uri)}. Restore it "
+                            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set another "
                             "mlflow.experiment_name in params.yaml.")
 
 
@@ -120,9 +120,9 @@ def check_reachable(uri: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
-            f"MLflow tracking server {masked_uri(uri)} is unreachable ({reason}). Start it (see README, 'Tracking server'), "
-            "or fix mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI; leave both unset to use the local "
-            f"store {STORE_FILE} at the repository root."
+            f"MLflow tracking server {masked_uri(uri)} is unreachable ({reason}). Start it (see README, 'Tracking "
+            "server'), or fix mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI; leave both unset to use the "
+            f"local store {STORE_FILE} at the repository root."
         ) from None
 
 
@@ -280,9 +280,9 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
     try:
         existing = mlflow.get_run(run_id)
     except MlflowException:
-        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store {masked_uri(uri)}. "
-                            "Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train used, or rerun "
-                            "train (dvc repro --force-downstream).") from None
+        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store "
+                            f"{masked_uri(uri)}. Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train "
+                            "used, or rerun train (dvc repro --force-downstream).") from None
     mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
     run = mlflow.start_run(run_id=run_id)
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
