@@ -185,6 +185,18 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def outage_ends_clearly(uri: str, max_unreachable_s: int, activity: str, then: str) -> Iterator[None]:
+    """A server that stopped answering for good becomes one message (not MLflow's chained retry traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise PipelineError(f"MLflow tracking server {masked_uri(uri)} stopped answering during {activity} and did "
+                            f"not come back within mlflow.max_unreachable_s ({max_unreachable_s} s). {then}") from None
+
+
 def stop_retrying() -> None:
     """The server is gone: whatever is still said to it (marking the run) fails at once instead of waiting again."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -292,7 +304,9 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
-        if not is_unreachable(exc):  # marking the run would wait as long again, and fail
+        if is_unreachable(exc):  # marking the run (here, or MLflow's own at exit) would wait as long again, and fail
+            stop_retrying()
+        else:
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:

@@ -98,6 +98,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri, finished=True)
     except BaseException as exc:
         if tracking.is_unreachable(exc):  # marking the run would wait as long again, and fail
+            tracking.stop_retrying()
             raise
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
@@ -259,18 +260,11 @@ def main() -> None:
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)
     tracking.bound_retries(uri, params.mlflow.max_unreachable_s, "train")
-    try:
+    with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "training",
+                                      f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
+                                      "server answers again, `dvc repro` resumes from the last one."):
         run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
                      cv_metrics_file=args.cv_metrics)
-    except Exception as exc:
-        if not tracking.is_unreachable(exc):
-            raise
-        raise PipelineError(
-            f"MLflow tracking server {tracking.masked_uri(uri)} stopped answering during training and did not come "
-            f"back within mlflow.max_unreachable_s ({params.mlflow.max_unreachable_s} s); training stopped. The "
-            f"checkpoints in {args.checkpoints} are kept: once the server answers again, `dvc repro` resumes from "
-            "the last one (and ends the interrupted run KILLED)."
-        ) from None
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
 

@@ -97,6 +97,31 @@ def test_the_resume_decision_says_its_true_reason(tmp_path: Path, capsys, case) 
         assert "params" not in said
 
 
+@pytest.mark.slow
+def test_a_training_whose_last_checkpoint_was_cut_short_resumes_from_the_best(tmp_path: Path) -> None:
+    """The issue's sequence: a full disk cut last.ckpt short (as Lightning's cross-file-system copy did), and the
+    next run discarded the valid best.ckpt saying the params differed."""
+    root = tmp_path / "work"
+    root.mkdir()
+    shutil.copyfile(REPO / "params.yaml", root / "params.yaml")
+    edit_params(root, {**TINY, "train.max_epochs": 3, "train.early_stopping_patience": None})
+    prepare(DataParams(), root / "prepared")
+    train(root)
+    ckpt = root / "ckpt"
+    attempt = json.loads((ckpt / checkpoints.RESUME_FILE).read_text())
+    checkpoints.record_attempt(ckpt, attempt["fingerprint"], attempt["run_id"], f"sqlite:///{root}/mlflow.db")
+    last = ckpt / checkpoints.LAST_CHECKPOINT
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+
+    result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",
+                  "--checkpoints", "ckpt"], root, PYTHONPATH=str(REPO),
+                 MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+
+    assert "last.ckpt cannot be read" in result.stdout and "resuming from" in result.stdout
+    assert "params, prepared data" not in result.stdout
+    assert checkpoints.checkpoint_progress(last)[0] == 3  # written whole again by the resumed training
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A folder with prepared digits, a tiny trained model and its finished MLflow run (sqlite store inside)."""
