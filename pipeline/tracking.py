@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -296,23 +297,35 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
                             f"{masked_uri(uri)}. Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train "
                             "used, or rerun train (dvc repro --force-downstream).") from None
     mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
-    run = mlflow.start_run(run_id=run_id)
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    # The handler and the try come first: a signal that lands while the run is being re-opened ends it too.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        yield run
+        yield mlflow.start_run(run_id=run_id)
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end_run(uri, run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
         if is_unreachable(exc):  # marking the run (here, or MLflow's own at exit) would wait as long again, and fail
             stop_retrying()
         else:
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            _end_run(uri, run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run()
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _end_run(uri: str, run_id: str, status: str) -> None:
+    """End the run with `status`, also when the signal came before start_run had made it the active run."""
+    import mlflow
+
+    if mlflow.active_run():
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient(uri).set_terminated(run_id, status)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

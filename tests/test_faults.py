@@ -119,7 +119,10 @@ def test_a_training_whose_last_checkpoint_was_cut_short_resumes_from_the_best(tm
 
     assert "last.ckpt cannot be read" in result.stdout and "resuming from" in result.stdout
     assert "params, prepared data" not in result.stdout
-    assert checkpoints.checkpoint_progress(last)[0] == 3  # written whole again by the resumed training
+    best = ckpt / checkpoints.BEST_CHECKPOINT
+    assert checkpoints.checkpoint_progress(best)[0] >= 1  # kept, and resumed from
+    assert json.loads((ckpt / checkpoints.RESUME_FILE).read_text())["finished"]
+    assert (root / "model" / "model.pt").is_file()
 
 
 @pytest.fixture(scope="module")
