@@ -91,7 +91,7 @@ def main() -> None:
     params = load_params()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
-    tracking.bound_retries(uri, params.mlflow.max_unreachable_s, "evaluate")
+    tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
     tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
     with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "evaluate",
                                       "Rerun `dvc repro` once it answers again."):

@@ -127,9 +127,11 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def bound_retries(uri: str, max_unreachable_s: int, stage: str) -> float:
-    """Bound MLflow's retries of a server that stops answering to about `max_unreachable_s` (by default it retries
-    7 times with doubling waits, minutes in all, silently), and say on the first retry what is happening.
+def configure_client(uri: str, max_unreachable_s: int, stage: str) -> float:
+    """How this process's MLflow talks to the store. Its retries of a server that stops answering are bounded to
+    about `max_unreachable_s` (by default it retries 7 times with doubling waits, minutes in all, silently), and on
+    the first retry the stage says what is happening. Its "View run at <URL>" lines are left out when the URL holds
+    a password.
 
     MLflow reads its MLFLOW_HTTP_REQUEST_* variables at each request. urllib3 waits nothing before the first retry,
     then backoff * 2**(k-1) s (at most MAX_BACKOFF_S) plus up to RETRY_JITTER_S before retry k. Returns the
@@ -142,6 +144,8 @@ def bound_retries(uri: str, max_unreachable_s: int, stage: str) -> float:
             if total <= max_unreachable_s and total > best[2]:
                 best = (backoff, retries, total)
     backoff, retries, total = best
+    if masked_uri(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff),
                        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(RETRY_JITTER_S)})

@@ -259,7 +259,7 @@ def main() -> None:
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)
-    tracking.bound_retries(uri, params.mlflow.max_unreachable_s, "train")
+    tracking.configure_client(uri, params.mlflow.max_unreachable_s, "train")
     with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "training",
                                       f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
                                       "server answers again, `dvc repro` resumes from the last one."):

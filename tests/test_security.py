@@ -190,3 +190,37 @@ def test_params_reading_the_environment_are_refused(tmp_path: Path, line: str, k
         del os.environ["AWS_SECRET_ACCESS_KEY"]
     assert f"{key}: reads an environment variable (oc.env)" in str(refused.value)
     assert SECRET not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_is_written_nowhere(tmp_path: Path) -> None:
+    """train and evaluate against a real server through `http://user:PASSWORD@host`: the server accepts the run
+    (it ignores basic auth), and the password is in no output, checkpoint, artifact, param, tag or message."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import edit_params, mlflow_server, run
+
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    prepare(DataParams(), root / "prepared")
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server") as base:
+        uri = base.replace("http://", f"http://user:{SECRET}@")
+        edit_params(root, {"model.name": "mlp", "model.mlp.hidden_dims": [16], "train.max_epochs": 1,
+                           "trainer.progress_bar": False, "mlflow.tracking_uri": uri})
+        said = ""
+        for stage, args in (("train", ["--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"]),
+                            ("evaluate", ["--prepared", "prepared", "--model", "model", "--out", "eval"])):
+            result = run([sys.executable, "-m", f"pipeline.{stage}", *args], root, PYTHONPATH=str(REPO))
+            said += result.stdout + result.stderr
+        client = MlflowClient(base)
+        (logged,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["mlflow.tracking_uri"] == base.replace("http://", "http://user:***@")
+    recorded = json.dumps([logged.data.params, logged.data.tags])
+    written = [p for folder in (root / "model", root / "ckpt", root / "eval", tmp_path / "artifacts")
+               for p in folder.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert SECRET not in said and SECRET not in recorded and written == []
+    assert json.loads((root / "model" / "mlflow_run.json").read_text())["tracking_uri"] == \
+        base.replace("http://", "http://user:***@")
