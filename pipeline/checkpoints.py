@@ -20,6 +20,8 @@ import json
 import os
 import random
 import shutil
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,15 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from pipeline.config import Params, to_flat_dict
-from pipeline.files import read_json, write_json
+from pipeline.errors import PipelineError
+from pipeline.files import TMP_MARK, read_json, write_json
 
 RESUME_FILE = "resume.json"
 LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"  # train's ModelCheckpoint file name: resumed from when last.ckpt cannot be read
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
@@ -74,41 +79,67 @@ def read_attempt(checkpoint_dir: Path) -> dict[str, Any] | None:
 
 
 def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str) -> ResumePoint | None:
-    """The unfinished attempt to continue, or None. Only reads, so every DDP process reaches the same answer.
+    """The unfinished attempt to continue, or None. Only reads, so every DDP process reaches the same answer."""
+    return _resume_decision(checkpoint_dir, expected_fingerprint, tracking_uri)[0]
+
+
+def _resume_decision(checkpoint_dir: Path, expected_fingerprint: str,
+                     tracking_uri: str) -> tuple[ResumePoint | None, str]:
+    """The point to resume from, else None and why not ("" when there is no unfinished attempt to speak of).
 
     Same fingerprint, and the same tracking store: the resumed run carries the interrupted run's metrics over, which
-    it can only read from the store that holds them."""
-    attempt, last = read_attempt(checkpoint_dir), checkpoint_dir / LAST_CHECKPOINT
-    if not attempt or attempt.get("finished") or not last.is_file() \
-            or (attempt.get("fingerprint"), attempt.get("tracking_uri")) != (expected_fingerprint, tracking_uri):
-        return None
-    try:
-        progress = checkpoint_progress(last)
-    except Exception:  # cut short while being written (torch raises several types): nothing to resume
-        return None
-    return ResumePoint(last, attempt.get("run_id"), attempt.get("tracking_uri"), *progress)
+    it can only read from the store that holds them. resume.json holds the store's URI masked (see tracking.py), so
+    masked forms are compared. A last.ckpt that cannot be read gives way to best.ckpt: every checkpoint holds the
+    random state too, so training from an earlier epoch takes the same steps again."""
+    from pipeline.tracking import masked_uri
+
+    attempt = read_attempt(checkpoint_dir)
+    last, best = checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_CHECKPOINT
+    if not attempt or attempt.get("finished") or not (last.is_file() or best.is_file()):
+        return None, ""
+    if attempt.get("fingerprint") != expected_fingerprint:
+        return None, "its params, prepared data or training code differ from these"
+    if attempt.get("tracking_uri") != masked_uri(tracking_uri):
+        return None, f"it was tracked in another MLflow store ({attempt.get('tracking_uri')})"
+    unreadable = []
+    for checkpoint in (last, best):
+        if not checkpoint.is_file():
+            continue
+        try:
+            progress = checkpoint_progress(checkpoint)
+        except Exception:  # cut short while being written (torch raises several types)
+            unreadable.append(checkpoint.name)
+            continue
+        if unreadable:
+            print(f"train: {last} cannot be read (cut short while being written: a full disk or a kill?); resuming "
+                  f"from {checkpoint} instead.")
+        return ResumePoint(checkpoint, attempt.get("run_id"), attempt.get("tracking_uri"), *progress), ""
+    return None, (f"its checkpoint(s) {' and '.join(unreadable)} cannot be read (cut short while being written: a "
+                  "full disk or a kill?)")
 
 
 def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str) -> ResumePoint | None:
-    """The attempt to continue; else None, with the folder emptied for a fresh start by rank zero, which also ends an
-    interrupted attempt's run KILLED if it was left RUNNING (killed before its first checkpoint, or not resumable)."""
-    resume = find_resume_point(checkpoint_dir, expected_fingerprint, tracking_uri)
+    """The attempt to continue; else None, with the folder emptied for a fresh start by rank zero.
+
+    Rank zero also ends the previous attempt's run KILLED if it was left RUNNING: an attempt killed before its first
+    checkpoint or not resumable, or a finished training whose evaluate was killed (SIGKILL, SIGTERM, out of memory)
+    while it held the run."""
+    resume, why_not = _resume_decision(checkpoint_dir, expected_fingerprint, tracking_uri)
     if resume:
         print(f"train: resuming after epoch {resume.epochs} from {resume.checkpoint} (run {resume.run_id})")
         return resume
     if not launched_as_global_zero():
         return None
     attempt = read_attempt(checkpoint_dir)
-    if attempt and not attempt.get("finished"):
-        if attempt.get("run_id") and attempt.get("tracking_uri") == tracking_uri:
+    if attempt:
+        from pipeline import tracking
+
+        if attempt.get("run_id") and attempt.get("tracking_uri") == tracking.masked_uri(tracking_uri):
             from mlflow import MlflowClient
 
-            from pipeline import tracking
-
             tracking.end_if_running(MlflowClient(tracking_uri), attempt["run_id"])
-        if (checkpoint_dir / LAST_CHECKPOINT).is_file():
-            print(f"train: not resuming the interrupted training in {checkpoint_dir}: its params, prepared data, "
-                  "training code or tracking store differ from these. Starting over.")
+        if why_not:
+            print(f"train: not resuming the interrupted training in {checkpoint_dir}: {why_not}. Starting over.")
     if checkpoint_dir.is_dir():  # a stale best.ckpt or last.ckpt belongs to another attempt
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True)
@@ -117,8 +148,11 @@ def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracki
 
 def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str,
                    finished: bool = False) -> None:
+    """resume.json; the store's URI masked: the folder is a DVC output, cached and pushed."""
+    from pipeline.tracking import masked_uri
+
     write_json(checkpoint_dir / RESUME_FILE, {"fingerprint": fingerprint_, "run_id": run_id,
-                                              "tracking_uri": tracking_uri, "finished": finished})
+                                              "tracking_uri": masked_uri(tracking_uri), "finished": finished})
 
 
 def launched_as_global_zero() -> bool:
@@ -153,3 +187,45 @@ class RandomStateCheckpoint(pl.Callback):
         random.setstate((version, tuple(internal), gauss))
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all.
+
+    Lightning writes a checkpoint to a temporary file in the system's temporary folder and moves it into place;
+    across file systems that move is a copy, and a full disk leaves the checkpoint truncated. Here it is written to
+    a temporary file beside it, flushed to disk, and renamed over the previous one: a failed write leaves the
+    previous checkpoint as it was."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                torch.save(checkpoint, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            failed_write = exc if isinstance(exc, OSError) else exc.__context__  # torch wraps it in a RuntimeError
+            if isinstance(failed_write, OSError):
+                raise PipelineError(f"{path}: the checkpoint could not be written ({failed_write.strerror or exc}); "
+                                    "the previous one is kept. Free disk space, then rerun: training resumes from "
+                                    "it.") from None
+            raise
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The rename itself reaches the disk (a power loss right after would otherwise lose it)."""
+    with suppress(OSError):  # not every file system lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -206,6 +206,8 @@ class MlflowParams:
     experiment_name: str = "default-pipeline"
     run_name: Optional[str] = None  # null: the DVC experiment's name, else <model>-<date-time>
     register_model: Optional[str] = None  # a name: register each evaluated model as a new version of it
+    # How long a tracking server may not answer before the stage gives up (MLflow's retries, bounded to this).
+    max_unreachable_s: int = _positive(120)
 
 
 @dataclass
@@ -267,7 +269,7 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
 
 
 def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
-    problems = _unknown_keys(Params, data, prefix="")
+    problems = _unknown_keys(Params, data, prefix="") + _environment_lookups(data, prefix="")
     if problems:
         raise ParamsError(_format(source, problems))
     try:
@@ -337,6 +339,23 @@ def _unknown_keys(schema: type, data: Any, prefix: str) -> list[str]:
         if dataclasses.is_dataclass(sub_schema):
             problems += _unknown_keys(sub_schema, value, f"{path}.")
     return problems
+
+
+# `${oc.env:NAME}` would resolve an environment variable (often a secret) into a value MLflow logs as a param.
+_ENV_LOOKUP = re.compile(r"\$\{\s*oc\.env\s*:")
+
+
+def _environment_lookups(data: Any, prefix: str) -> list[str]:
+    """Keys whose value reads an environment variable through OmegaConf's oc.env resolver."""
+    if isinstance(data, dict):
+        return [p for key, value in data.items() for p in _environment_lookups(value, f"{prefix}{key}.")]
+    if isinstance(data, list):
+        return [p for i, value in enumerate(data) for p in _environment_lookups(value, f"{prefix[:-1]}[{i}].")]
+    if isinstance(data, str) and _ENV_LOOKUP.search(data):
+        return [(f"{prefix[:-1]}: reads an environment variable (oc.env), whose value would be logged to MLflow "
+                 "as a param; write the value itself. Credentials belong in the environment MLflow reads "
+                 "(MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*), never in params.yaml.")]
+    return []
 
 
 def _type_problem(exc: ValidationError) -> str:
@@ -445,7 +464,10 @@ def _check_mlflow(m: MlflowParams) -> list[str]:
     if m.tracking_uri:
         scheme = m.tracking_uri.partition(":")[0].split("+")[0]  # a bare path has none: it stays whole
         if scheme not in TRACKING_SCHEMES:
-            problems.append(f"mlflow.tracking_uri: '{m.tracking_uri}' is not a tracking store MLflow can open; use "
+            from pipeline.tracking import masked_uri
+
+            shown = masked_uri(m.tracking_uri)
+            problems.append(f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
                             "sqlite:///<path>/mlflow.db, a server http://<host>:<port>, a database "
                             "postgresql://<user>@<host>/<db>, or null for mlflow.db at the repository root.")
     return problems

@@ -91,10 +91,13 @@ def main() -> None:
     params = load_params()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
+    tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
     tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
-    evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
-             run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
-             register_as=params.mlflow.register_model)
+    with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "evaluate",
+                                      "Rerun `dvc repro` once it answers again."):
+        evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
+                 run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
+                 register_as=params.mlflow.register_model)
 
 
 if __name__ == "__main__":

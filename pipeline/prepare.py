@@ -3,7 +3,7 @@
     python -m pipeline.prepare --out data/prepared
 
 Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data), the fitted preprocessing
-(`preprocessor.joblib` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
+(`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
 class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*` only.
 """
 
@@ -25,8 +25,10 @@ SPLITS = ("train", "val", "test")
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
 EXAMPLE_FILE, EXAMPLE_ROWS = "input_example.json", 3
-# Every file prepare writes for some kind of data: a rerun may replace these, never anything else in the folder.
-PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), "meta.json", EXAMPLE_FILE, "preprocessor.joblib", "vocab.json")
+# Every file prepare writes for some kind of data (and preprocessor.joblib, which older versions wrote): a rerun may
+# replace these, never anything else in the folder.
+PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), "meta.json", EXAMPLE_FILE, "preprocessor.skops",
+                  "preprocessor.joblib", "vocab.json")
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:

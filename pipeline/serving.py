@@ -23,8 +23,8 @@ from pipeline.files import read_json
 from pipeline.prepare import EXAMPLE_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-PREPROCESSING_FILES = ("meta.json", "preprocessor.joblib", "vocab.json", EXAMPLE_FILE)
-REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "joblib", "pyarrow")
+PREPROCESSING_FILES = ("meta.json", "preprocessor.skops", "vocab.json", EXAMPLE_FILE)
+REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
 
 class PipelineModel(mlflow.pyfunc.PythonModel):

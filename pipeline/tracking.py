@@ -8,10 +8,18 @@ inside the functions that talk to the store, so validation stays fast.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
+import re
+import signal
 import subprocess
+import sys
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -28,6 +36,10 @@ RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run eval
 REACHABILITY_TIMEOUT_S = 5
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests runs (cross-validation folds) in its UI
+MASK = "***"  # SQLAlchemy's way of showing a URL's password
+SECRET_QUERY_KEYS = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|access_key)[^=&]*=)[^&]*")
+# MLflow's ceiling on MLFLOW_HTTP_REQUEST_MAX_RETRIES, and urllib3's on one backoff wait (Retry.DEFAULT_BACKOFF_MAX).
+MAX_RETRIES, MAX_BACKOFF_S, RETRY_JITTER_S = 10, 120, 1.0
 
 
 def repo_root() -> Path:
@@ -36,6 +48,23 @@ def repo_root() -> Path:
 
 def tracking_uri(params: MlflowParams) -> str:
     return params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def masked_uri(uri: str) -> str:
+    """`uri` fit to write or print: a password in it (`scheme://user:PASSWORD@host`, `?password=`) becomes ***, and
+    so does a bare user part of a server URL (`https://TOKEN@host`), where a token is what it usually holds. Files
+    that name the store keep this form; the real URI always comes from params.yaml or the environment."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, has_password, _ = netloc.rpartition("@")[0].partition(":")
+        host = netloc.rpartition("@")[2]
+        bare_token = not has_password and parts.scheme in ("http", "https")
+        netloc = f"{MASK}@{host}" if bare_token else f"{user}{':' + MASK if has_password else ''}@{host}"
+    query = SECRET_QUERY_KEYS.sub(lambda m: m.group(1) + MASK, f"?{parts.query}")[1:] if parts.query else ""
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def artifact_location(uri: str) -> str | None:
@@ -66,12 +95,12 @@ def ensure_store(uri: str, experiment_name: str) -> None:
                 client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
         except MlflowException as exc:
             reason = exc.message.strip().splitlines()[0]
-            raise PipelineError(f"MLflow tracking store {uri} cannot be used ({reason}). Fix mlflow.tracking_uri in "
-                                "params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for the local store "
-                                f"{STORE_FILE} at the repository root.") from None
+            raise PipelineError(f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix "
+                                "mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for "
+                                f"the local store {STORE_FILE} at the repository root.") from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
-        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {uri}. Restore it (mlflow "
-                            f"experiments restore --experiment-id {experiment.experiment_id}) or set another "
+        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {masked_uri(uri)}. Restore it "
+                            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set another "
                             "mlflow.experiment_name in params.yaml.")
 
 
@@ -79,15 +108,116 @@ def check_reachable(uri: str) -> None:
     """Fail in seconds when a tracking server does not answer (MLflow itself retries for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
+    # urllib takes no user:password in a URL (MLflow's requests sends it as basic authentication): do the same.
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
+    if parts.username is not None:
+        userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    health = urllib.request.Request(f"{urllib.parse.urlunsplit(parts).rstrip('/')}/health", headers=headers)
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S).close()
-    except (urllib.error.URLError, OSError) as exc:
+        urllib.request.urlopen(health, timeout=REACHABILITY_TIMEOUT_S).close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
-            f"MLflow tracking server {uri} is unreachable ({reason}). Start it (see README, 'Tracking server'), "
-            "or fix mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI; leave both unset to use the local "
-            f"store {STORE_FILE} at the repository root."
+            f"MLflow tracking server {masked_uri(uri)} is unreachable ({reason}). Start it (see README, 'Tracking "
+            "server'), or fix mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI; leave both unset to use the "
+            f"local store {STORE_FILE} at the repository root."
         ) from None
+
+
+def configure_client(uri: str, max_unreachable_s: int, stage: str) -> float:
+    """How this process's MLflow talks to the store. Its retries of a server that stops answering are bounded to
+    about `max_unreachable_s` (by default it retries 7 times with doubling waits, minutes in all, silently), and on
+    the first retry the stage says what is happening. Its "View run at <URL>" lines are left out when the URL holds
+    a password.
+
+    MLflow reads its MLFLOW_HTTP_REQUEST_* variables at each request. urllib3 waits nothing before the first retry,
+    then backoff * 2**(k-1) s (at most MAX_BACKOFF_S) plus up to RETRY_JITTER_S before retry k. Returns the
+    seconds of waiting the chosen retries add up to."""
+    best = (1, 1, 0.0)
+    for backoff in range(1, MAX_BACKOFF_S + 1):
+        for retries in range(1, MAX_RETRIES + 1):
+            waits = sum(min(MAX_BACKOFF_S, backoff * 2 ** (k - 1)) for k in range(2, retries + 1))
+            total = waits + retries * RETRY_JITTER_S
+            if total <= max_unreachable_s and total > best[2]:
+                best = (backoff, retries, total)
+    backoff, retries, total = best
+    if masked_uri(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff),
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(RETRY_JITTER_S)})
+    retry_log = logging.getLogger("urllib3.connectionpool")  # where urllib3 says it retries
+    retry_log.addHandler(_OutageReport(f"{stage}: MLflow tracking server {masked_uri(uri)} does not answer; "
+                                       f"retrying for up to {total:.0f} s (mlflow.max_unreachable_s = "
+                                       f"{max_unreachable_s}) before giving up.", every_s=max(total, 1.0)))
+    retry_log.propagate = False  # urllib3's own lines, one per retry, say less
+    return total
+
+
+class _OutageReport(logging.Handler):
+    """Prints `message` on a retry, at most once per `every_s` seconds (once per outage, in practice)."""
+
+    def __init__(self, message: str, every_s: float):
+        super().__init__(logging.WARNING)
+        self.message, self.every_s, self.last = message, every_s, -float("inf")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Retrying") and time.monotonic() - self.last > self.every_s:
+            self.last = time.monotonic()
+            print(self.message, file=sys.stderr, flush=True)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Did `exc`, or an exception it was raised from or while handling, come from a server that does not answer?"""
+    import requests
+    import urllib3.exceptions
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (requests.exceptions.ConnectionError, urllib3.exceptions.MaxRetryError,
+                                urllib3.exceptions.NewConnectionError)) \
+                or "Max retries exceeded" in str(current):  # MlflowException wraps the requests error as text
+            return True
+        todo += [current.__cause__, current.__context__]
+    return False
+
+
+@contextmanager
+def outage_ends_clearly(uri: str, max_unreachable_s: int, activity: str, then: str) -> Iterator[None]:
+    """A server that stopped answering for good becomes one message (not MLflow's chained retry traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise PipelineError(f"MLflow tracking server {masked_uri(uri)} stopped answering during {activity} and did "
+                            f"not come back within mlflow.max_unreachable_s ({max_unreachable_s} s). {then}") from None
+
+
+def stop_retrying() -> None:
+    """The server is gone: whatever is still said to it (marking the run) fails at once instead of waiting again."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+
+
+def outage_callback() -> Any:
+    """A Lightning callback: when training fails because the server stopped answering, Lightning's own attempt to
+    mark the run FAILED (which would wait as long again) gives up at once."""
+    import pytorch_lightning as pl
+
+    class StopRetryingOnOutage(pl.Callback):
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if is_unreachable(exception):
+                stop_retrying()
+
+    return StopRetryingOnOutage()
 
 
 def run_name(params: MlflowParams, model_name: str) -> str:
@@ -144,7 +274,8 @@ def prepared_data_input(prepared_dir: Path, meta: dict[str, Any], digest: str) -
 
 
 def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:
-    write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": uri})
+    """The run and its store, the store's URI masked: the file goes into the DVC cache and the run's artifacts."""
+    write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": masked_uri(uri)})
 
 
 def read_run_file(model_dir: Path) -> dict[str, Any]:
@@ -156,20 +287,53 @@ def read_run_file(model_dir: Path) -> dict[str, Any]:
 
 @contextmanager
 def continue_run(uri: str, run_id: str) -> Iterator[Any]:
-    """Re-open train's run; it ends FINISHED, or FAILED (never RUNNING) if the block raises."""
+    """Re-open train's run; it ends FINISHED, KILLED on Ctrl+C or SIGTERM (as train's runs do), or FAILED if the
+    block raises. A SIGKILL leaves it RUNNING: the next training ends it KILLED (see checkpoints.py)."""
     import mlflow
+    from mlflow.entities import RunStatus
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(uri)
     try:
         existing = mlflow.get_run(run_id)
     except MlflowException:
-        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store {uri}. "
-                            "Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train used, or rerun "
-                            "train (dvc repro --force-downstream).") from None
+        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store "
+                            f"{masked_uri(uri)}. Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train "
+                            "used, or rerun train (dvc repro --force-downstream).") from None
     mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
+    # The handler and the try come first: a signal that lands while the run is being re-opened ends it too.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        yield mlflow.start_run(run_id=run_id)
+    except KeyboardInterrupt:
+        _end_run(uri, run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as exc:
+        if is_unreachable(exc):  # marking the run (here, or MLflow's own at exit) would wait as long again, and fail
+            stop_retrying()
+        else:
+            _end_run(uri, run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _end_run(uri: str, run_id: str, status: str) -> None:
+    """End the run with `status`, also when the signal came before start_run had made it the active run."""
+    import mlflow
+
+    if mlflow.active_run():
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient(uri).set_terminated(run_id, status)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def end_if_running(client: Any, run_id: str) -> Any:

@@ -96,7 +96,10 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
             write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
         logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), WEIGHTS_ARTIFACT_DIR)
         checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri, finished=True)
-    except BaseException:
+    except BaseException as exc:
+        if tracking.is_unreachable(exc):  # marking the run would wait as long again, and fail
+            tracking.stop_retrying()
+            raise
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     return logger.run_id
@@ -165,6 +168,8 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
     # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
     # tune.* configures the search, not the model (and tune.storage may hold a password).
     run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith(("evaluate.", "tune."))}
+    if run_params.get("mlflow.tracking_uri"):  # params are stored in the run and in every checkpoint
+        run_params["mlflow.tracking_uri"] = tracking.masked_uri(run_params["mlflow.tracking_uri"])
     weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
         else None
     return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)
@@ -189,13 +194,15 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
 def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) -> Any:
     import pytorch_lightning as pl
 
+    from pipeline.checkpoints import AtomicCheckpointIO
+
     t = params.trainer
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val, callbacks=callbacks, logger=loggers,
-        default_root_dir=root_dir,
+        gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
+        logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -251,9 +258,14 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
-    tracking.ensure_store(tracking.tracking_uri(params.mlflow), params.mlflow.experiment_name)
-    run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
-                 cv_metrics_file=args.cv_metrics)
+    uri = tracking.tracking_uri(params.mlflow)
+    tracking.ensure_store(uri, params.mlflow.experiment_name)
+    tracking.configure_client(uri, params.mlflow.max_unreachable_s, "train")
+    with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "training",
+                                      f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
+                                      "server answers again, `dvc repro` resumes from the last one."):
+        run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
+                     cv_metrics_file=args.cv_metrics)
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
 

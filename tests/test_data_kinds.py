@@ -60,7 +60,7 @@ def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
     assert meta["input_shape"] == [bunch.data.shape[1]]
     assert meta["class_names"] == [str(c) for c in bunch.target_names]
     assert meta["num_classes"] == len(bunch.target_names)
-    assert (out / "preprocessor.joblib").is_file()
+    assert (out / "preprocessor.skops").is_file()
     assert json.loads((out / "meta.json").read_text()) == meta
 
     splits = load_splits(out)

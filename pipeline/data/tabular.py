@@ -10,7 +10,9 @@ scaled; categorical ones, compared as text, either imputed and one-hot encoded o
 embedding`, replaced by one index per column: 1..K for the K categories seen in training, 0 for a missing value or a
 category training never saw (meta.json then records `numeric_features` and `categorical_cardinalities`, which the MLP
 is built from; the indices follow the numeric features). It transforms in row chunks into one float32 array, and is
-saved beside the prepared arrays (`preprocessor.joblib`) so that prediction applies exactly the same transformation.
+saved beside the prepared arrays (`preprocessor.skops`) so that prediction applies exactly the same transformation.
+It is saved with skops, not pickled: loading it rebuilds only scikit-learn objects and the few functions named in
+TRUSTED_TYPES, so a file replaced on a DVC remote or in an artifact store cannot run code.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import pandas as pd
 from pipeline.config import DataParams, TabularParams
 from pipeline.data import DataError, RawData, require_file
 
-PREPROCESSOR_FILE = "preprocessor.joblib"
+PREPROCESSOR_FILE = "preprocessor.skops"
+PICKLED_PREPROCESSOR_FILE = "preprocessor.joblib"  # what older versions wrote: never loaded, a pickle runs code
+# What the fitted ColumnTransformer holds beyond the scikit-learn and numpy types skops trusts by itself (the
+# median imputer's function, the embedding index shift); a file that holds anything else is refused.
+TRUSTED_TYPES = ("numpy.dtype", "numpy.median", f"{__name__}._past_unknown_index")
 BUILTIN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "iris": "load_iris"}
 # Rows per transform step: scikit-learn's float64 temporaries stay a few MB whatever the table's length.
 TRANSFORM_CHUNK_ROWS = 65536
@@ -237,9 +243,9 @@ class TablePreprocessor:
         return described
 
     def save(self, folder: Path) -> None:
-        import joblib
+        import skops.io
 
-        joblib.dump(self.transformer, folder / PREPROCESSOR_FILE)
+        skops.io.dump(self.transformer, folder / PREPROCESSOR_FILE)
 
 
 def _past_unknown_index(codes: np.ndarray) -> np.ndarray:
@@ -266,8 +272,22 @@ def new_preprocessor(params: DataParams) -> TablePreprocessor:
 
 
 def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> TablePreprocessor:
-    import joblib
+    import skops.io
+    from sklearn.compose import ColumnTransformer
 
-    # A pickle we wrote ourselves, DVC-tracked: only load prepared folders you produced or trust.
-    transformer = joblib.load(prepared_dir / PREPROCESSOR_FILE)
+    path = prepared_dir / PREPROCESSOR_FILE
+    rerun = "Run prepare again (dvc repro prepare --force) to write it, or restore the folder from a source you trust."
+    if not path.is_file():
+        pickled = prepared_dir / PICKLED_PREPROCESSOR_FILE
+        old = f" ({pickled} is from an older version, a pickle, which is never loaded: it could run code)" \
+            if pickled.is_file() else ""
+        raise DataError(f"{path}: not found{old}. {rerun}")
+    try:
+        transformer = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:  # not a skops archive, or one naming other types: skops raises several kinds
+        raise DataError(f"{path}: not a valid preprocessor file ({type(exc).__name__}: {str(exc)[:300]}); it was "
+                        f"not loaded. {rerun}") from None
+    if not isinstance(transformer, ColumnTransformer):
+        raise DataError(f"{path}: not a valid preprocessor file (it holds a {type(transformer).__name__}, not the "
+                        f"fitted ColumnTransformer). {rerun}")
     return TablePreprocessor(TabularParams(), transformer, meta["preprocessing"]["columns"])
