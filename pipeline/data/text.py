@@ -62,14 +62,21 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 file, as `str.splitlines` gives them, read one at a time."""
-    number = 0
+    """The lines of a UTF-8 file, as `str.splitlines` gives them, read one at a time; blank ones are skipped (and
+    counted: nothing can be predicted from them)."""
+    number = blank = 0
     try:
         with open(path, encoding="utf-8", newline="") as f:
             for number, line in enumerate(f, start=1):
-                yield from line.splitlines()
+                for text in line.splitlines():
+                    if text.strip():
+                        yield text
+                    else:
+                        blank += 1
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (after line {number}). Re-save the file as UTF-8.") from None
+    if blank:
+        print(f"predict: warning: {path}: {blank} blank line(s) skipped.", file=sys.stderr)
 
 
 class MessageFile:
