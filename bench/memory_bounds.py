@@ -1,6 +1,7 @@
 """Peak memory of a 1000-class evaluate (metrics + confusion figure) and of a 2M-line text predict.
 
-    python bench/memory_bounds.py [--classes 1000] [--samples 50000] [--lines 2000000] [--only evaluate|predict]
+    python bench/memory_bounds.py [--classes 1000] [--samples 50000] [--lines 2000000] [--model cnn]
+                                  [--only evaluate|predict]
 
 Each measurement runs in a fresh Python process, started by a bare launcher that reports the child's peak resident
 set size (`getrusage(RUSAGE_CHILDREN).ru_maxrss`), and is set beside a reference measured the same way in the same
@@ -9,10 +10,11 @@ run, so the ratio shows whether memory grows with the input:
 - evaluate: `pipeline.metrics.evaluate_predictions` and `confusion_figure` (saved as evaluate saves it, PNG at
   120 dpi) on synthetic labels, `--samples` test samples over `--classes` classes (70 % predicted right, the rest
   uniformly wrong). Reference: the same with 10 classes.
-- predict: `python -m pipeline.predict --input lines.txt --out predictions.csv` with a text model (the MLP over token
-  embeddings, random weights: memory does not depend on them) and a vocabulary prepared from the first 600 lines of
-  the SMS Spam Collection; the input is `--lines` messages of that corpus cut to 14 characters (about 15 bytes a
-  line, as in the 30 MB / 2M-line file of the report this bench answers). Reference: the first 1 % of those lines.
+- predict: `python -m pipeline.predict --input lines.txt --out predictions.csv` with a text model (`--model`, with
+  the schema's default settings of that family and random weights: memory does not depend on them) and a vocabulary
+  prepared from the first 600 lines of the SMS Spam Collection; the input is `--lines` messages of that corpus cut to
+  14 characters (about 15 bytes a line, as in the 30 MB / 2M-line file of the report this bench answers).
+  Reference: the first 1 % of those lines.
 
 Bounds checked: each peak below BOUND_MB, and each peak at most BOUND_RATIO times its reference.
 Everything is written into a temporary folder, deleted at the end.
@@ -65,15 +67,17 @@ plt.close(fig)
 MODEL_CHILD = """
 import sys
 from pathlib import Path
-from pipeline.config import DataParams, MLPParams, TextParams
+import dataclasses
+from pipeline.config import DataParams, ModelParams, TextParams
 from pipeline.prepare import prepare
 from pipeline.trained_model import save_trained_model
 from models import build_model
 meta = prepare(DataParams(dataset=sys.argv[1], kind="text", text=TextParams()), Path("prepared"))
-hparams = MLPParams().__dict__
-net = build_model("mlp", hparams, meta["input_shape"], meta["num_classes"], meta["vocab_size"])
+name = sys.argv[2]
+hparams = dataclasses.asdict(getattr(ModelParams(), name))
+net = build_model(name, hparams, meta["input_shape"], meta["num_classes"], meta["vocab_size"])
 Path("model").mkdir()
-save_trained_model(Path("model/model.pt"), net, "mlp", hparams, meta)
+save_trained_model(Path("model/model.pt"), net, name, hparams, meta)
 """
 
 
@@ -100,11 +104,11 @@ def measure_evaluate(folder: Path, classes: int, samples: int) -> dict:
             "wall": wall, "peak_mb": peak_mb, "ref_wall": ref_wall, "ref_mb": ref_mb}
 
 
-def measure_predict(folder: Path, sms: Path, lines: int) -> dict:
+def measure_predict(folder: Path, sms: Path, lines: int, model: str) -> dict:
     corpus = [line.split("\t", 1)[1] for line in sms.read_text(encoding="utf-8").splitlines() if "\t" in line]
     (folder / "train.tsv").write_text("\n".join(sms.read_text(encoding="utf-8").splitlines()[:VOCAB_LINES]) + "\n",
                                       encoding="utf-8")
-    run_child(["-c", MODEL_CHILD, "train.tsv"], folder)
+    run_child(["-c", MODEL_CHILD, "train.tsv", model], folder)
     picked = np.random.default_rng(0).integers(0, len(corpus), size=lines)
     messages = [corpus[i][:LINE_CHARS].strip() or "ok" for i in picked]
     reference_lines = max(1, int(lines * REFERENCE_SHARE))
@@ -118,7 +122,7 @@ def measure_predict(folder: Path, sms: Path, lines: int) -> dict:
         rows = sum(1 for _ in f) - 1
     assert rows == lines, (rows, lines)
     size_mb = (folder / "lines.txt").stat().st_size / 2**20
-    return {"what": f"predict, {lines} lines ({size_mb:.1f} MB)", "reference": f"{reference_lines} lines",
+    return {"what": f"predict, {model}, {lines} lines ({size_mb:.1f} MB)", "reference": f"{reference_lines} lines",
             "wall": wall, "peak_mb": peak_mb, "ref_wall": ref_wall, "ref_mb": ref_mb}
 
 
@@ -127,6 +131,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=50000)
     parser.add_argument("--lines", type=int, default=2_000_000)
+    parser.add_argument("--model", choices=["mlp", "cnn", "rnn", "transformer"], default="cnn")
     parser.add_argument("--only", choices=["evaluate", "predict"])
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS)
     args = parser.parse_args()
@@ -138,7 +143,7 @@ def main() -> None:
         if args.only in (None, "predict"):
             folder = Path(tmp) / "predict"
             folder.mkdir()
-            results.append(measure_predict(folder, args.sms, args.lines))
+            results.append(measure_predict(folder, args.sms, args.lines, args.model))
 
     print(f"bounds: peak <= {BOUND_MB:.0f} MB and peak <= {BOUND_RATIO} x the reference's peak")
     print(f"{'measurement':<42} {'seconds':>8} {'peak MB':>8} | {'reference':<14} {'seconds':>8} {'peak MB':>8} "

@@ -108,7 +108,8 @@ def check_local_store(uri: str) -> None:
         raise PipelineError(f"MLflow tracking store {path} is an empty file (0 bytes), not a database. {fix}")
     with open(path, "rb") as f:
         if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise PipelineError(f"MLflow tracking store {path} is not an SQLite database (it does not start with the SQLite header). {fix}")
+            raise PipelineError(f"MLflow tracking store {path} is not an SQLite database (it does not start with "
+                                f"SQLite's header). {fix}")
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
