@@ -57,20 +57,38 @@ def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, class_names: li
     )
 
 
+# Above this many classes the cells are too small to write numbers in (and a text object per cell took minutes and
+# gigabytes at 1000 classes): the matrices are drawn as heat maps of a fixed size instead.
+MAX_ANNOTATED_CLASSES = 30
+MAX_LABELLED_CLASSES = 60  # class names on the axes up to this many; beyond, class indices
+HEATMAP_PANEL_INCHES = 10.0
+
+
 def confusion_figure(evaluation: Evaluation, class_names: list[str]):
-    """Counts and row-normalised shares side by side, class names on both axes."""
+    """Counts and row-normalised shares side by side, class names on both axes; memory and size bounded whatever
+    the number of classes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: stages run headless
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
 
-    size = max(6.0, 0.5 * len(class_names) + 3)
+    n = len(class_names)
+    annotated = n <= MAX_ANNOTATED_CLASSES
+    size = max(6.0, 0.5 * n + 3) if annotated else HEATMAP_PANEL_INCHES
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     for ax, matrix, title, fmt in ((axes[0], evaluation.confusion, "Counts", "d"),
                                    (axes[1], evaluation.confusion_normalised, "Normalised by actual class", ".2f")):
-        display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
-        display.plot(ax=ax, values_format=fmt, colorbar=False, cmap="Blues")
+        if annotated:
+            from sklearn.metrics import ConfusionMatrixDisplay
+
+            display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
+            display.plot(ax=ax, values_format=fmt, colorbar=False, cmap="Blues")
+        else:
+            image = ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+            if n <= MAX_LABELLED_CLASSES:
+                ax.set_xticks(range(n), class_names, rotation=90, fontsize=6)
+                ax.set_yticks(range(n), class_names, fontsize=6)
         ax.set_title(title)
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")

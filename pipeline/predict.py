@@ -6,27 +6,61 @@
 
 The input takes the same form as the training data (a table with the training feature columns, messages, images);
 it is read and preprocessed exactly as prepare did. Writes one row per input: its id (row index, file name or the
-text), the predicted class name, and one probability column per class.
+text), the predicted class name, and one probability column per class. Inputs are read, preprocessed, predicted and
+written `PREDICT_BATCH_ROWS` at a time, so memory follows the batch, not the input's length.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from pipeline.errors import run_cli
 
 DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
+PREDICT_BATCH_ROWS = 8192  # inputs read, preprocessed and written at a time: a few MB whatever the input's length
+
+
+def predict_batches(input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024,
+                    rows: int = PREDICT_BATCH_ROWS) -> Iterator:
+    """DataFrames of at most `rows` predictions (id, predicted, prob_<class>...), in input order."""
+    from pipeline.data import DataError, kind_module
+    from pipeline.train import read_meta
+
+    meta = read_meta(prepared_dir)
+    predictor = Predictor(prepared_dir, model_dir, meta)
+    predicted = 0
+    for inputs, ids in kind_module(meta["kind"]).read_new_batches(input_path, meta, rows):
+        yield predictor.predict(inputs, ids, batch_size, source=str(input_path))
+        predicted += len(ids)
+    if not predicted:
+        raise DataError(f"{input_path}: nothing to predict in it (no rows, messages or images). Give it the inputs "
+                        "to predict, in the training data's form.")
+    if predictor.unseen:  # predicted all the same (as a missing value), but the user should know
+        counts = ", ".join(f"{column}: {sum(values.values())} ({', '.join(repr(v) for v, _ in values.most_common(3))}"
+                           f"{', ...' if len(values) > 3 else ''})" for column, values in predictor.unseen.items())
+        print(f"predict: warning: {input_path}: categories never seen in training, predicted as if missing: {counts}.",
+              file=sys.stderr)
 
 
 def predict(input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024):
     """A DataFrame: id, predicted, prob_<class>..."""
-    from pipeline.data import kind_module
-    from pipeline.train import read_meta
+    import pandas as pd
 
-    meta = read_meta(prepared_dir)
-    inputs, ids = kind_module(meta["kind"]).read_new(input_path, meta)
-    return Predictor(prepared_dir, model_dir, meta).predict(inputs, ids, batch_size, source=str(input_path))
+    return pd.concat(list(predict_batches(input_path, prepared_dir, model_dir, batch_size)), ignore_index=True)
+
+
+def write_predictions(input_path: Path, prepared_dir: Path, model_dir: Path, out: TextIO) -> int:
+    """Predictions as CSV into `out`, batch by batch; returns their number."""
+    written = 0
+    for table in predict_batches(input_path, prepared_dir, model_dir):
+        table.to_csv(out, index=False, header=not written)
+        written += len(table)
+    return written
 
 
 class Predictor:
@@ -46,6 +80,7 @@ class Predictor:
             raise DataError(f"{model_dir / MODEL_FILE}: not found. Train first (dvc repro).")
         self.net, bundle = load_trained_model(model_dir / MODEL_FILE)
         self.class_names = bundle["class_names"]
+        self.unseen: dict[str, Counter] = {}  # column -> category -> rows, over every batch predicted so far
 
     def predict(self, inputs, ids: list[str], batch_size: int = 1024, source: str = "input"):
         import pandas as pd
@@ -54,6 +89,8 @@ class Predictor:
         from pipeline.data import DataError, model_input
         from pipeline.trained_model import predict_proba
 
+        for column, values in getattr(self.preprocessor, "unseen_categories", lambda _: {})(inputs).items():
+            self.unseen.setdefault(column, Counter()).update(values)
         x = self.preprocessor.transform(inputs)
         if list(x.shape[1:]) != list(self.meta["input_shape"]):
             raise DataError(f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
@@ -76,11 +113,11 @@ def main() -> None:
         from pipeline.files import atomic_path
 
         with atomic_path(args.out) as tmp:  # refuses a folder as --out before any work
-            table = predict(args.input, args.prepared, args.model)
-            table.to_csv(tmp, index=False)
-        print(f"predict: {len(table)} predictions written to {args.out}")
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                written = write_predictions(args.input, args.prepared, args.model, out)
+        print(f"predict: {written} predictions written to {args.out}")
     else:
-        print(predict(args.input, args.prepared, args.model).to_csv(index=False), end="")
+        write_predictions(args.input, args.prepared, args.model, sys.stdout)
 
 
 if __name__ == "__main__":

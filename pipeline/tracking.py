@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +32,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_json
 
 STORE_FILE = "mlflow.db"
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 ARTIFACT_DIR = "mlartifacts"
 RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
 REACHABILITY_TIMEOUT_S = 5
@@ -105,7 +107,9 @@ def ensure_store(uri: str, experiment_name: str) -> None:
 
 
 def check_reachable(uri: str) -> None:
-    """Fail in seconds when a tracking server does not answer (MLflow itself retries for minutes)."""
+    """Fail in seconds when a tracking server does not answer (MLflow itself retries for minutes), or when the
+    local store is not a sound database."""
+    check_local_store(uri)
     if not uri.startswith(("http://", "https://")):
         return
     # urllib takes no user:password in a URL (MLflow's requests sends it as basic authentication): do the same.
@@ -218,6 +222,33 @@ def outage_callback() -> Any:
                 stop_retrying()
 
     return StopRetryingOnOutage()
+def check_local_store(uri: str) -> None:
+    """A local SQLite store that exists must be a whole database. MLflow fails on a damaged one with a long
+    traceback, and silently makes a new store in an empty file, which hides that the runs are gone."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if not path.is_file():
+        return
+    fix = ("Restore it from a backup, or move it aside to start a new store; mlflow.tracking_uri in params.yaml / "
+           "$MLFLOW_TRACKING_URI can also name another store.")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"MLflow tracking store {path} is an empty file (0 bytes), not a database. {fix}")
+    with open(path, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise PipelineError(f"MLflow tracking store {path} is not an SQLite database (it does not start with "
+                                f"SQLite's header). {fix}")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # another process is writing: it is sound enough to be written
+            return
+        problem = str(exc)
+    except sqlite3.DatabaseError as exc:
+        problem = str(exc)
+    if problem != "ok":
+        raise PipelineError(f"MLflow tracking store {path} is damaged ({problem}). {fix}")
 
 
 def run_name(params: MlflowParams, model_name: str) -> str:

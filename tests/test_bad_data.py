@@ -62,6 +62,33 @@ def npz_without_labels(workdir: Path) -> None:
     np.savez(workdir / "images.npz", x=np.zeros((12, 8, 8), np.float32), labels=np.arange(12) % 3)
 
 
+def npz_images(x: np.ndarray, y: np.ndarray | None = None) -> Callable[[Path], None]:
+    def setup(workdir: Path) -> None:
+        np.savez(workdir / "images.npz", x=x, y=np.arange(len(x)) % 3 if y is None else y)
+    return setup
+
+
+def digits_with_nan(n: int = 12) -> np.ndarray:
+    x = np.ones((n, 8, 8), np.float32)
+    x[5, 2, 2] = np.nan
+    return x
+
+
+def image_folder_with_bomb(workdir: Path) -> None:
+    """Class folders of small PNGs, and one whose header claims 15000 x 15000 pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    image_folder_with_corrupt_file(workdir)
+    (workdir / "imgs" / "dog" / "x.png").unlink()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    (workdir / "imgs" / "dog" / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 15000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
 TABULAR = {"data.tabular.target": "species"}
 TEXT = {"data.kind": "text"}
 
@@ -111,6 +138,21 @@ CASES = [
          ("x.png",), "not a readable image"),
     Case("npz-without-y", npz_without_labels, {"data.dataset": "images.npz"}, ("images.npz", "y"),
          "save images as `x` and labels as `y`"),
+    Case("table-infinite-value", write_csv("t.csv", table(three_classes()).replace("\n4,2.0,", "\n4,-inf,")),
+         {"data.dataset": "t.csv", **TABULAR}, ("t.csv", "column 'b'", "file lines [6]"), "infinite value(s)"),
+    Case("table-value-beyond-float32", write_csv("t.csv", table(three_classes()).replace("\n5,2.5,", "\n5,1e308,")),
+         {"data.dataset": "t.csv", **TABULAR}, ("t.csv", "column 'b'", "file lines [7]"), "beyond ±3.40e+38"),
+    Case("text-no-token-after-cleaning", write_csv("sms.tsv", messages().replace("message number", "?!")),
+         {"data.dataset": "sms.tsv", **TEXT, "data.text.strip_punctuation": True, "data.text.strip_numbers": True},
+         ("sms.tsv", "data.text"), "no token is left"),
+    Case("npz-without-images", npz_images(np.zeros((0, 8, 8)), np.zeros(0)), {"data.dataset": "images.npz"},
+         ("images.npz",), "no images in it"),
+    Case("npz-of-strings", npz_images(np.full((12, 2, 2), "a")), {"data.dataset": "images.npz"}, ("images.npz",),
+         "not numbers"),
+    Case("npz-with-nan-pixels", npz_images(digits_with_nan()), {"data.dataset": "images.npz"},
+         ("images.npz", "index [5]"), "NaN or infinite pixel values"),
+    Case("decompression-bomb-image", image_folder_with_bomb, {"data.dataset": "imgs", "data.image.size": [8, 8]},
+         ("bomb.png",), "too large to read safely"),
 ]
 
 
@@ -178,3 +220,20 @@ def test_messages_without_label_are_counted(workdir: Path) -> None:
     result = prepare_stage(workdir)
     assert result.returncode == 2
     assert "2 message(s) have no label (first at data row(s) [3, 7])" in result.stderr, result.stderr
+
+
+def test_constant_feature_columns_are_named(workdir: Path) -> None:
+    rows = [(i, 7, "same", ["x", "y", "z"][i % 3]) for i in range(30)]
+    (workdir / "t.csv").write_text(table(rows, header="a,b,c,species"))
+    edit_params(workdir, {"data.dataset": "t.csv", **TABULAR})
+    result = prepare_stage(workdir)
+    assert result.returncode == 0, result.stderr
+    assert "warning: t.csv: column(s) b, c hold one value in every row" in result.stderr, result.stderr
+
+
+def test_messages_empty_after_cleaning_are_counted(workdir: Path) -> None:
+    (workdir / "sms.tsv").write_text(messages(24) + "ham\t!!!\nspam\t???\n" * 6)
+    edit_params(workdir, {"data.dataset": "sms.tsv", **TEXT, "data.text.strip_punctuation": True})
+    result = prepare_stage(workdir)
+    assert result.returncode == 0, result.stderr
+    assert "warning: sms.tsv:" in result.stderr and "message(s) hold no token after cleaning" in result.stderr

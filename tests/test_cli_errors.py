@@ -169,3 +169,36 @@ def test_credentials_in_the_environment_are_never_logged(workdir: Path) -> None:
                          *logged.data.tags])
     for name, value in secrets.items():
         assert value not in recorded and name not in recorded
+
+
+def sqlite_store(path: Path) -> bytes:
+    """A real MLflow store with one run; returns its bytes."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{path}")
+    run_ = client.create_run(client.create_experiment("digits"))
+    client.set_terminated(run_.info.run_id)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    ("empty", "is an empty file (0 bytes), not a database"),
+    ("garbage-header", "is not an SQLite database"),
+    ("half-truncated", "is damaged (database disk image is malformed)"),
+])
+def test_damaged_tracking_store_exits_2_and_is_left_as_it_was(workdir: Path, prepared_once: Path, damage: str,
+                                                             phrase: str) -> None:
+    shutil.copytree(prepared_once, workdir / "prepared")
+    good = sqlite_store(workdir / "good.db")
+    bad = {"empty": b"", "garbage-header": b"not a database at all " * 64 + good[2048:],
+           "half-truncated": good[:len(good) // 2]}[damage]
+    (workdir / "mlflow.db").write_bytes(bad)
+
+    result = stage("train", workdir)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: MLflow tracking store {workdir / 'mlflow.db'} {phrase}"), result.stderr
+    assert "move it aside to start a new store" in result.stderr
+    assert (workdir / "mlflow.db").read_bytes() == bad
+    assert not (workdir / "model").exists() and not (workdir / "checkpoints").exists()

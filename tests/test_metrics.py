@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pipeline.metrics import confusion_figure, evaluate_predictions  # noqa: E402
+from pipeline.metrics import HEATMAP_PANEL_INCHES, confusion_figure, evaluate_predictions  # noqa: E402
 
 NAMES = ["cat", "dog", "fox"]
 
@@ -142,5 +142,24 @@ def test_confusion_figure_has_class_names_on_both_axes(evaluation) -> None:
         counts = sorted(t.get_text() for t in axes[0].texts)
         assert counts == sorted(str(v) for row in CONFUSION for v in row)
         assert "0.7000" in fig.get_suptitle()
+    finally:
+        plt.close(fig)
+
+
+def test_confusion_figure_of_many_classes_is_a_heat_map_of_bounded_size() -> None:
+    """Past a few dozen classes no cell is written in and the figure stops growing (1000 classes once took 12 GB)."""
+    rng = np.random.default_rng(0)
+    names = [f"class_{i}" for i in range(40)]
+    y_true = rng.integers(0, len(names), 2000)
+    y_pred = np.where(rng.random(2000) < 0.7, y_true, rng.integers(0, len(names), 2000))
+    fig = confusion_figure(evaluate_predictions(y_true, y_pred, names), names)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title() for ax in axes] == ["Counts", "Normalised by actual class"]
+        for ax in axes:
+            assert not ax.texts  # no per-cell numbers
+            assert ax.images[0].get_array().shape == (40, 40)
+            assert [t.get_text() for t in ax.get_yticklabels()] == names
+        assert fig.get_size_inches().tolist() == [2 * HEATMAP_PANEL_INCHES, HEATMAP_PANEL_INCHES]
     finally:
         plt.close(fig)

@@ -8,8 +8,12 @@ written back in the training format, go through `pipeline.predict.predict`; its 
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 import sys
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,3 +347,136 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
     assert "test/macro_f1" in version.tags
     loaded = __import__("mlflow").pyfunc.load_model(f"models:/animals-classifier/{version.version}")
     assert set(loaded.predict(pd.read_csv(tabular.test_input))["predicted"]) <= set(tabular.class_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs to predict: refused with one message (exit 2), or predicted with a warning (exit 0)
+# ---------------------------------------------------------------------------------------------------------------
+def rows_with(value: str, column: str = "weight", row: int = 2) -> Callable[[Path, Trained], str]:
+    """The test rows with one value replaced, written as the CSV to predict."""
+    def write(folder: Path, trained: Trained) -> str:
+        frame = pd.read_csv(trained.test_input, dtype=str, keep_default_na=False)
+        frame.loc[row, column] = value
+        frame.to_csv(folder / "rows.csv", index=False)
+        return "rows.csv"
+    return write
+
+
+def header_only(folder: Path, trained: Trained) -> str:
+    (folder / "rows.csv").write_text(trained.test_input.read_text().splitlines()[0] + "\n")
+    return "rows.csv"
+
+
+def npz(x: np.ndarray) -> Callable[[Path, Trained], str]:
+    def write(folder: Path, trained: Trained) -> str:
+        np.savez(folder / "images.npz", x=x)
+        return "images.npz"
+    return write
+
+
+def digits_with(value: float) -> np.ndarray:
+    x = load_digits().images[:6].copy()
+    x[3, 4, 4] = value
+    return x
+
+
+def png(array: np.ndarray, mode: str | None = None) -> Callable[[Path, Trained], str]:
+    def write(folder: Path, trained: Trained) -> str:
+        from PIL import Image
+
+        Image.fromarray(array, mode).save(folder / "image.png")
+        return "image.png"
+    return write
+
+
+def png_claiming_pixels(height: int, width: int) -> Callable[[Path, Trained], str]:
+    """A PNG whose header claims height x width pixels (no pixel data): what a decompression bomb looks like."""
+    def write(folder: Path, trained: Trained) -> str:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+        (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                          + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+        return "bomb.png"
+    return write
+
+
+def lines(text: str) -> Callable[[Path, Trained], str]:
+    def write(folder: Path, trained: Trained) -> str:
+        (folder / "messages.txt").write_text(text, encoding="utf-8")
+        return "messages.txt"
+    return write
+
+
+@dataclass
+class BadInput:
+    id: str
+    kind: str  # which trained model: tabular, text, image
+    write: Callable[[Path, Trained], str]  # writes the input into the folder; returns its file name
+    phrase: str  # what the message says (besides the file's name)
+    exit_code: int = 2  # 0: predicted, with a warning naming the file
+
+
+BAD_INPUTS = [
+    BadInput("text-in-numeric-column", "tabular", rows_with("heavy"),
+             "column 'weight' holds text ('heavy') where the model was trained on numbers (file lines [4])"),
+    BadInput("header-only-table", "tabular", header_only, "no rows to predict (only a header)"),
+    BadInput("infinite-value", "tabular", rows_with("inf"), "column 'weight' holds 1 infinite value(s)"),
+    BadInput("minus-infinite-value", "tabular", rows_with("-inf", row=5), "(file lines [7])"),
+    BadInput("value-beyond-float32", "tabular", rows_with("1e308"), "beyond ±3.40e+38"),
+    BadInput("unseen-categories", "tabular", rows_with("purple", column="colour"),
+             "categories never seen in training, predicted as if missing: colour: 1 ('purple')", exit_code=0),
+    BadInput("npz-without-images", "image", npz(np.zeros((0, 8, 8))), "no images in it"),
+    BadInput("npz-of-strings", "image", npz(np.array([["a", "b"], ["c", "d"]])), "not numbers"),
+    BadInput("npz-with-nan-pixels", "image", npz(digits_with(np.nan)), "1 image(s) hold NaN or infinite pixel values "
+                                                                       "(first at index [3])"),
+    BadInput("npz-with-infinite-pixels", "image", npz(digits_with(np.inf)), "NaN or infinite pixel values"),
+    BadInput("npz-on-another-scale", "image", npz(load_digits().images[:6] * 16),
+             "but the model was trained on values in [0, 16]"),
+    BadInput("decompression-bomb-png", "image", png_claiming_pixels(15000, 15000), "too large to read safely"),
+    BadInput("one-pixel-png", "image", png(np.full((1, 1), 200, np.uint8)),
+             "smaller than the model's 8x8 pixels and were enlarged", exit_code=0),
+    BadInput("transparent-png", "image", png(np.full((8, 8, 4), 200, np.uint8), "RGBA"),
+             "have transparent parts", exit_code=0),
+    BadInput("text-file-without-messages", "text", lines("\n"), "nothing to predict in it"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.id for c in BAD_INPUTS])
+def test_bad_input_to_predict(tmp_path: Path, request, case: BadInput) -> None:
+    trained = request.getfixturevalue(case.kind)
+    name = case.write(tmp_path, trained)
+    (tmp_path / "preds.csv").write_text("earlier predictions\n")  # what a refusal must leave as it was
+
+    result = predict_command(tmp_path, trained, "--input", name, "--out", "preds.csv")
+
+    assert result.returncode == case.exit_code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr[result.stderr.index("error: " if case.exit_code else "warning: "):]
+    assert name in message and case.phrase in message, message
+    if case.exit_code:
+        assert (tmp_path / "preds.csv").read_text() == "earlier predictions\n"
+    else:
+        assert len(pd.read_csv(tmp_path / "preds.csv")) >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({name, "preds.csv"})  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images: the value range the model was trained on
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_images_predict_as_the_training_source(tmp_path: Path, image: Trained, bits: int) -> None:
+    """Digits (values 0-16) written as 8- or 16-bit PNGs are scaled back to the model's range (meta.json)."""
+    from PIL import Image
+
+    assert json.loads((image.prepared / "meta.json").read_text())["pixel_range"] == [0.0, 16.0]
+    top = 2**bits - 1
+    for i, pixels in enumerate(load_digits().images[image.test_index]):
+        scaled = np.round(pixels * top / 16).astype(np.uint8 if bits == 8 else np.uint16)
+        Image.fromarray(scaled).save(tmp_path / f"{i:04d}.png")
+    expected = predict(image.test_input, image.prepared, image.model)
+    got = predict(tmp_path, image.prepared, image.model)
+    assert got["predicted"].tolist() == expected["predicted"].tolist()
+    # 8 bits keep a digit's 17 levels to within 0.5/255 of the scale: the probabilities move by a few thousandths.
+    np.testing.assert_allclose(probabilities(got, image.class_names), probabilities(expected, image.class_names),
+                               atol={8: 1e-2, 16: 1e-4}[bits], rtol=0)

@@ -2,11 +2,16 @@
 
 Every image ends up float32 (channels, height, width) in the colour mode (`data.image.color`) and size
 (`data.image.size`) from params; the preprocessor standardises each channel with training-split statistics.
+Image files are read on the 0-255 scale (16-bit ones scaled down to it). meta.json records the value range the model
+was trained on (`pixel_range`: 0-255 for image files, the training split's minimum and maximum for arrays, 0-16 for
+the built-in digits): image files to predict are scaled to it, and arrays far outside it are refused.
 """
 
 from __future__ import annotations
 
+import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,11 @@ from pipeline.config import DataParams, ImageParams
 from pipeline.data import DataError, RawData, require_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+FILE_RANGE = (0.0, 255.0)  # the scale image files are read on
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}  # Pillow's modes of 16-bit greyscale files
+SIXTEEN_TO_EIGHT_BIT = 65535 / 255
+# Arrays to predict may stray this share of the training range beyond it; further out, they are on another scale.
+RANGE_TOLERANCE = 0.5
 
 
 def load_raw(params: DataParams) -> RawData:
@@ -29,27 +39,67 @@ def load_raw(params: DataParams) -> RawData:
     if path.is_dir():
         return _load_folder(path, params.image)
     x, y = _load_npz(path)
-    return RawData(fit_images(x, params.image, str(path)), y)
+    return RawData(fit_images(checked_pixels(x, str(path)), params.image, str(path)), y)
 
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """Images to predict: one image file, a folder of them (searched recursively) or an `.npz` with `x`."""
+    batches = list(read_new_batches(path, meta, rows=2**62))
+    return np.concatenate([x for x, _ in batches]), [i for _, ids in batches for i in ids]
+
+
+def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """`read_new`'s images, `rows` at a time (an `.npz` is read whole, image files one batch at a time)."""
     params = ImageParams(**meta["preprocessing"]["params"])
     path = require_file(path)
     if path.suffix.lower() == ".npz":
         x, _ = _load_npz(path, need_labels=False)
-        return new_array_images(x, meta, str(path)), [f"{path.name}[{i}]" for i in range(len(x))]
+        x = new_array_images(x, meta, str(path))
+        for start in range(0, len(x), rows):
+            yield x[start:start + rows], [f"{path.name}[{i}]" for i in range(start, min(start + rows, len(x)))]
+        return
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found.")
     size = meta["input_shape"][1:]  # what the model takes: new images are resized to it
-    return np.stack([_read_image(f, params.color, size, resize=True) for f in files]), [str(f) for f in files]
+    lo, hi = meta.get("pixel_range", FILE_RANGE)  # absent in folders prepared before it was recorded
+    notes: dict[str, list[Path]] = {}
+    for start in range(0, len(files), rows):
+        batch = files[start:start + rows]
+        x = np.stack([_read_image(f, params.color, size, resize=True, notes=notes) for f in batch])
+        yield x * np.float32((hi - lo) / FILE_RANGE[1]) + np.float32(lo), [str(f) for f in batch]
+    for note, noted in notes.items():
+        print(f"predict: warning: {len(noted)} image(s) {note}, e.g. {noted[0]}; predictions on them are "
+              "unreliable.", file=sys.stderr)
 
 
 def new_array_images(x: np.ndarray, meta: dict[str, Any], source: str) -> np.ndarray:
-    """Images to predict, given as an array: brought to the training colour mode and size."""
+    """Images to predict, given as an array: checked, and brought to the training colour mode and size."""
     params = ImageParams(**meta["preprocessing"]["params"])
-    return fit_images(np.asarray(x, dtype=np.float32), params, source, expect_channels=meta["input_shape"][0])
+    x = checked_pixels(np.asarray(x), source)
+    if "pixel_range" in meta:
+        lo, hi = meta["pixel_range"]
+        slack = RANGE_TOLERANCE * (hi - lo)
+        if x.min() < lo - slack or x.max() > hi + slack:
+            raise DataError(f"{source}: pixel values span [{x.min():g}, {x.max():g}], but the model was trained on "
+                            f"values in [{lo:g}, {hi:g}] (pixel_range in meta.json). Scale the images to that range.")
+    return fit_images(x, params, source, expect_channels=meta["input_shape"][0])
+
+
+def checked_pixels(x: np.ndarray, source: str) -> np.ndarray:
+    """`x` as float32, refused with a message when it holds no images, no numbers, or NaN or infinite values."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{source}: the images are {x.dtype} values, not numbers. Save pixel values (e.g. "
+                        "numpy.savez(path, x=images.astype('float32'))).")
+    if x.size == 0 or x.ndim < 2:
+        raise DataError(f"{source}: no images in it (array of shape {x.shape}). Save at least one image.")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise DataError(f"{source}: {int(bad.sum())} image(s) hold NaN or infinite pixel values (first at index "
+                        f"{first}); nothing can be learnt or predicted from them. Fix or remove them.")
+    return x
 
 
 def fit_images(x: np.ndarray, params: ImageParams, source: str, expect_channels: int | None = None) -> np.ndarray:
@@ -104,18 +154,33 @@ def _load_folder(root: Path, params: ImageParams) -> RawData:
     return RawData(images, np.array([classes.index(c) for _, c in files]), classes)
 
 
-def _read_image(path: Path, color: str, size: Any = None, resize: bool = False) -> np.ndarray:
+def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
+                notes: dict[str, list[Path]] | None = None) -> np.ndarray:
+    """One image file as float32 (channels, height, width) on the 0-255 scale; `notes` collects what was odd."""
     from PIL import Image, UnidentifiedImageError
 
+    notes = {} if notes is None else notes
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if color == "grayscale" else "RGB")
+            if img.mode in SIXTEEN_BIT_MODES:  # convert("L") would clip every value above 255 to white
+                img = Image.fromarray(np.asarray(img, dtype=np.float32) / np.float32(SIXTEEN_TO_EIGHT_BIT), "F")
+                if color == "rgb":
+                    img = img.convert("RGB")
+            else:
+                if "A" in img.mode or "transparency" in img.info:
+                    notes.setdefault("have transparent parts, read without them", []).append(path)
+                img = img.convert("L" if color == "grayscale" else "RGB")
             if size is not None and (img.height, img.width) != tuple(size):
                 if not resize:
                     raise DataError(f"{path}: {img.height}x{img.width} pixels, unlike the first image "
                                     f"({size[0]}x{size[1]}); set data.image.size to resize them all.")
+                if img.height < size[0] or img.width < size[1]:
+                    notes.setdefault(f"are smaller than the model's {size[0]}x{size[1]} pixels and were enlarged",
+                                     []).append(path)
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused, too large to read safely ({exc}). Shrink the image first.") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path}: not a readable image ({exc}). Remove or replace the file.") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -124,11 +189,14 @@ def _read_image(path: Path, color: str, size: Any = None, resize: bool = False) 
 class ChannelStandardiser:
     """Per-channel mean and std of the training images; applied to every split and to new images."""
 
-    def __init__(self, params: ImageParams, mean: list[float] | None = None, std: list[float] | None = None):
-        self.params, self.mean, self.std = params, mean, std
+    def __init__(self, params: ImageParams, mean: list[float] | None = None, std: list[float] | None = None,
+                 pixel_range: list[float] | None = None):
+        self.params, self.mean, self.std, self.pixel_range = params, mean, std, pixel_range
         self.shape: list[int] | None = None
 
     def fit(self, x: np.ndarray) -> "ChannelStandardiser":
+        if self.pixel_range is None:  # arrays: the range they came in; image files' is known beforehand
+            self.pixel_range = [float(x.min()), float(x.max())]
         self.mean = x.mean(axis=(0, 2, 3)).tolist()
         self.std = [s if s > 0 else 1.0 for s in x.std(axis=(0, 2, 3)).tolist()]
         self.shape = list(x.shape[1:])
@@ -140,7 +208,8 @@ class ChannelStandardiser:
         return ((x - mean) / std).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {"input_shape": self.shape, "normalisation": {"mean": self.mean, "std": self.std},
+        return {"input_shape": self.shape, "pixel_range": self.pixel_range,
+                "normalisation": {"mean": self.mean, "std": self.std},
                 "preprocessing": {"params": {"size": self.params.size, "color": self.params.color}}}
 
     def save(self, folder: Path) -> None:
@@ -148,7 +217,8 @@ class ChannelStandardiser:
 
 
 def new_preprocessor(params: DataParams) -> ChannelStandardiser:
-    return ChannelStandardiser(params.image)
+    from_files = params.dataset != "digits" and Path(params.dataset).is_dir()
+    return ChannelStandardiser(params.image, pixel_range=list(FILE_RANGE) if from_files else None)
 
 
 def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> ChannelStandardiser:

@@ -17,8 +17,9 @@ TRUSTED_TYPES, so a file replaced on a DVC remote or in an artifact store cannot
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,14 @@ def load_raw(params: DataParams) -> RawData:
         rows = (np.flatnonzero(target.isna().to_numpy()) + 2)[:5].tolist()  # +2: header line, 1-based
         raise DataError(f"{path}: the target column '{t.target}' is empty on {int(target.isna().sum())} row(s) "
                         f"(first at file lines {rows}). Fill or drop those rows.")
-    return RawData(select_features(frame.drop(columns=[t.target]), t, path), target.to_numpy())
+    features = select_features(frame.drop(columns=[t.target]), t, path)
+    check_finite(features, [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])], path)
+    constant = [str(c) for c, n in features.nunique(dropna=False).items() if n <= 1]
+    if constant:
+        print(f"prepare: warning: {path}: column(s) {', '.join(constant[:20])}{', ...' if len(constant) > 20 else ''}"
+              " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features.",
+              file=sys.stderr)
+    return RawData(features, target.to_numpy())
 
 
 def read_table(path: Path, exact: Collection[str] = ()) -> pd.DataFrame:
@@ -155,12 +163,51 @@ def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.Dat
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """Rows to predict: a CSV/TSV/Parquet table with at least the training feature columns (target optional)."""
+    batches = list(read_new_batches(path, meta, rows=2**62))
+    return pd.concat([b for b, _ in batches]), [i for _, ids in batches for i in ids]
+
+
+def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tuple[pd.DataFrame, list[str]]]:
+    """`read_new`'s rows, `rows` at a time (the table is read whole: pyarrow keeps it compact)."""
     path = require_file(path)
     frame = read_table(path, exact=meta["preprocessing"].get("categorical", []))
     columns = training_columns(frame, meta, str(path))
+    if columns.empty:
+        raise DataError(f"{path}: no rows to predict (only a header). Add the rows below the header line.")
+    categorical = set(meta["preprocessing"].get("categorical", []))
+    numeric = [c for c in columns.columns if c not in categorical]
+    columns = columns.assign(**{c: _numbers(columns[c], c, path) for c in numeric
+                                if not pd.api.types.is_numeric_dtype(columns[c])})
+    check_finite(columns, numeric, path)
     # Text as plain strings, the form a caller of the MLflow model passes (its signature refuses categoricals).
     text = {c: object for c in columns.columns if isinstance(columns[c].dtype, pd.CategoricalDtype)}
-    return columns.astype(text), [str(i) for i in frame.index]
+    for start in range(0, len(columns), rows):
+        batch = columns.iloc[start:start + rows]
+        yield batch.astype(text), [str(i) for i in batch.index]
+
+
+def _numbers(column: pd.Series, name: str, path: Path) -> pd.Series:
+    """A column the model took as numbers, read as text: its numbers, or an error naming the text that is none."""
+    values = pd.to_numeric(column.astype(object), errors="coerce")
+    text = column.notna().to_numpy() & values.isna().to_numpy()
+    if text.any():
+        lines = (np.flatnonzero(text) + 2)[:5].tolist()  # +2: header line, 1-based
+        examples = ", ".join(repr(v) for v in pd.unique(column[text].astype(str))[:3])
+        raise DataError(f"{path}: column '{name}' holds text ({examples}) where the model was trained on numbers "
+                        f"(file lines {lines}). Correct those values, or leave them empty to have them imputed.")
+    return values.astype(np.float32)
+
+
+def check_finite(frame: pd.DataFrame, numeric: list[str], path: Path) -> None:
+    """Refuse infinite numbers, and those too large for float32 (read as infinite): no scaler can use them."""
+    for name in numeric:
+        values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        infinite = np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max)
+        if infinite.any():
+            lines = (np.flatnonzero(infinite) + 2)[:5].tolist()
+            raise DataError(f"{path}: column '{name}' holds {int(infinite.sum())} infinite value(s) or value(s) "
+                            f"beyond ±{np.finfo(np.float32).max:.2e} (file lines {lines}). Correct them, or leave "
+                            "them empty to have them imputed.")
 
 
 def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> pd.DataFrame:
@@ -226,6 +273,22 @@ class TablePreprocessor:
             rows = frame.iloc[start:start + TRANSFORM_CHUNK_ROWS]
             out[start:start + len(rows)] = self.transformer.transform(_categories_as_text(rows, categorical))
         return out
+
+    def unseen_categories(self, frame: pd.DataFrame) -> dict[str, Counter]:
+        """Per categorical column, the categories training never saw and their number of rows (they are encoded as
+        a missing value would be)."""
+        categorical = list(self.transformer.transformers_[1][2])
+        if not categorical:
+            return {}
+        encoder = next(step for _, step in self.transformer.named_transformers_["categorical"].steps
+                       if hasattr(step, "categories_"))
+        unseen = {}
+        for column, known in zip(categorical, encoder.categories_):
+            values = _categories_as_text(frame[[column]], [column])[column]
+            new = values[values.notna() & ~values.isin(known)]
+            if len(new):
+                unseen[str(column)] = Counter(new.astype(str).tolist())
+        return unseen
 
     def describe(self) -> dict[str, Any]:
         names = [str(n) for n in self.transformer.get_feature_names_out()]

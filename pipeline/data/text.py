@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +43,40 @@ def load_raw(params: DataParams) -> RawData:
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Messages to predict: a `.txt` file with one message a line, or a file in the training file's format
     (labels, if present, are ignored)."""
+    texts = [text for batch, _ in read_new_batches(path, meta, rows=READ_CHUNK_ROWS) for text in batch]
+    return texts, texts
+
+
+def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tuple[list[str], list[str]]]:
+    """`read_new`'s messages, `rows` at a time, read as they are needed: no more of the file is held."""
     path = require_file(path)
     if path.suffix.lower() == ".txt":
-        try:
-            texts = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}). Re-save the file as UTF-8.") from None
+        texts: Iterable[str] = _lines(path)
     else:
         messages = MessageFile(path, TextParams(**meta["preprocessing"]["params"]))
         messages.scan(labelled=False)
-        texts = list(messages)
-    return texts, texts
+        texts = messages
+    iterator = iter(texts)
+    while batch := list(islice(iterator, rows)):
+        yield batch, batch
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file, as `str.splitlines` gives them, read one at a time; blank ones are skipped (and
+    counted: nothing can be predicted from them)."""
+    number = blank = 0
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for number, line in enumerate(f, start=1):
+                for text in line.splitlines():
+                    if text.strip():
+                        yield text
+                    else:
+                        blank += 1
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (after line {number}). Re-save the file as UTF-8.") from None
+    if blank:
+        print(f"predict: warning: {path}: {blank} blank line(s) skipped.", file=sys.stderr)
 
 
 class MessageFile:
@@ -180,8 +205,22 @@ class Vocabulary:
         return list(text) if p.tokenizer == "char" else WORD.findall(text)
 
     def fit(self, texts: Iterable[str]) -> Vocabulary:
-        counts = Counter(token for text in texts for token in self.tokenize(text))
+        counts: Counter = Counter()
+        messages = emptied = 0
+        for text in texts:
+            tokens = self.tokenize(text)
+            counts.update(tokens)
+            messages, emptied = messages + 1, emptied + (not tokens)
+        if emptied and counts:
+            print(f"prepare: warning: {getattr(texts, 'path', 'training messages')}: {emptied} of {messages} training "
+                  "message(s) hold no token after cleaning (data.text); the model sees them all as one empty text.",
+                  file=sys.stderr)
         kept = [t for t, n in counts.most_common(self.params.max_vocab - 2) if n >= self.params.min_freq]
+        if not kept:  # every message would become the same row of UNK and PAD: one class predicted for all
+            raise DataError(f"{getattr(texts, 'path', 'the training messages')}: no token is left in the training "
+                            f"messages after cleaning (data.text: tokenizer {self.params.tokenizer}, min_freq "
+                            f"{self.params.min_freq}, strip_urls/strip_numbers/strip_punctuation). Check that the text "
+                            "column is the right one, or clean less.")
         self.tokens = [PAD, UNK, *kept]
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         return self
