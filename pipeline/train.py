@@ -25,6 +25,7 @@ from pipeline import tracking
 from pipeline.config import Params, check_model_fits_data, load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json, write_json
+from pipeline.threads import configure_threads, devices_per_node
 
 MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
@@ -251,6 +252,8 @@ def main() -> None:
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
     tracking.ensure_store(tracking.tracking_uri(params.mlflow), params.mlflow.experiment_name)
+    configure_threads(params.trainer.num_threads,
+                      processes_per_node=devices_per_node(params.trainer.accelerator, params.trainer.devices))
     run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
                  cv_metrics_file=args.cv_metrics)
     if run_id:
