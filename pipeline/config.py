@@ -482,8 +482,8 @@ def _check_num_threads(num_threads: Any) -> list[str]:
     if num_threads == "auto" or (isinstance(num_threads, int) and not isinstance(num_threads, bool)
                                  and num_threads >= 1):
         return []
-    return [f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes that "
-            "run at once) or a number of threads of at least 1."]
+    return [f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
+            "that run at once) or a number of threads of at least 1."]
 
 
 def _format(source: str, problems: list[str]) -> str:
