@@ -43,8 +43,9 @@ def dvc(repo: Path, *args: str, timeout: int = 3600) -> str:
 
 
 def exp_refs(repo: Path) -> int:
+    """Finished experiments: refs/exps/<baseline[:2]>/<baseline[2:]>/<name> (not the queue's own refs/exps/celery)."""
     out = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout
-    return sum(1 for line in out.splitlines() if line.strip())
+    return sum(1 for line in out.splitlines() if len(line.strip().split("/")) == 5)
 
 
 def queue_workers(repo: Path) -> list[psutil.Process]:
