@@ -73,7 +73,8 @@ def main() -> None:
             shutil.copy(REPO / "params.yaml", repo / "params.yaml")
             steps_file = tmp / f"steps{r}.json"
             total, stages = timed_repro(repo, steps_file)
-            steps = json.loads(steps_file.read_text())
+            steps = json.loads(steps_file.read_text()) if steps_file.is_file() else {  # a train.py without timer
+                "steps": float("nan"), "step_s": float("nan"), "fit_s": float("nan")}
             rows.append({"load": load, "total": total, **stages, **steps})
             print(f"round {r + 1}: {json.dumps({k: round(v, 2) for k, v in rows[-1].items()})}", flush=True)
         noop = median_seconds(["dvc", "repro"], repo)
