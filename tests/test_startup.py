@@ -53,3 +53,27 @@ def test_pyfunc_model_is_logged_from_code_without_a_pickle(trained: tuple[Path, 
     flavor = info.flavors["python_function"]
     assert flavor.get("model_code_path"), flavor
     assert info.signature is not None
+
+
+def test_step_timer_reports_every_training_step_inside_fit(tmp_path: Path) -> None:
+    """What bench/pipeline_startup.py reads through PIPELINE_STEP_TIMES."""
+    from pipeline.config import MlflowParams, Params, TrainerParams, TrainParams
+    from pipeline.files import read_json
+    from pipeline.prepare import prepare
+    from pipeline.train import fit, step_timer
+
+    animals_table().to_csv(tmp_path / "animals.csv", index=False)
+    data = DataParams(dataset=str(tmp_path / "animals.csv"), tabular=TabularParams(target="label"))
+    meta = prepare(data, tmp_path / "prepared")
+    params = Params(data=data, model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8])),
+                    train=TrainParams(max_epochs=2, batch_size=32, early_stopping_patience=None),
+                    trainer=TrainerParams(progress_bar=False),
+                    mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="timer"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.delenv("DVC_ROOT", raising=False)
+        fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "checkpoints",
+            extra_callbacks=[step_timer(tmp_path / "steps.json")])
+    times = read_json(tmp_path / "steps.json")
+    assert times["steps"] == 2 * -(-meta["split_sizes"]["train"] // 32)
+    assert 0 < times["step_s"] <= times["fit_s"]
