@@ -19,6 +19,7 @@ import argparse
 import itertools
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="tests/conftest.py FAST_PARAMS instead of params.yaml")
     parser.add_argument("--skip-neighbour", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still removes the temporary copies
     cores = psutil.Process().cpu_affinity() if hasattr(psutil.Process, "cpu_affinity") else None
     all_cores = len(cores) if cores else os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="parallel-queue-"))
