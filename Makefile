@@ -24,9 +24,11 @@ test-all: setup
 validate: setup
 	python -m pipeline.validate
 
-# MLflow UI on the repository's store, bound to loopback only.
+# MLflow UI on the repository's store, bound to loopback only. One worker and no job consumers (they run GenAI
+# evaluation jobs, unused here): 2 processes instead of ~15 (see BENCHMARKS.md, "A light MLflow UI").
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 # A tracking server over the same store, for parallel queue workers or a team: MLFLOW_TRACKING_URI=http://127.0.0.1:5000
 server: setup

@@ -41,9 +41,10 @@ BEST_CHECKPOINT = "best.ckpt"  # train's ModelCheckpoint file name: resumed from
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
-                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py", "models")
+                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py",
+                 "pipeline/threads.py", "models")
 # Keys of the declared sections that do not change what is trained.
-NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps")
+NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
 # Environment variables launchers set on processes other than global rank zero (torchrun, SLURM, Lightning's DDP
 # subprocesses, a Lightning multi-node launch).

@@ -193,6 +193,9 @@ class TrainerParams:
     deterministic: bool = True
     progress_bar: bool = True
     log_every_n_steps: int = _positive(10)
+    # torch/OpenMP/BLAS threads per process: auto = the cores this process may use (affinity, cgroup quota) divided
+    # by the processes sharing them (DDP processes on the node, parallel DVC queue experiments); or a number
+    num_threads: Any = "auto"
 
 
 @dataclass
@@ -438,6 +441,7 @@ def _check_combinations(p: Params) -> list[str]:
         problems.append("train.scheduler is 'step' but train.step_size is not set: give the number of epochs "
                         "between learning-rate decays (e.g. train.step_size: 10).")
     problems += _check_devices(p.trainer)
+    problems += _check_num_threads(p.trainer.num_threads)
     if p.trainer.precision in ("16-mixed", "16-true") and p.trainer.accelerator == "cpu":
         problems.append(f"trainer.precision '{p.trainer.precision}' needs a GPU; on trainer.accelerator 'cpu' use "
                         "'bf16-mixed' or '32-true'.")
@@ -630,6 +634,14 @@ def _check_devices(t: TrainerParams) -> list[str]:
         return ["trainer.devices > 1 on the CPU needs trainer.strategy 'ddp' (Lightning would pick ddp_spawn, "
                 "which re-pickles the whole stage per process)."]
     return []
+
+
+def _check_num_threads(num_threads: Any) -> list[str]:
+    if num_threads == "auto" or (isinstance(num_threads, int) and not isinstance(num_threads, bool)
+                                 and num_threads >= 1):
+        return []
+    return [f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
+            "that run at once) or a number of threads of at least 1."]
 
 
 def _format(source: str, problems: list[str]) -> str:

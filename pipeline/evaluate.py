@@ -18,6 +18,7 @@ from pipeline import tracking
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import atomic_path, write_json
+from pipeline.threads import configure_threads
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PLOT_FILE = "confusion.json"
@@ -28,13 +29,16 @@ EVAL_FILES = (METRICS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
     """Labels, predicted labels and class probabilities of one prepared split."""
-    from pipeline.datamodule import load_split
+    import torch  # not pipeline.datamodule: it would import Lightning, seconds of start-up evaluate does not need
+
+    from pipeline.data import model_input
     from pipeline.trained_model import load_trained_model, predict_proba
 
     net, _ = load_trained_model(model_path)
-    dataset = load_split(prepared_dir, split)
-    probs = predict_proba(net, dataset.x, batch_size)
-    return dataset.y.numpy(), probs.argmax(dim=1).numpy(), probs.numpy()
+    with np.load(prepared_dir / f"{split}.npz") as arrays:
+        x, y = torch.from_numpy(model_input(arrays["x"])), arrays["y"]
+    probs = predict_proba(net, x, batch_size)
+    return y, probs.argmax(dim=1).numpy(), probs.numpy()
 
 
 def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
@@ -93,6 +97,7 @@ def main() -> None:
     tracking.check_reachable(uri)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
     tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
+    configure_threads(params.trainer.num_threads)
     with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "evaluate",
                                       "Rerun `dvc repro` once it answers again."):
         evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,

@@ -23,6 +23,7 @@ from pipeline.files import read_json
 from pipeline.prepare import EXAMPLE_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 PREPROCESSING_FILES = ("meta.json", "preprocessor.skops", "vocab.json", EXAMPLE_FILE)
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
@@ -80,7 +81,7 @@ def log_pyfunc_model(prepared_dir: Path, model_dir: Path, name: str = "model") -
                 shutil.copy(prepared_dir / file, preprocessing / file)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=PipelineModel(),
+            python_model=str(MODEL_CODE),  # code, not a CloudPickle of an instance
             artifacts={"preprocessing": str(preprocessing), "model": str(model_dir)},
             code_paths=[str(PACKAGE_ROOT / "pipeline"), str(PACKAGE_ROOT / "models")],
             signature=infer_signature(example, output),

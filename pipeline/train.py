@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pipeline import tracking
 from pipeline.config import Params, check_model_fits_data, load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json, write_json
+from pipeline.threads import configure_threads, devices_per_node
 
 MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
@@ -32,6 +34,7 @@ WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc m
 CV_SUMMARY_FILE = "cv_summary.json"  # kept with the checkpoints: a resumed final fit does not redo the folds
 RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
 RESUMED_EPOCHS_TAG = "resumed_from.epochs"  # epochs the interrupted run had completed
+STEP_TIMES_ENV = "PIPELINE_STEP_TIMES"  # a JSON file: benchmarks learn how long the training steps took
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -241,6 +244,34 @@ def torch_load_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def step_timer(path: Path) -> Any:
+    """A callback that writes to `path` the seconds spent inside training steps (forward, backward, optimizer,
+    per-step metrics) and inside the whole `Trainer.fit`, to tell training from start-up in a benchmark."""
+    import time
+
+    import pytorch_lightning as pl
+
+    class StepTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.steps, self.step_s, self.fit_start, self.step_start = 0, 0.0, 0.0, 0.0
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            self.fit_start = time.perf_counter()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.step_start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.steps, self.step_s = self.steps + 1, self.step_s + time.perf_counter() - self.step_start
+
+        def on_fit_end(self, trainer, pl_module) -> None:
+            if trainer.is_global_zero:
+                write_json(path, {"steps": self.steps, "step_s": self.step_s,
+                                  "fit_s": time.perf_counter() - self.fit_start})
+
+    return StepTimer()
+
+
 def read_meta(prepared_dir: Path) -> dict[str, Any]:
     path = prepared_dir / "meta.json"
     if not path.is_file():
@@ -261,11 +292,14 @@ def main() -> None:
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "train")
+    configure_threads(params.trainer.num_threads,
+                      processes_per_node=devices_per_node(params.trainer.accelerator, params.trainer.devices))
+    timing = os.environ.get(STEP_TIMES_ENV)
     with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "training",
                                       f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
                                       "server answers again, `dvc repro` resumes from the last one."):
         run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
-                     cv_metrics_file=args.cv_metrics)
+                     cv_metrics_file=args.cv_metrics, extra_callbacks=[step_timer(Path(timing))] if timing else None)
     if run_id:
         print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
 
