@@ -10,6 +10,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from pipeline.config import DataParams
+from pipeline.errors import PipelineError
 from pipeline.prepare import SPLITS, prepare
 
 N_DIGITS = 1797
@@ -141,12 +142,21 @@ def test_same_seed_gives_identical_splits_and_another_seed_different_ones(prepar
 def test_rerun_replaces_the_previous_output(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     out.mkdir()
-    (out / "stale.npz").write_bytes(b"left over")
+    (out / "vocab.json").write_text("{}")  # left over from a text data set: prepare's own file, not needed now
     meta = prepare(DataParams(val_fraction=0.1, test_fraction=0.1), out)
 
-    assert not (out / "stale.npz").exists()
+    assert not (out / "vocab.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["input_example.json", "meta.json", "test.npz", "train.npz",
                                                      "val.npz"]
     assert sum(meta["split_sizes"].values()) == N_DIGITS
     # No temporary siblings are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_rerun_never_deletes_files_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="notes.txt"):
+        prepare(DataParams(val_fraction=0.1, test_fraction=0.1), out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
