@@ -140,14 +140,14 @@ def configure_client(uri: str, max_unreachable_s: int, stage: str) -> float:
     MLflow reads its MLFLOW_HTTP_REQUEST_* variables at each request. urllib3 waits nothing before the first retry,
     then backoff * 2**(k-1) s (at most MAX_BACKOFF_S) plus up to RETRY_JITTER_S before retry k. Returns the
     seconds of waiting the chosen retries add up to."""
-    best = (1, 1, 0.0)
+    schedules = [(1, 1, RETRY_JITTER_S)]  # (backoff, retries, seconds of waiting)
     for backoff in range(1, MAX_BACKOFF_S + 1):
         for retries in range(1, MAX_RETRIES + 1):
             waits = sum(min(MAX_BACKOFF_S, backoff * 2 ** (k - 1)) for k in range(2, retries + 1))
-            total = waits + retries * RETRY_JITTER_S
-            if total <= max_unreachable_s and total > best[2]:
-                best = (backoff, retries, total)
-    backoff, retries, total = best
+            if waits + retries * RETRY_JITTER_S <= max_unreachable_s:
+                schedules.append((backoff, retries, waits + retries * RETRY_JITTER_S))
+    # Most of the time allowed, then as many retries as fit (a server back soon is noticed soon), then all of it.
+    backoff, retries, total = max(schedules, key=lambda s: (s[2] >= 0.75 * max_unreachable_s, s[1], s[2]))
     if masked_uri(uri) != uri:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
