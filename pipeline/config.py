@@ -197,6 +197,7 @@ class TrainerParams:
 @dataclass
 class EvaluateParams:
     batch_size: int = _positive(1024)
+    baseline: bool = True  # also fit and score a classical model (pipeline/baseline.py) on the same splits
 
 
 @dataclass
