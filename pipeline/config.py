@@ -55,6 +55,10 @@ class TabularParams:
     categorical_encoding: str = _choice("onehot", "onehot", "embedding")
     numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
     scaling: str = _choice("standard", "standard", "minmax", "none")
+    dates: Optional[list[str]] = None  # null: detected (text parsed as dates); each becomes calendar features
+    drop: Optional[list[str]] = None  # columns left out of the features
+    # onehot: a detected text column with more distinct training values is left out (named in a warning)
+    max_categories: int = _positive(100)
 
 
 @dataclass
