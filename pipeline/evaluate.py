@@ -48,7 +48,8 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
     from pipeline.train import MODEL_FILE, read_meta
 
     run_id = tracking.read_run_file(model_dir)["run_id"]
-    class_names = read_meta(prepared_dir)["class_names"]
+    meta = read_meta(prepared_dir)
+    class_names = meta["class_names"]
     model_path = model_dir / MODEL_FILE
     if not model_path.is_file():
         raise PipelineError(f"{model_path}: not found. Run the train stage first (dvc repro train).")
@@ -74,6 +75,8 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
         test_metrics = evaluation.flat_metrics()
         mlflow.log_metrics(test_metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
+            mlflow.log_dict(meta["feature_summary"], "data/feature_summary.json")
         from pipeline.serving import log_pyfunc_model, register
 
         model_info = log_pyfunc_model(prepared_dir, model_dir)
