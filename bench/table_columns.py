@@ -11,15 +11,13 @@ the MLP's macro F1 with the date column left out (what one-hot encoding it amoun
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import baseline_comparison  # bench/, beside this script
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
 SEASONS = ("winter", "spring", "summer", "autumn")
 
 
@@ -28,7 +26,7 @@ def weather_table(rows: int, seed: int) -> pd.DataFrame:
     carries most of the signal; classes from ~55% to ~4%."""
     rng = np.random.default_rng(seed)
     days = pd.date_range("2019-01-01", periods=rows, freq="D")
-    phase = 2 * np.pi * (days.dayofyear.to_numpy() - 1) / 365.25
+    phase = 2 * np.pi * (days.day_of_year.to_numpy() - 1) / 365.25
     temp = 12 - 10 * np.cos(phase) + rng.normal(0, 4, rows)  # coldest early January
     humidity = 70 + 10 * np.cos(phase) + rng.normal(0, 8, rows)
     wind = rng.gamma(2.0, 3.0, rows)
@@ -52,32 +50,8 @@ def weather_table(rows: int, seed: int) -> pd.DataFrame:
 
 
 def run_pipeline(workdir: Path, csv: Path, drop: list[str] | None, seed: int) -> dict:
-    """prepare + train + evaluate as the stages run, in a scratch folder with its own MLflow store."""
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update({"dataset": str(csv), "kind": "auto", "seed": seed})
-    params["data"]["tabular"].update({"target": "weather", "drop": drop})
-    params["model"]["name"] = "mlp"
-    params["trainer"]["progress_bar"] = False
-    params["mlflow"].update({"tracking_uri": f"sqlite:///{workdir}/mlflow.db", "experiment_name": "bench"})
-    workdir.mkdir(parents=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    out = ""
-    for stage in (["pipeline.prepare", "--out", "prepared"],
-                  ["pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt",
-                   "--history", "history.csv", "--cv-metrics", "cv.json"],
-                  ["pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"]):
-        done = subprocess.run([sys.executable, "-m", *stage], cwd=workdir, env=env, capture_output=True, text=True)
-        out += done.stdout + done.stderr
-        if done.returncode:
-            raise SystemExit(f"{stage[0]} failed:\n{out[-3000:]}")
-    import json
-
-    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
-    baseline = json.loads((workdir / "eval" / "baseline.json").read_text())
-    return {"log": out, "model": metrics["macro"]["f1"], "baseline": baseline["f1_macro"]}
+    data = {"dataset": str(csv), "kind": "auto", "seed": seed, "tabular": {"target": "weather", "drop": drop}}
+    return baseline_comparison.run_pipeline(workdir, data, "mlp")
 
 
 def main() -> None:
@@ -94,7 +68,7 @@ def main() -> None:
         for seed in range(args.seeds):
             with_date = run_pipeline(Path(tmp) / f"s{seed}", csv, None, seed)
             if seed == 0:
-                print("\n".join(line for line in with_date["log"].splitlines() if line.startswith(("prepare", "  "))))
+                print("\n".join(line for line in with_date["log"].splitlines() if line.startswith(("prepare:", "  numeric", "  categorical", "  date", "  left out"))))
             no_date = run_pipeline(Path(tmp) / f"s{seed}-nodate", csv, ["date"], seed)
             print(f"{seed:>4}  {with_date['model']:.4f}  {with_date['baseline']:.4f}  "
                   f"{with_date['model'] - with_date['baseline']:+.4f}  {no_date['model']:>12.4f}", flush=True)

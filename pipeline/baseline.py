@@ -40,6 +40,7 @@ class Baseline:
     name: str  # the classical model, e.g. LinearSVC
     scores: dict[str, float]  # HEADLINE_KEYS on the test split
     fit_seconds: float
+    predicted: np.ndarray  # class indices of the test rows
 
 
 def fit_and_score(prepared_dir: Path) -> Baseline | None:
@@ -57,7 +58,7 @@ def fit_and_score(prepared_dir: Path) -> Baseline | None:
         name = "LogisticRegression"
         predicted = _linear_baseline(meta, train["x"], train["y"], test["x"])
     seconds = time.perf_counter() - start
-    return Baseline(name, headline_scores(test["y"], predicted, meta["num_classes"]), seconds)
+    return Baseline(name, headline_scores(test["y"], predicted, meta["num_classes"]), seconds, predicted)
 
 
 def headline_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:

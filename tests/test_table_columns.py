@@ -4,6 +4,7 @@ summary says all of it. The prediction path must apply the same expansion to raw
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,17 @@ def test_predict_on_raw_rows_with_dates_equals_evaluate(tmp_path: Path) -> None:
     _, y_pred, _ = predict_split(model_dir / MODEL_FILE, prepared_dir, "test", 256)
     got = predict(root / "rows.csv", prepared_dir, model_dir)
     assert got["predicted"].tolist() == [["other", "summer"][i] for i in y_pred]
+
+    # evaluate records the feature summary in the run, beside the baseline.
+    from mlflow import MlflowClient
+
+    from pipeline.evaluate import evaluate
+
+    uri = f"sqlite:///{root.parent / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("DVC_ROOT", raising=False)
+        evaluate(prepared_dir, model_dir, root / "eval", 256, uri)
+    run_id = json.loads((model_dir / "mlflow_run.json").read_text())["run_id"]
+    logged = MlflowClient(uri).download_artifacts(run_id, "data/feature_summary.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text())["dates"] == {"day": "ISO8601"}

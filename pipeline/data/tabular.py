@@ -278,8 +278,8 @@ def with_calendar_features(frame: pd.DataFrame, dates: dict[str, str]) -> pd.Dat
             when = _to_datetime(column.astype(object).where(column.notna(), None), fmt)
         added[f"{name}_year"] = _numbers(when.dt.year).astype(np.float32)
         for unit, position, period in (("month", _numbers(when.dt.month) - 1, 12),
-                                       ("dayofweek", _numbers(when.dt.dayofweek), 7),
-                                       ("dayofyear", _numbers(when.dt.dayofyear) - 1, 365.25)):
+                                       ("dayofweek", _numbers(when.dt.day_of_week), 7),
+                                       ("dayofyear", _numbers(when.dt.day_of_year) - 1, 365.25)):
             angle = 2 * np.pi * position / period
             added[f"{name}_{unit}_sin"] = np.sin(angle).astype(np.float32)
             added[f"{name}_{unit}_cos"] = np.cos(angle).astype(np.float32)
