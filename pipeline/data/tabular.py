@@ -241,7 +241,9 @@ def _date_format(column: pd.Series, name: str, required: bool) -> str | None:
         if required:
             raise DataError(f"data.tabular.dates names '{name}', which holds numbers, not dates; remove it there.")
         return None
-    values = pd.Series(pd.unique(column.dropna().astype(str))[:DATE_SAMPLE], dtype=object)
+    # The distinct values only: a text column as read is categorical, its categories are those values.
+    distinct = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else pd.unique(column.dropna())
+    values = pd.Series(np.asarray(distinct[:DATE_SAMPLE]).astype(str), dtype=object)
     if values.empty or (not required and not values.str.contains(r"\d").all()):  # "May", "Monday": categories
         return None
     formats = (*DATE_FORMATS, ANY_DATE_FORMAT) if required else DATE_FORMATS
