@@ -91,6 +91,7 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))  # pipeline.baseline, for the spam F1 of the baseline
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="data sets to run (default: all)")
     args = parser.parse_args()
