@@ -56,6 +56,10 @@ class TabularParams:
     categorical_encoding: str = _choice("onehot", "onehot", "embedding")
     numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
     scaling: str = _choice("standard", "standard", "minmax", "none")
+    dates: Optional[list[str]] = None  # null: detected (text parsed as dates); each becomes calendar features
+    drop: Optional[list[str]] = None  # columns left out of the features
+    # onehot: a detected text column with more distinct training values is left out (named in a warning)
+    max_categories: int = _positive(100)
 
 
 @dataclass
@@ -201,6 +205,7 @@ class TrainerParams:
 @dataclass
 class EvaluateParams:
     batch_size: int = _positive(1024)
+    baseline: bool = True  # also fit and score a classical model (pipeline/baseline.py) on the same splits
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
     python -m pipeline.evaluate --prepared data/prepared --model outputs/model --out outputs/eval
 
-Writes `metrics.json` (a DVC metrics file), `confusion.json` (DVC plot rows {actual, predicted} for the
+Writes `metrics.json` and `baseline.json` (DVC metrics files: the model's and a classical baseline's, see
+pipeline/baseline.py), `confusion.json` (DVC plot rows {actual, predicted} for the
 `confusion` templates), `confusion_matrix.png` and `classification_report.txt`, and logs them with `test/...`
 metrics into the MLflow run named in `<model>/mlflow_run.json`. Reads `evaluate`, `mlflow`.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking
+from pipeline import baseline, tracking
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import atomic_path, write_json
@@ -24,7 +25,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
-EVAL_FILES = (METRICS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
+EVAL_FILES = (METRICS_FILE, baseline.BASELINE_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
 
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -42,7 +43,7 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
 
 
 def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
-             run_params: dict | None = None, register_as: str | None = None) -> dict:
+             run_params: dict | None = None, register_as: str | None = None, with_baseline: bool = True) -> dict:
     """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet); log the
     pyfunc model and, with `register_as`, register it as a new version with its test metrics as tags."""
     import matplotlib.pyplot as plt
@@ -51,7 +52,8 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
     from pipeline.train import MODEL_FILE, read_meta
 
     run_id = tracking.read_run_file(model_dir)["run_id"]
-    class_names = read_meta(prepared_dir)["class_names"]
+    meta = read_meta(prepared_dir)
+    class_names = meta["class_names"]
     model_path = model_dir / MODEL_FILE
     if not model_path.is_file():
         raise PipelineError(f"{model_path}: not found. Run the train stage first (dvc repro train).")
@@ -71,10 +73,14 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             fig = confusion_figure(evaluation, class_names)
             fig.savefig(tmp / CONFUSION_PNG, dpi=120, bbox_inches="tight")
             plt.close(fig)
+            compared = baseline.run(prepared_dir, tmp, run.data.params.get("model.name", "model"),
+                                    evaluation.summary["macro"]["f1"], enabled=with_baseline)
         mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
         test_metrics = evaluation.flat_metrics()
         mlflow.log_metrics(test_metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
+            mlflow.log_dict(meta["feature_summary"], "data/feature_summary.json")
         from pipeline.serving import log_pyfunc_model, register
 
         model_info = log_pyfunc_model(prepared_dir, model_dir)
@@ -83,6 +89,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             print(f"evaluate: registered as {register_as} version {version.version}")
         print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
               f"{evaluation.summary['macro']['f1']:.4f}; logged to MLflow run {run.info.run_id}")
+        print(f"evaluate: {compared}")
     return evaluation.summary
 
 
@@ -102,7 +109,7 @@ def main() -> None:
                                       "Rerun `dvc repro` once it answers again."):
         evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
                  run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
-                 register_as=params.mlflow.register_model)
+                 register_as=params.mlflow.register_model, with_baseline=params.evaluate.baseline)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,13 @@ def main() -> None:
                         "value). Re-save the file as UTF-8.") from None
     print(f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
           f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}")
+    if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
+        from pipeline.data.tabular import dropped_warning, summary_lines
+
+        print("\n".join(summary_lines(meta["feature_summary"])))
+        warning = dropped_warning(meta["feature_summary"])
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def make_repo_copy(dest: Path) -> Path:
     for name in filter(None, files):
         src = REPO / name
         if src.is_file() and not name.startswith(("dvc.lock", "outputs/eval/metrics.json",
-                                                  "outputs/eval/confusion.json")):
+                                                  "outputs/eval/baseline.json", "outputs/eval/confusion.json")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     edit_params(dest, FAST_PARAMS)

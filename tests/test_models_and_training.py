@@ -333,8 +333,8 @@ def test_nothing_is_written_outside_the_temporary_root(workspace, trained) -> No
 def test_evaluate_writes_outputs(workspace, evaluated) -> None:
     out = evaluated.out
     n_test = workspace.meta["split_sizes"]["test"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion.json", "confusion_matrix.png",
-                                               "classification_report.txt"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "baseline.json", "confusion.json",
+                                               "confusion_matrix.png", "classification_report.txt"}
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == evaluated.summary
@@ -362,6 +362,13 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     assert "test/class_7_recall" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json"} <= artifacts
+    # The baseline beside the model, on the same test rows: in the run and in the DVC metrics file.
+    compared = json.loads((evaluated.out / "baseline.json").read_text())
+    assert run.data.params["baseline.model"] == "LogisticRegression"
+    assert run.data.metrics["baseline/f1_macro"] == pytest.approx(compared["f1_macro"]) and compared["f1_macro"] > 0.9
+    assert compared["model_minus_baseline_f1_macro"] == pytest.approx(evaluated.summary["macro"]["f1"]
+                                                                      - compared["f1_macro"])
+    assert "evaluation/baseline.json" in artifacts
     # Still one run: evaluate continued train's run instead of starting another.
     assert len(client.search_runs([run.info.experiment_id])) == 1
 

@@ -23,6 +23,8 @@ def test_dvc_repro_end_to_end(repo_copy):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     shown = next(iter(metrics.values()))["data"]["outputs/eval/metrics.json"]["data"]
     assert 0.5 < shown["accuracy"] <= 1  # 3 tiny epochs; the full defaults are measured in bench/
+    compared = next(iter(metrics.values()))["data"]["outputs/eval/baseline.json"]["data"]
+    assert compared["f1_macro"] > 0.9  # LogisticRegression on the digits' pixels, beside the model
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert {"Loss per epoch", "Accuracy and F1 per epoch", "Test confusion matrix"} <= set(plots)
     confusion = json.dumps(plots["Test confusion matrix"])
@@ -78,6 +80,15 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert len(runs) == 2
     assert {r.data.params["train.lr"] for r in runs} == {"0.003", "0.01"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.params["baseline.model"] == "LogisticRegression" for r in runs)
+
+    # The baseline switched off: evaluate alone reruns, its metrics file is empty, and DVC accepts that.
+    edit_params(repo_copy, {"evaluate.baseline": False})
+    fourth = run(["dvc", "repro"], repo_copy)
+    assert ran_stages(fourth.stdout) == ["validate", "evaluate"]
+    assert "baseline off" in fourth.stdout
+    assert json.loads((repo_copy / "outputs/eval/baseline.json").read_text()) == {}
+    run(["dvc", "metrics", "show"], repo_copy)
 
 
 @pytest.mark.slow

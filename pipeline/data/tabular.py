@@ -13,13 +13,21 @@ is built from; the indices follow the numeric features). It transforms in row ch
 saved beside the prepared arrays (`preprocessor.skops`) so that prediction applies exactly the same transformation.
 It is saved with skops, not pickled: loading it rebuilds only scikit-learn objects and the few functions named in
 TRUSTED_TYPES, so a file replaced on a DVC remote or in an artifact store cannot run code.
+
+Before that, the columns are treated as a data scientist would (`plan_columns`, on the training split): a date
+column (text in one date format, or a datetime column) becomes calendar features, the year and the month, day of week
+and day of year as sin/cos pairs (December sits next to January); an ID-like column (a value per row) is left out,
+and so is, with one-hot encoding, a text column with more than `data.tabular.max_categories` values;
+`data.tabular.drop` removes columns outright. The outcome is meta.json's `feature_summary`, which prepare prints.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,18 @@ BUILTIN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "
 TRANSFORM_CHUNK_ROWS = 65536
 # Embedding index of a missing or never-seen category: models.UNKNOWN_CATEGORY (not imported: that loads torch).
 UNKNOWN_INDEX = 0
+# Date formats tried on a text column, in this order. pandas' own value-by-value parser ("mixed") is tried only on
+# columns named in data.tabular.dates: it reads codes such as "T-00123" as dates too.
+DATE_FORMATS = ("ISO8601", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y", "%d %b %Y",
+                "%b %d, %Y", "%d %B %Y", "%B %d, %Y")
+ANY_DATE_FORMAT = "mixed"
+DATE_SAMPLE = 2000  # distinct values of a column tried as dates: enough to tell, cheap on a large table
+DATE_MIN_SHARE = 0.95  # of those that parse with one format: a few typos or "unknown" leave it a date column
+# A column whose values are (nearly) all different is an ID or free text: it identifies rows, it cannot generalise.
+ID_UNIQUE_SHARE = 0.9
+ID_MIN_ROWS = 20  # fewer training rows say too little to call a column unique per row
+ID_NAME = re.compile(r"(^|[_\s.-])(id|uuid|guid)$|^(id|uuid)([_\s.-]|$)|[a-z](Id|ID)$", re.IGNORECASE)
+CALENDAR = ("year", "month_sin", "month_cos", "dayofweek_sin", "dayofweek_cos", "dayofyear_sin", "dayofyear_cos")
 
 
 def load_raw(params: DataParams) -> RawData:
@@ -46,7 +66,8 @@ def load_raw(params: DataParams) -> RawData:
         import sklearn.datasets
 
         bunch = getattr(sklearn.datasets, BUILTIN_LOADERS[params.dataset])(as_frame=True)
-        return RawData(bunch.data, bunch.target.to_numpy(), [str(c) for c in bunch.target_names])
+        return RawData(select_features(bunch.data, params.tabular, Path(params.dataset)), bunch.target.to_numpy(),
+                       [str(c) for c in bunch.target_names])
     t, path = params.tabular, require_file(params.dataset)
     frame = read_table(path, exact=[t.target, *(t.categorical or [])])
     if frame.empty or frame.shape[1] < 2:
@@ -149,16 +170,180 @@ def _is_bytes(arrow_type: Any) -> bool:
 
 
 def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.DataFrame:
-    wanted = list(t.features) if t.features else list(frame.columns)
-    missing = [c for c in wanted + list(t.categorical or []) if c not in frame.columns]
+    dropped = set(t.drop or [])
+    wanted = [c for c in (list(t.features) if t.features else list(frame.columns)) if c not in dropped]
+    named = list(t.features or []) + list(t.categorical or []) + list(t.dates or []) + list(t.drop or [])
+    missing = list(dict.fromkeys(c for c in named if c not in frame.columns))
     if missing:
         raise DataError(f"{path}: column(s) {', '.join(missing)} named in data.tabular are not in the file (or are "
                         f"the target). Columns: {', '.join(map(str, frame.columns[:30]))}.")
-    outside = [c for c in t.categorical or [] if c not in wanted]
-    if outside:
-        raise DataError(f"{path}: data.tabular.categorical names {', '.join(outside)}, which data.tabular.features "
-                        "leaves out; add them to features or remove them from categorical.")
+    for key, names in (("categorical", t.categorical), ("dates", t.dates)):
+        outside = [c for c in names or [] if c not in wanted]
+        if outside:
+            raise DataError(f"{path}: data.tabular.{key} names {', '.join(outside)}, which data.tabular.features or "
+                            f"data.tabular.drop leaves out; keep them in the features or remove them from {key}.")
+    both = [c for c in t.dates or [] if c in (t.categorical or [])]
+    if both:
+        raise DataError(f"{path}: {', '.join(both)} named both in data.tabular.dates and data.tabular.categorical; "
+                        "name each column in one of them.")
     return frame[wanted]
+
+
+@dataclass
+class ColumnPlan:
+    """What becomes of each feature column, decided on the training split."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: dict[str, int] = field(default_factory=dict)  # name -> distinct values in training
+    dates: dict[str, str] = field(default_factory=dict)  # name -> the format it parses with (DATE_FORMATS)
+    dropped: dict[str, str] = field(default_factory=dict)  # name -> why
+
+    def summary(self, rows: int, inputs: int, user_dropped: list[str]) -> dict[str, Any]:
+        dropped = {**{c: "data.tabular.drop" for c in user_dropped}, **self.dropped}
+        return {"rows": rows, "model_inputs": inputs, "numeric": self.numeric, "categorical": self.categorical,
+                "dates": self.dates, "dropped": dropped}
+
+
+def plan_columns(frame: pd.DataFrame, p: TabularParams) -> ColumnPlan:
+    """Dates, numeric and categorical columns, and those left out with the reason; the user's lists win."""
+    plan = ColumnPlan()
+    explicit = set(p.categorical or [])
+    unlisted_text = []
+    for c in frame.columns:
+        column = frame[c]
+        if p.dates is not None:
+            fmt = _date_format(column, c, required=True) if c in p.dates else None
+        else:
+            fmt = None if c in explicit else _date_format(column, c, required=False)
+        if fmt:
+            plan.dates[c] = fmt
+            continue
+        text = not pd.api.types.is_numeric_dtype(column) or column.dtype == bool
+        if c in explicit or (text and p.categorical is None):
+            distinct = int(column.nunique(dropna=True))
+            if c not in explicit and _unique_per_row(column, distinct):
+                plan.dropped[c] = f"an ID or free text: {distinct} distinct values in {column.notna().sum()} rows"
+            elif c not in explicit and distinct > p.max_categories and p.categorical_encoding == "onehot":
+                plan.dropped[c] = (f"{distinct} distinct values, more than data.tabular.max_categories "
+                                   f"({p.max_categories}) for one-hot encoding")
+            else:
+                plan.categorical[c] = distinct
+        elif text:
+            unlisted_text.append(c)
+        elif ID_NAME.search(str(c)) and pd.api.types.is_integer_dtype(column) and _unique_per_row(
+                column, int(column.nunique(dropna=True))):
+            plan.dropped[c] = "an ID: named so, one integer per row"
+        else:
+            plan.numeric.append(c)
+    if unlisted_text:
+        raise DataError(f"column(s) {', '.join(map(str, unlisted_text))} hold text, but data.tabular.categorical does "
+                        "not list them; add them there, or set it to null to detect the categorical columns.")
+    return plan
+
+
+def _unique_per_row(column: pd.Series, distinct: int) -> bool:
+    present = int(column.notna().sum())
+    return present >= ID_MIN_ROWS and distinct >= ID_UNIQUE_SHARE * present
+
+
+def _date_format(column: pd.Series, name: str, required: bool) -> str | None:
+    """The first of DATE_FORMATS that parses (nearly) all of the column's values, or None; a column named in
+    data.tabular.dates may also be read by pandas' parser, and is an error if that fails too."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return "ISO8601"  # already dates; text given at prediction is read as ISO 8601
+    if pd.api.types.is_numeric_dtype(column) or column.dtype == bool:
+        if required:
+            raise DataError(f"data.tabular.dates names '{name}', which holds numbers, not dates; remove it there.")
+        return None
+    # The distinct values only: a text column as read is categorical, its categories are those values.
+    distinct = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else pd.unique(column.dropna())
+    values = pd.Series(np.asarray(distinct[:DATE_SAMPLE]).astype(str), dtype=object)
+    if values.empty or (not required and not values.str.contains(r"\d").all()):  # "May", "Monday": categories
+        return None
+    formats = (*DATE_FORMATS, ANY_DATE_FORMAT) if required else DATE_FORMATS
+    shares = {fmt: float(_to_datetime(values, fmt).notna().mean()) for fmt in formats}
+    best = max(shares.values())
+    if best >= DATE_MIN_SHARE:
+        return next(fmt for fmt, share in shares.items() if share == best)
+    if required:
+        raise DataError(f"data.tabular.dates names '{name}', but only {best:.0%} of its values (e.g. "
+                        f"'{values.iloc[0]}') parse as dates in one format (ISO 8601 such as 2024-01-31, 01/31/2024, "
+                        "31.01.2024 ...); fix the values or remove the column from data.tabular.dates.")
+    return None
+
+
+def _to_datetime(values: pd.Series, fmt: str) -> pd.Series:
+    # utc: one time line even when the values carry different offsets (pandas refuses to mix them otherwise)
+    return pd.to_datetime(values, format=fmt, errors="coerce", utc=True)
+
+
+def with_calendar_features(frame: pd.DataFrame, dates: dict[str, str]) -> pd.DataFrame:
+    """`frame` plus, per date column, its CALENDAR features (float32, NaN where the date is missing or unreadable).
+
+    Month, day of week and day of year are cyclic, so each becomes a point on a circle (sin, cos): the last day of a
+    period is then as close to the first as to the day before."""
+    added = {}
+    for name, fmt in dates.items():
+        column = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            when = column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC")
+        elif isinstance(column.dtype, pd.CategoricalDtype):  # parse each category once, not each row
+            parsed = _to_datetime(pd.Series(column.cat.categories.astype(str), dtype=object), fmt)
+            when = pd.Series(parsed.array.take(column.cat.codes.to_numpy(), allow_fill=True), index=column.index)
+        else:
+            when = _to_datetime(column.astype(object).where(column.notna(), None), fmt)
+        added[f"{name}_year"] = _numbers(when.dt.year).astype(np.float32)
+        for unit, position, period in (("month", _numbers(when.dt.month) - 1, 12),
+                                       ("dayofweek", _numbers(when.dt.day_of_week), 7),
+                                       ("dayofyear", _numbers(when.dt.day_of_year) - 1, 365.25)):
+            angle = 2 * np.pi * position / period
+            added[f"{name}_{unit}_sin"] = np.sin(angle).astype(np.float32)
+            added[f"{name}_{unit}_cos"] = np.cos(angle).astype(np.float32)
+    return frame.assign(**added) if added else frame
+
+
+def _numbers(values: pd.Series) -> np.ndarray:
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def calendar_columns(dates: dict[str, str]) -> list[str]:
+    return [f"{name}_{feature}" for name in dates for feature in CALENDAR]
+
+
+def summary_lines(summary: dict[str, Any], width: int = 100) -> list[str]:
+    """The feature summary as prepare prints it: a line per kind of column, long lists cut to fit the screen."""
+
+    def listing(items: list[str]) -> str:
+        text = ", ".join(items)
+        return text if len(text) <= width else text[:width - 12].rsplit(", ", 1)[0] + f", ... ({len(items)} in all)"
+
+    head = (f"prepare: {summary['rows']} training rows; features: {len(summary['numeric'])} numeric, "
+            f"{len(summary['categorical'])} categorical, {len(summary['dates'])} date, {len(summary['dropped'])} "
+            f"left out -> {summary['model_inputs']} model inputs")
+    lines = [head]
+    if summary["numeric"]:
+        lines.append(f"  numeric      {listing(summary['numeric'])}")
+    if summary["categorical"]:
+        lines.append(f"  categorical  {listing([f'{c} ({n} values)' for c, n in summary['categorical'].items()])}")
+    if summary["dates"]:
+        lines.append(f"  date         {listing([f'{c} ({fmt})' for c, fmt in summary['dates'].items()])} -> year, "
+                     "month, day of week, day of year (sin/cos)")
+    for column, why in list(summary["dropped"].items())[:10]:
+        lines.append(f"  left out     {column}: {why}")
+    if len(summary["dropped"]) > 10:
+        lines.append(f"  left out     ... {len(summary['dropped']) - 10} more (meta.json, feature_summary)")
+    return lines
+
+
+def dropped_warning(summary: dict[str, Any]) -> str | None:
+    """The columns detection left out (not those of data.tabular.drop), with what keeps them."""
+    detected = [c for c, why in summary["dropped"].items() if why != "data.tabular.drop"]
+    if not detected:
+        return None
+    return (f"prepare: warning: left out of the features: {', '.join(detected[:20])}"
+            f"{' ...' if len(detected) > 20 else ''} (reasons above). To keep one, list it in data.tabular.categorical "
+            "(or use data.tabular.categorical_encoding: embedding for many categories); to silence this, list them "
+            "in data.tabular.drop.")
 
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
@@ -220,8 +405,11 @@ def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> 
 
 
 class TablePreprocessor:
-    def __init__(self, params: TabularParams, transformer: Any = None, columns: list[str] | None = None):
+    def __init__(self, params: TabularParams, transformer: Any = None, columns: list[str] | None = None,
+                 dates: dict[str, str] | None = None):
         self.params, self.transformer, self.columns = params, transformer, columns
+        self.dates = dates or {}  # date column -> format, expanded to calendar features before the transformer
+        self.summary: dict[str, Any] | None = None
 
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
         from sklearn.compose import ColumnTransformer
@@ -236,13 +424,10 @@ class TablePreprocessor:
         )
 
         p = self.params
-        categorical = list(p.categorical) if p.categorical is not None else [
-            c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].dtype == bool]
-        numeric = [c for c in frame.columns if c not in categorical]
-        text = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
-        if text:
-            raise DataError(f"column(s) {', '.join(map(str, text))} hold text, but data.tabular.categorical does not "
-                            "list them; add them there, or set it to null to detect the categorical columns.")
+        plan = plan_columns(frame, p)
+        self.dates = plan.dates
+        categorical = list(plan.categorical)
+        numeric = plan.numeric + calendar_columns(plan.dates)  # columns left out: not selected, so not used
         scaler = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[p.scaling]
         # Outputs in float32, the model's dtype (scikit-learn's default is float64); one-hot columns in int8, since
         # fit() stacks every output of the training split into one array (float32), and this one is the widest.
@@ -263,14 +448,15 @@ class TablePreprocessor:
             ("categorical", encoder, categorical),
         ], sparse_threshold=0.0)
         self.columns = list(frame.columns)
-        self.transformer.fit(_categories_as_text(frame, categorical))
+        self.transformer.fit(_categories_as_text(with_calendar_features(frame, self.dates), categorical))
+        self.summary = plan.summary(len(frame), len(self.transformer.get_feature_names_out()), list(p.drop or []))
         return self
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         categorical = self.transformer.transformers_[1][2]
         out = np.empty((len(frame), len(self.transformer.get_feature_names_out())), dtype=np.float32)
         for start in range(0, len(frame), TRANSFORM_CHUNK_ROWS):
-            rows = frame.iloc[start:start + TRANSFORM_CHUNK_ROWS]
+            rows = with_calendar_features(frame.iloc[start:start + TRANSFORM_CHUNK_ROWS], self.dates)
             out[start:start + len(rows)] = self.transformer.transform(_categories_as_text(rows, categorical))
         return out
 
@@ -296,8 +482,10 @@ class TablePreprocessor:
         described: dict[str, Any] = {
             "input_shape": [len(names)], "feature_names": names,
             "preprocessing": {"file": PREPROCESSOR_FILE, "columns": self.columns, "categorical": categorical,
-                              "categorical_encoding": self.params.categorical_encoding},
+                              "categorical_encoding": self.params.categorical_encoding, "dates": self.dates},
         }
+        if self.summary is not None:
+            described["feature_summary"] = self.summary
         if self.params.categorical_encoding == "embedding":  # what the MLP is built from
             encoder = self.transformer.named_transformers_["categorical"][0]
             known = encoder.categories_ if categorical else []  # scikit-learn fits no empty column selection
@@ -353,4 +541,5 @@ def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> TablePreproce
     if not isinstance(transformer, ColumnTransformer):
         raise DataError(f"{path}: not a valid preprocessor file (it holds a {type(transformer).__name__}, not the "
                         f"fitted ColumnTransformer). {rerun}")
-    return TablePreprocessor(TabularParams(), transformer, meta["preprocessing"]["columns"])
+    return TablePreprocessor(TabularParams(), transformer, meta["preprocessing"]["columns"],
+                             meta["preprocessing"].get("dates"))
