@@ -158,6 +158,10 @@ class ModelParams:
 
 MODEL_NAMES = tuple(f.name for f in dataclasses.fields(ModelParams) if f.name != "name")
 
+# The headline metrics: one set of names in the DVC metrics file (evaluate), MLflow (`test/...`, `baseline/...`),
+# the console and `python -m pipeline.compare`. Defined here, where nothing heavy is imported.
+HEADLINE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
+
 # Metrics the LightningModule logs once per validation epoch; early stopping, checkpointing and the plateau
 # scheduler may watch any of them. Loss is minimised, the others maximised.
 MONITORABLE_METRICS = ("val/loss", "val/accuracy", "val/f1_macro")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
-# The headline metrics: one set of names in the DVC metrics file, MLflow (`test/...`, `baseline/...`), the console.
-HEADLINE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
-PER_CLASS_SCORES = ("precision", "recall", "f1", "support")
+from pipeline.config import HEADLINE_METRICS
+
+__all__ = ["HEADLINE_METRICS", "Evaluation", "confusion_figure", "evaluate_predictions", "headline_metrics"]
 
 
 @dataclass

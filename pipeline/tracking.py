@@ -103,7 +103,7 @@ def check_reachable(uri: str) -> None:
 
 def run_name(params: Params, kind: str) -> str:
     """mlflow.run_name, else what the run is and what differs: the DVC experiment's name (when DVC runs one), the
-    model, and the params that differ from the committed params.yaml, e.g. `tawny-mope cnn lr=0.01 bs=32`.
+    model, and the params that differ from the committed params.yaml, e.g. `tawny-mope cnn bs=32 lr=0.01`.
 
     Not MLflow's made-up name: it comes from the global random generator, which `seed_everything` has just seeded,
     so every run would get the same one."""

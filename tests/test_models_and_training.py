@@ -20,6 +20,7 @@ from models import REGISTRY, build_model
 from models.cnn import CNN
 from pipeline.config import MODEL_NAMES, DataParams, ModelParams, TrainParams, load_params, to_flat_dict
 from pipeline.lightning_module import Classifier
+from pipeline.metrics import HEADLINE_METRICS
 from pipeline.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ SCHEDULERS = {"none": None, "step": torch.optim.lr_scheduler.StepLR,
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     params = TrainParams(optimizer=optimizer, scheduler=scheduler, lr=0.02, weight_decay=0.001, momentum=0.5,
-                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/acc")
+                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/accuracy")
     net = build_model("mlp", {"hidden_dims": [8], "dropout": 0.0}, DIGITS_SHAPE, NUM_CLASSES)
     module = Classifier(net, NUM_CLASSES, params)
 
@@ -95,7 +96,7 @@ def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     else:
         opt, sched = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
         assert configured["lr_scheduler"]["interval"] == "epoch"
-        assert configured["lr_scheduler"]["monitor"] == "val/acc"
+        assert configured["lr_scheduler"]["monitor"] == "val/accuracy"
 
     assert type(opt) is OPTIMIZERS[optimizer]
     group = opt.param_groups[0]
@@ -115,7 +116,7 @@ def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     elif scheduler == "cosine":
         assert (sched.T_max, sched.eta_min) == (7, 1e-5)
     else:
-        # val/acc is maximised, so the plateau scheduler waits for it to stop rising.
+        # val/accuracy is maximised, so the plateau scheduler waits for it to stop rising.
         assert sched.mode == "max"
         assert (sched.factor, sched.patience, sched.min_lrs) == (0.5, 2, [1e-5])
 
@@ -302,11 +303,11 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.info.artifact_uri.startswith((workspace.root / "mlartifacts").as_uri())
 
 
-@pytest.mark.parametrize("metric", ["train/loss", "val/loss", "val/acc", "val/f1"])
+@pytest.mark.parametrize("metric", ["train/loss", "val/loss", "val/accuracy", "val/f1_macro", "lr"])
 def test_fit_logs_one_value_per_epoch(workspace, trained, metric: str) -> None:
     history = MlflowClient(workspace.uri).get_metric_history(trained.run_id, metric)
     assert len(history) == MAX_EPOCHS
-    assert len({m.step for m in history}) == MAX_EPOCHS
+    assert [m.step for m in history] == list(range(MAX_EPOCHS))  # the epoch is the step: charts read epochs
     values = [m.value for m in history]
     assert all(np.isfinite(values))
     if metric.endswith("loss"):
@@ -317,9 +318,7 @@ def test_fit_logs_one_value_per_epoch(workspace, trained, metric: str) -> None:
 
 def test_fit_follows_the_cosine_schedule(workspace, trained) -> None:
     client = MlflowClient(workspace.uri)
-    lr_keys = [k for k in client.get_run(trained.run_id).data.metrics if k.startswith("lr-")]
-    assert lr_keys, "no learning-rate metric logged"
-    lrs = [m.value for m in client.get_metric_history(trained.run_id, lr_keys[0])]
+    lrs = [m.value for m in client.get_metric_history(trained.run_id, "lr")]  # one name whatever the optimizer
     # Cosine from 0.003 to 0 over 2 epochs: 0.003 in epoch 0, 0.003 * (1 + cos(pi / 2)) / 2 = 0.0015 in epoch 1.
     assert lrs == pytest.approx([0.003, 0.0015])
 
@@ -333,13 +332,15 @@ def test_nothing_is_written_outside_the_temporary_root(workspace, trained) -> No
 def test_evaluate_writes_outputs(workspace, evaluated) -> None:
     out = evaluated.out
     n_test = workspace.meta["split_sizes"]["test"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion.json", "confusion_matrix.png",
-                                               "classification_report.txt"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_class.json", "confusion.json",
+                                               "confusion_matrix.png", "classification_report.txt"}
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == evaluated.summary
-    assert metrics["n_samples"] == n_test
-    assert set(metrics["per_class"]) == set(workspace.meta["class_names"])
+    assert list(metrics) == list(HEADLINE_METRICS)  # the headline only: `dvc metrics show` stays narrow
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert [row["class"] for row in per_class] == workspace.meta["class_names"]
+    assert sum(row["support"] for row in per_class) == n_test
 
     rows = json.loads((out / "confusion.json").read_text())
     assert len(rows) == n_test
@@ -358,10 +359,14 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] == pytest.approx(evaluated.summary["accuracy"])
-    assert run.data.metrics["test/macro_f1"] == pytest.approx(evaluated.summary["macro"]["f1"])
-    assert "test/class_7_recall" in run.data.metrics
+    assert run.data.metrics["test/f1_macro"] == pytest.approx(evaluated.summary["f1_macro"])
+    assert not [k for k in run.data.metrics if k.startswith("test/") and k[len("test/"):] not in HEADLINE_METRICS]
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json"} <= artifacts
+    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json",
+            "evaluation/per_class.json", "evaluation/per_class_table.json"} <= artifacts
+    # The confusion matrix as an MLflow image (key confusion_matrix): what the UI's compare view shows.
+    images = [a.path for a in client.list_artifacts(trained.run_id, "images")]
+    assert any(path.startswith("images/confusion_matrix+step+0+") and path.endswith(".png") for path in images)
     # Still one run: evaluate continued train's run instead of starting another.
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
