@@ -5,8 +5,8 @@
 Writes `metrics.json` (the headline metrics: a DVC metrics file), `per_class.json` (precision, recall, F1 and
 support per class: a DVC bar plot), `confusion.json` (DVC plot rows {actual, predicted} for the `confusion`
 templates), `confusion_matrix.png` and `classification_report.txt`, and logs them into the MLflow run named in
-`<model>/mlflow_run.json`: `test/<headline>` metrics, the per-class table, the confusion matrix as an MLflow image
-(which the UI's compare view shows side by side). Reads `evaluate`, `mlflow`.
+`<model>/mlflow_run.json`: `test/<headline>` metrics, the per-class table, the confusion matrix at the artifact root
+(the compare view shows it side by side) and as an MLflow image (the chart view). Reads `evaluate`, `mlflow`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
 EVAL_FILES = (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
-CONFUSION_IMAGE_KEY = "confusion_matrix"  # the MLflow image (log_image) key
+CONFUSION_IMAGE_KEY = "confusion_matrix"  # an MLflow image (log_image): the experiment's chart view shows it
 PER_CLASS_TABLE = "evaluation/per_class_table.json"  # an MLflow table artifact
 FIGURE_DPI = 100
 
@@ -79,6 +79,8 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
         test_metrics = evaluation.flat_metrics()
         mlflow.log_metrics(test_metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        # The UI's compare view offers only files at the artifact root: there it shows the runs' matrices side by side.
+        mlflow.log_artifact(str(out_dir / CONFUSION_PNG))
         mlflow.log_table({column: [row[column] for row in evaluation.per_class] for column in evaluation.per_class[0]},
                          artifact_file=PER_CLASS_TABLE)
         from PIL import Image

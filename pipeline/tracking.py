@@ -35,6 +35,7 @@ SHORT_PARAM_NAMES = {"batch_size": "bs", "max_epochs": "epochs", "weight_decay":
                      "early_stopping_patience": "patience"}
 NOT_IN_RUN_NAMES = ("trainer.progress_bar", "trainer.log_every_n_steps")  # display only: same run either way
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # `make ui` serves the local store there
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def repo_root() -> Path:
@@ -193,10 +194,13 @@ def prepared_data_input(prepared_dir: Path, meta: dict[str, Any], digest: str) -
 
 
 def run_url(uri: str, run_id: str) -> str:
-    """Where the run opens in the MLflow UI: the tracking server itself, else `make ui` on the local store."""
+    """Where the run opens in the MLflow UI: the tracking server itself, else `make ui` on the local store. The UI
+    (3.17) shows the GenAI or the model-training pages by a switch of its own, remembered per browser, whatever the
+    experiment's tag says: the link picks model training."""
     from mlflow.tracking import MlflowClient
 
-    path = f"#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
     if uri.startswith(("http://", "https://")):
         return f"MLflow UI: {uri.rstrip('/')}/{path}"
     return f"MLflow UI (`make ui`): {UI_DEFAULT_URL}/{path}"

@@ -364,7 +364,8 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json",
             "evaluation/per_class.json", "evaluation/per_class_table.json"} <= artifacts
-    # The confusion matrix as an MLflow image (key confusion_matrix): what the UI's compare view shows.
+    # The confusion matrix at the artifact root (what the UI's compare view offers) and as an MLflow image.
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(trained.run_id)}
     images = [a.path for a in client.list_artifacts(trained.run_id, "images")]
     assert any(path.startswith("images/confusion_matrix+step+0+") and path.endswith(".png") for path in images)
     # Still one run: evaluate continued train's run instead of starting another.
