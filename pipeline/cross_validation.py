@@ -43,7 +43,8 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
                                                 InMemoryDataset(x[val_idx], y[val_idx]), params.train.batch_size)
         module = new_module(params, meta, y[fit_idx])
         trainer.fit(module, datamodule=data)
-        scores.append(trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0])
+        validated = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+        scores.append({k: v for k, v in validated.items() if k.startswith("val/")})  # not the logged `step`
 
     summary = {name: {"mean": float(np.mean([s[name] for s in scores])), "std": float(np.std([s[name] for s in
                                                                                                scores]))}

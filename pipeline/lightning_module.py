@@ -82,9 +82,13 @@ class Classifier(pl.LightningModule):
         # them now rather than in on_train_epoch_end puts them in the MLflow run before the epoch's checkpoint is
         # written: a training killed right after a checkpoint then still has every epoch up to it on record.
         if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
-            # One learning-rate name whatever the optimizer (Lightning's LearningRateMonitor names it after it).
-            self._log_epoch("train", {"lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
+            self._log_epoch("train", {"lr": self.epoch_lr})
         self._log_epoch("val")
+
+    def on_train_epoch_start(self) -> None:
+        # The rate this epoch trains with: an epoch scheduler has stepped already by the time validation ends. One
+        # name whatever the optimizer (Lightning's LearningRateMonitor names it after the optimizer).
+        self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def configure_optimizers(self) -> Any:
         p = self.params

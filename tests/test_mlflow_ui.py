@@ -168,6 +168,9 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
             pytest.fail("no metric chart with an x axis up to the last epoch; the page shows:\n"
                         + driver.find_element(By.TAG_NAME, "body").text[:3000])
         assert max(ticks) <= last_epoch, ticks
+        driver.execute_script(  # the per-epoch charts in view, below the test metrics' bars
+            "const t = [...document.querySelectorAll('.xtick text')].find(t => t.textContent === arguments[0]);"
+            "t.scrollIntoView({block: 'center'});", str(last_epoch))
         save_screenshot(driver, tmp_path, "mlflow_metric_charts.png")
 
         # The compare view of the two runs (the route the UI's own Compare button opens).

@@ -18,7 +18,15 @@ from mlflow import MlflowClient
 
 from models import REGISTRY, build_model
 from models.cnn import CNN
-from pipeline.config import MODEL_NAMES, DataParams, ModelParams, TrainParams, load_params, to_flat_dict
+from pipeline.config import (
+    MODEL_NAMES,
+    DataParams,
+    ModelParams,
+    TrainParams,
+    config_hash,
+    load_params,
+    used_params,
+)
 from pipeline.lightning_module import Classifier
 from pipeline.metrics import HEADLINE_METRICS
 from pipeline.prepare import prepare
@@ -288,8 +296,9 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "pytest-fit"
     assert client.get_experiment(run.info.experiment_id).name == "pytest-digits"
-    # Every resolved parameter, under its dotted name; evaluate.* are evaluate's to log (they may change alone).
-    assert set(run.data.params) == {k for k in to_flat_dict(trained.params) if not k.startswith("evaluate.")}
+    # The parameters this run uses, under their dotted names (evaluate.* are evaluate's to log: they may change alone).
+    assert set(run.data.params) == set(used_params(trained.params, workspace.meta["kind"]))
+    assert run.data.tags["config.hash"] == config_hash(trained.params)
     assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["train.max_epochs"] == str(MAX_EPOCHS)
     assert run.data.params["model.name"] == "mlp"
