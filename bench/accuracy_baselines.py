@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.evaluate import evaluate, predict_split  # noqa: E402
+from pipeline.files import read_json  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
 from pipeline.train import MODEL_FILE, fit  # noqa: E402
 
@@ -50,7 +51,7 @@ POSITIVE = "spam"
 # Shared by the three SMS models: one prepared data set. URLs are kept (they are spam evidence; TF-IDF sees them
 # too); 64 tokens cover 98.8 % of the messages whole and every spam message.
 SMS_DATA = {"data.kind": "text", "data.text.max_len": 64, "data.text.strip_urls": False}
-SMS_TRAIN = {"train.max_epochs": 15, "train.monitor": "val/f1", "train.early_stopping_patience": 4,
+SMS_TRAIN = {"train.max_epochs": 15, "train.monitor": "val/f1_macro", "train.early_stopping_patience": 4,
              "train.batch_size": 64}
 SMS_MODELS = {
     "text CNN": {"model.name": "cnn", "model.cnn.channels": [128], "model.cnn.embedding_dim": 128,
@@ -173,7 +174,7 @@ def run_sms(tmp: Path, sms: Path, seeds: list[int]) -> list[dict]:
         val_f1, seed, params, out, seconds = max(runs, key=lambda r: r[0])  # first seed wins a tie
         summary = silently(evaluate, prepared, out / "model", out / "eval", params.evaluate.batch_size,
                            params.mlflow.tracking_uri)
-        spam = summary["per_class"][POSITIVE]
+        spam = next(row for row in read_json(out / "eval" / "per_class.json") if row["class"] == POSITIVE)
         rows.append({"model": label, "seed": str(seed), "val_f1": val_f1, "accuracy": summary["accuracy"],
                      "precision": spam["precision"], "recall": spam["recall"], "f1": spam["f1"],
                      "seconds": seconds, "baseline": False,
@@ -231,7 +232,7 @@ def run_tables(tmp: Path, seeds: list[int]) -> list[dict]:
             out = tmp / f"{dataset}_{seed}"
             summary, seconds = train_and_evaluate(params, prepared, out)
             y, pred, _ = predict_split(out / "model" / MODEL_FILE, prepared, "val", params.evaluate.batch_size)
-            result["mlp"].append((seed, float((y == pred).mean()), summary["accuracy"], summary["macro"]["f1"],
+            result["mlp"].append((seed, float((y == pred).mean()), summary["accuracy"], summary["f1_macro"],
                                   seconds))
         results.append(result)
     return results

@@ -83,7 +83,7 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
 
     (run,) = MlflowClient(f"sqlite:///{workdir}/mlflow.db").search_runs(
         [MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_experiment_by_name("bench").experiment_id])
-    return {"log": log, "model": metrics["macro"]["f1"], "model_acc": metrics["accuracy"],
+    return {"log": log, "model": metrics["f1_macro"], "model_acc": metrics["accuracy"],
             "per_class": metrics["per_class"], "baseline": baseline["f1_macro"],
             "baseline_acc": baseline["accuracy"], "baseline_name": run.data.params["baseline.model"],
             "baseline_s": run.data.metrics["baseline/fit_seconds"], "train_s": seconds["pipeline.train"],

@@ -57,7 +57,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             summary = evaluate(tmp / "prepared", tmp / f"model{seed}", tmp / f"eval{seed}",
                                params.evaluate.batch_size, params.mlflow.tracking_uri)
-            results.append((seed, summary["accuracy"], summary["macro"]["f1"], seconds))
+            results.append((seed, summary["accuracy"], summary["f1_macro"], seconds))
 
     print(f"\ndigits, model {params.model.name}, test split of {params.data.test_fraction:.0%} "
           f"(data.seed {params.data.seed})")

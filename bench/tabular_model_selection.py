@@ -80,7 +80,7 @@ def label(settings: dict) -> str:
 
 def cv_mlp(tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, folds: int, seed: int,
            split_seed: int) -> dict:
-    """The pipeline's k-fold cross-validation of one setting: mean fold val/acc and val/loss."""
+    """The pipeline's k-fold cross-validation of one setting: mean fold val/accuracy and val/loss."""
     from pipeline.cross_validation import cross_validate
     from pipeline.train import new_logger
 
@@ -90,7 +90,7 @@ def cv_mlp(tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, 
     name = "-".join(str(v) for v in settings.values()).replace(" ", "")
     summary = silently(cross_validate, params, prepared, meta, parent, tmp / "cv" / f"{split_seed}-{name}-{seed}")
     parent.experiment.set_terminated(parent.run_id, "FINISHED")
-    return {"acc": summary["val/acc"]["mean"], "acc_std": summary["val/acc"]["std"],
+    return {"acc": summary["val/accuracy"]["mean"], "acc_std": summary["val/accuracy"]["std"],
             "loss": summary["val/loss"]["mean"]}
 
 
@@ -177,7 +177,7 @@ def test(tmp: Path, sel: dict, chosen: dict, c: float, seeds: list[int]) -> dict
         out = tmp / f"test_{sel['split_seed']}_{seed}"
         summary, seconds = train_and_evaluate(params, prepared, out)
         _, pred, _ = predict_split(out / "model" / MODEL_FILE, prepared, "test", params.evaluate.batch_size)
-        runs.append({"seed": seed, "accuracy": summary["accuracy"], "f1": summary["macro"]["f1"], "pred": pred,
+        runs.append({"seed": seed, "accuracy": summary["accuracy"], "f1": summary["f1_macro"], "pred": pred,
                      "seconds": seconds})
     return {"y": test_split["y"], "baselines": baselines, "runs": runs, "c": c}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -161,9 +163,13 @@ class ModelParams:
 
 MODEL_NAMES = tuple(f.name for f in dataclasses.fields(ModelParams) if f.name != "name")
 
+# The headline metrics: one set of names in the DVC metrics file (evaluate), MLflow (`test/...`, `baseline/...`),
+# the console and `python -m pipeline.compare`. Defined here, where nothing heavy is imported.
+HEADLINE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
+
 # Metrics the LightningModule logs once per validation epoch; early stopping, checkpointing and the plateau
 # scheduler may watch any of them. Loss is minimised, the others maximised.
-MONITORABLE_METRICS = ("val/loss", "val/acc", "val/f1")
+MONITORABLE_METRICS = ("val/loss", "val/accuracy", "val/f1_macro")
 
 
 @dataclass
@@ -212,10 +218,12 @@ class EvaluateParams:
 class MlflowParams:
     tracking_uri: Optional[str] = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
     experiment_name: str = "default-pipeline"
-    run_name: Optional[str] = None  # null: the DVC experiment's name, else <model>-<date-time>
+    run_name: Optional[str] = None  # null: [DVC experiment name] <model> <params differing from the committed>
     register_model: Optional[str] = None  # a name: register each evaluated model as a new version of it
     # How long a tracking server may not answer before the stage gives up (MLflow's retries, bounded to this).
     max_unreachable_s: int = _positive(120)
+    system_metrics: bool = True  # MLflow's CPU, memory (and GPU) metrics of the run, sampled while it runs
+
 
 
 @dataclass
@@ -308,6 +316,44 @@ def to_flat_dict(params: Params) -> dict[str, Any]:
 
     walk(params, "")
     return flat
+
+
+# Options that only one choice of another key reads: logged (and named in run names) only with that choice.
+OPTION_USED_WHEN = {
+    "train.momentum": ("train.optimizer", ("sgd",)),
+    "train.step_size": ("train.scheduler", ("step",)),
+    "train.gamma": ("train.scheduler", ("step", "plateau")),
+    "train.plateau_patience": ("train.scheduler", ("plateau",)),
+    "train.min_lr": ("train.scheduler", ("cosine", "plateau")),
+}
+# Sections no run reads for its model or data (evaluate logs its own, mlflow.* only says where runs go).
+UNUSED_BY_RUNS = ("evaluate.", "mlflow.", "tune.")  # tune.storage may hold a password
+
+
+def used_params(params: Params, kind: str) -> dict[str, Any]:
+    """The flat params a training run on `kind` data actually reads: the chosen model's section, the data kind's
+    section, train and trainer without the options of an optimizer or scheduler that is not chosen."""
+    flat = to_flat_dict(params)
+    unused = [f"model.{name}." for name in MODEL_NAMES if name != params.model.name]
+    unused += [f"data.{other}." for other in ("tabular", "image", "text") if other != kind]
+    used = {}
+    for key, value in flat.items():
+        if key.startswith((*UNUSED_BY_RUNS, *unused)):
+            continue
+        if key in OPTION_USED_WHEN:
+            chooser, choices = OPTION_USED_WHEN[key]
+            if flat[chooser] not in choices:
+                continue
+        if key.endswith(".embedding_dim") and kind == "image" and key.startswith("model."):
+            continue  # embeds tokens or categories: images have neither
+        used[key] = value
+    return used
+
+
+def config_hash(params: Params) -> str:
+    """A content hash of the whole resolved config: equal configurations, equal hashes (an MLflow tag)."""
+    text = json.dumps(to_flat_dict(params), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:

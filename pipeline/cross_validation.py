@@ -1,7 +1,8 @@
 """k-fold cross-validation (`train.cv_folds`): stratified folds over train + val, each fold one nested MLflow run.
 
 The mean and standard deviation over folds of every validation metric (of each fold's best checkpoint) go to the
-parent run as `cv/<metric>_mean` / `_std` and to the DVC metrics file. The final model is trained afterwards,
+parent run as `cv/<metric>_mean` / `_std` (`cv/val/accuracy_mean`) and, by the same names, to a DVC metrics file
+that exists only when cross-validation ran. The final model is trained afterwards,
 as configured, on the prepared train split.
 """
 
@@ -34,7 +35,7 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
     for fold, (fit_idx, val_idx) in enumerate(folds.split(np.zeros(len(y)), y.numpy())):
         pl.seed_everything(params.train.seed, workers=True, verbose=False)
         logger = new_logger(params, meta, parent_run.data.tags["data.digest"],
-                            run_name=f"{parent_run.info.run_name}-fold{fold}",
+                            run_name=f"{parent_run.info.run_name} fold{fold}",
                             extra_tags={PARENT_RUN_TAG: parent.run_id, "cv.fold": str(fold)})
         checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
         trainer = new_trainer(params, [logger], callbacks, checkpoint_dir / f"fold{fold}")
@@ -42,19 +43,27 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
                                                 InMemoryDataset(x[val_idx], y[val_idx]), params.train.batch_size)
         module = new_module(params, meta, y[fit_idx])
         trainer.fit(module, datamodule=data)
-        scores.append(trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0])
+        validated = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+        scores.append({k: v for k, v in validated.items() if k.startswith("val/")})  # not the logged `step`
 
     summary = {name: {"mean": float(np.mean([s[name] for s in scores])), "std": float(np.std([s[name] for s in
                                                                                                scores]))}
                for name in scores[0]}
     parent.experiment.log_batch(parent.run_id, metrics=[
-        Metric(f"cv/{name}_{stat}", value, timestamp=0, step=0)
-        for name, stats in summary.items() for stat, value in stats.items()])
+        Metric(name, value, timestamp=0, step=0) for name, value in flat_summary(summary).items()])
     for name, stats in summary.items():
         print(f"cross-validation: {name} {stats['mean']:.4f} ± {stats['std']:.4f} over {len(scores)} folds")
     return summary
 
 
+def flat_summary(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{'val/accuracy': {'mean': m, 'std': s}} -> {'cv/val/accuracy_mean': m, 'cv/val/accuracy_std': s}."""
+    return {f"cv/{name}_{stat}": value for name, stats in summary.items() for stat, value in stats.items()}
+
+
 def write_cv_metrics(path: Path, folds: int, summary: dict[str, dict[str, float]] | None) -> None:
-    """Always written, so DVC finds its metrics file; `folds` 0 or 1 means cross-validation was off."""
-    write_json(path, {"folds": folds if summary else 0, **(summary or {})})
+    """The summary with the MLflow names, only when cross-validation ran. The folder always exists: it is the DVC
+    metrics output, and an empty one adds no row of dashes to `dvc metrics show`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if summary:
+        write_json(path, {"cv/folds": folds, **flat_summary(summary)})

@@ -2,10 +2,12 @@
 
     python -m pipeline.evaluate --prepared data/prepared --model outputs/model --out outputs/eval
 
-Writes `metrics.json` and `baseline.json` (DVC metrics files: the model's and a classical baseline's, see
-pipeline/baseline.py), `confusion.json` (DVC plot rows {actual, predicted} for the
-`confusion` templates), `confusion_matrix.png` and `classification_report.txt`, and logs them with `test/...`
-metrics into the MLflow run named in `<model>/mlflow_run.json`. Reads `evaluate`, `mlflow`.
+Writes `metrics.json` and `baseline.json` (DVC metrics files: the model's headline metrics and a classical
+baseline's, see pipeline/baseline.py), `per_class.json` (precision, recall, F1 and
+support per class: a DVC bar plot), `confusion.json` (DVC plot rows {actual, predicted} for the `confusion`
+templates), `confusion_matrix.png` and `classification_report.txt`, and logs them into the MLflow run named in
+`<model>/mlflow_run.json`: `test/<headline>` metrics, the per-class table, the confusion matrix at the artifact root
+(the compare view shows it side by side) and as an MLflow image (the chart view). Reads `evaluate`, `mlflow`.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import baseline, tracking
+from pipeline import baseline, console, tracking
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import atomic_path, write_json
 from pipeline.threads import configure_threads
 
 METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.json"
 CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
-EVAL_FILES = (METRICS_FILE, baseline.BASELINE_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
+EVAL_FILES = (METRICS_FILE, baseline.BASELINE_FILE, PER_CLASS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
+CONFUSION_IMAGE_KEY = "confusion_matrix"  # an MLflow image (log_image): the experiment's chart view shows it
+PER_CLASS_TABLE = "evaluation/per_class_table.json"  # an MLflow table artifact
+FIGURE_DPI = 100
 
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -43,9 +49,11 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
 
 
 def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
-             run_params: dict | None = None, register_as: str | None = None, with_baseline: bool = True) -> dict:
+             run_params: dict | None = None, register_as: str | None = None, with_baseline: bool = True,
+             system_metrics: bool = False) -> dict:
     """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet); log the
-    pyfunc model and, with `register_as`, register it as a new version with its test metrics as tags."""
+    pyfunc model and, with `register_as`, register it as a new version with its test metrics as tags. Returns the
+    headline metrics."""
     import matplotlib.pyplot as plt
 
     from pipeline.metrics import confusion_figure, evaluate_predictions
@@ -58,7 +66,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
     if not model_path.is_file():
         raise PipelineError(f"{model_path}: not found. Run the train stage first (dvc repro train).")
 
-    with tracking.continue_run(uri, run_id) as run:
+    with tracking.continue_run(uri, run_id, system_metrics) as run:
         import mlflow
 
         y_true, y_pred, _ = predict_split(model_path, prepared_dir, "test", batch_size)
@@ -66,31 +74,41 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
 
         with atomic_path(out_dir, EVAL_FILES) as tmp:
             tmp.mkdir()
-            write_json(tmp / METRICS_FILE, evaluation.summary)
+            write_json(tmp / METRICS_FILE, evaluation.headline)
+            write_json(tmp / PER_CLASS_FILE, evaluation.per_class)
             write_json(tmp / CONFUSION_PLOT_FILE, [{"actual": class_names[a], "predicted": class_names[p]}
                                                    for a, p in zip(y_true, y_pred)])
             (tmp / REPORT_FILE).write_text(evaluation.report)
             fig = confusion_figure(evaluation, class_names)
-            fig.savefig(tmp / CONFUSION_PNG, dpi=120, bbox_inches="tight")
+            fig.savefig(tmp / CONFUSION_PNG, dpi=FIGURE_DPI, bbox_inches="tight")
             plt.close(fig)
             compared = baseline.run(prepared_dir, tmp, run.data.params.get("model.name", "model"),
-                                    evaluation.summary["macro"]["f1"], enabled=with_baseline)
+                                    evaluation.headline["f1_macro"], enabled=with_baseline)
         mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
         test_metrics = evaluation.flat_metrics()
         mlflow.log_metrics(test_metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
         if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
             mlflow.log_dict(meta["feature_summary"], "data/feature_summary.json")
+        # The UI's compare view offers only files at the artifact root: there it shows the runs' matrices side by side.
+        mlflow.log_artifact(str(out_dir / CONFUSION_PNG))
+        mlflow.log_table({column: [row[column] for row in evaluation.per_class] for column in evaluation.per_class[0]},
+                         artifact_file=PER_CLASS_TABLE)
+        from PIL import Image
+
+        with Image.open(out_dir / CONFUSION_PNG) as image:  # our own file, just written
+            mlflow.log_image(image.convert("RGB"), key=CONFUSION_IMAGE_KEY, step=0)
         from pipeline.serving import log_pyfunc_model, register
 
         model_info = log_pyfunc_model(prepared_dir, model_dir)
         if register_as:
             version = register(model_info.model_uri, register_as, test_metrics)
             print(f"evaluate: registered as {register_as} version {version.version}")
-        print(f"evaluate: test accuracy {evaluation.summary['accuracy']:.4f}, macro F1 "
-              f"{evaluation.summary['macro']['f1']:.4f}; logged to MLflow run {run.info.run_id}")
+        print("evaluate: test " + ", ".join(f"{name} {value:.4f}" for name, value in evaluation.headline.items()))
         print(f"evaluate: {compared}")
-    return evaluation.summary
+        print(f"evaluate: logged to MLflow run {run.info.run_id}\n"
+              f"evaluate: {tracking.run_url(uri, run.info.run_id)}")
+    return evaluation.headline
 
 
 def main() -> None:
@@ -100,6 +118,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics, plots and the report")
     args = parser.parse_args()
     params = load_params()
+    console.quiet_libraries()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
@@ -109,7 +128,8 @@ def main() -> None:
                                       "Rerun `dvc repro` once it answers again."):
         evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
                  run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
-                 register_as=params.mlflow.register_model, with_baseline=params.evaluate.baseline)
+                 register_as=params.mlflow.register_model, with_baseline=params.evaluate.baseline,
+                 system_metrics=params.mlflow.system_metrics)
 
 
 if __name__ == "__main__":

@@ -51,11 +51,16 @@ class Classifier(pl.LightningModule):
         getattr(self, f"{split}_scores").update(logits.argmax(dim=1), y)
         return loss
 
-    def _log_epoch(self, split: str) -> None:
+    def _log_epoch(self, split: str, extra: dict[str, Any] | None = None) -> None:
         loss, scores = getattr(self, f"{split}_loss"), getattr(self, f"{split}_scores")
         # compute() already gathers every DDP process's counts; sync_dist only averages equal values (once an
-        # epoch) and keeps Lightning from warning that epoch values are unsynced.
-        self.log_dict({f"{split}/loss": loss.compute(), **scores.compute()}, sync_dist=True)
+        # epoch) and keeps Lightning from warning that epoch values are unsynced. A logged `step` is the step
+        # Lightning hands the loggers: the epoch, so MLflow draws every per-epoch chart against the epoch.
+        values = {f"{split}/loss": loss.compute(), **scores.compute()}
+        self.log_dict({**values, **(extra or {}), "step": float(self.current_epoch)}, sync_dist=True)
+        # The progress bar shows the epoch's values, not a running mean of the steps.
+        self.log_dict({k.replace("/", "_"): v for k, v in values.items() if not k.endswith("f1_macro")},
+                      prog_bar=True, logger=False, sync_dist=True)
         loss.reset()
         scores.reset()
 
@@ -77,8 +82,13 @@ class Classifier(pl.LightningModule):
         # them now rather than in on_train_epoch_end puts them in the MLflow run before the epoch's checkpoint is
         # written: a training killed right after a checkpoint then still has every epoch up to it on record.
         if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
-            self._log_epoch("train")
+            self._log_epoch("train", {"lr": self.epoch_lr})
         self._log_epoch("val")
+
+    def on_train_epoch_start(self) -> None:
+        # The rate this epoch trains with: an epoch scheduler has stepped already by the time validation ends. One
+        # name whatever the optimizer (Lightning's LearningRateMonitor names it after the optimizer).
+        self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def configure_optimizers(self) -> Any:
         p = self.params
@@ -104,10 +114,11 @@ class Classifier(pl.LightningModule):
 
 
 def class_scores(num_classes: int, prefix: str) -> MetricCollection:
-    """Accuracy and macro F1; the collection's compute groups let both share one set of per-class counts."""
+    """Accuracy and macro F1 (the names of the headline metrics); the collection's compute groups let both share one
+    set of per-class counts."""
     return MetricCollection({
-        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-        "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+        "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
     }, prefix=prefix)
 
 

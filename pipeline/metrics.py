@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+
+from pipeline.config import HEADLINE_METRICS
+
+__all__ = ["HEADLINE_METRICS", "Evaluation", "confusion_figure", "evaluate_predictions", "headline_metrics"]
 
 
 @dataclass
 class Evaluation:
-    summary: dict  # the DVC metrics file: accuracy, macro/weighted averages, per class
+    headline: dict[str, float]  # HEADLINE_METRICS: the DVC metrics file
+    per_class: list[dict]  # one row per class: class, precision, recall, f1, support (a DVC bar plot)
     confusion: np.ndarray  # counts, rows = actual, columns = predicted
     report: str  # scikit-learn's classification report, as text
 
@@ -21,36 +26,30 @@ class Evaluation:
         return np.divide(self.confusion, totals, out=np.zeros(self.confusion.shape), where=totals > 0)
 
     def flat_metrics(self, prefix: str = "test/") -> dict[str, float]:
-        """`test/accuracy`, `test/macro_f1`, `test/class_<name>_recall`... for MLflow."""
-        flat = {f"{prefix}accuracy": self.summary["accuracy"]}
-        for avg in ("macro", "weighted"):
-            for name, value in self.summary[avg].items():
-                flat[f"{prefix}{avg}_{name}"] = value
-        for cls, values in self.summary["per_class"].items():
-            for name, value in values.items():
-                if name != "support":
-                    flat[f"{prefix}class_{cls}_{name}"] = value
-        return flat
+        """`test/accuracy`, `test/f1_macro`... for MLflow: the headline only (per class goes in a table)."""
+        return {f"{prefix}{name}": value for name, value in self.headline.items()}
+
+
+def headline_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
+    """HEADLINE_METRICS of predictions over classes 0..num_classes-1 (a class never seen scores 0, not NaN)."""
+    labels = list(range(num_classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                               zero_division=0)
+    _, _, f1_weighted, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted",
+                                                           zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "f1_macro": float(f1),
+            "precision_macro": float(precision), "recall_macro": float(recall), "f1_weighted": float(f1_weighted)}
 
 
 def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> Evaluation:
     labels = list(range(len(class_names)))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=class_names, output_dict=True,
-                                   zero_division=0)
-
-    def scores(entry: dict) -> dict:
-        return {"precision": entry["precision"], "recall": entry["recall"], "f1": entry["f1-score"]}
-
-    summary = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro": scores(report["macro avg"]),
-        "weighted": scores(report["weighted avg"]),
-        "per_class": {name: {**scores(report[name]), "support": int(report[name]["support"])}
-                      for name in class_names},
-        "n_samples": int(len(y_true)),
-    }
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                                     zero_division=0)
+    per_class = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+                 for name, p, r, f, n in zip(class_names, precision, recall, f1, support)]
     return Evaluation(
-        summary=summary,
+        headline=headline_metrics(y_true, y_pred, len(class_names)),
+        per_class=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=labels),
         report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=4,
                                      zero_division=0),
@@ -72,9 +71,12 @@ def confusion_figure(evaluation: Evaluation, class_names: list[str]):
     matplotlib.use("Agg")  # no display: stages run headless
     import matplotlib.pyplot as plt
 
+    # Sized for MLflow's image panes (about 600-900 px wide): at 100 dpi a 10-class figure is ~1000 px wide, so its
+    # cell numbers stay legible when the pane scales it down, unlike the 1900 px of 8-inch panels. Above
+    # MAX_ANNOTATED_CLASSES a fixed-size heat map without per-cell text keeps memory and time bounded.
     n = len(class_names)
     annotated = n <= MAX_ANNOTATED_CLASSES
-    size = max(6.0, 0.5 * n + 3) if annotated else HEATMAP_PANEL_INCHES
+    size = max(4.0, 0.35 * n + 1.5) if annotated else HEATMAP_PANEL_INCHES
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     for ax, matrix, title, fmt in ((axes[0], evaluation.confusion, "Counts", "d"),
                                    (axes[1], evaluation.confusion_normalised, "Normalised by actual class", ".2f")):
@@ -92,6 +94,6 @@ def confusion_figure(evaluation: Evaluation, class_names: list[str]):
         ax.set_title(title)
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")
-    fig.suptitle(f"Test accuracy {evaluation.summary['accuracy']:.4f}")
+    fig.suptitle(f"Test accuracy {evaluation.headline['accuracy']:.4f}")
     fig.tight_layout()
     return fig

@@ -29,7 +29,9 @@ REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow
 
 
 class PipelineModel(mlflow.pyfunc.PythonModel):
-    # No type hints on these two: MLflow would read them as an input schema of its own.
+    # No type hints on these two: MLflow would read them as an input schema of its own. MLflow's check for them
+    # would only warn, once per process, that they are missing: the signature is given when the model is logged.
+    _skip_type_hint_validation = True
     def load_context(self, context):
         from pipeline.predict import Predictor
 

@@ -23,11 +23,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import closing, contextmanager, nullcontext
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.config import MlflowParams
+from pipeline.config import PARAMS_FILE, MlflowParams, Params, params_from_dict, to_flat_dict, used_params
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_json
 
@@ -42,6 +41,15 @@ MASK = "***"  # SQLAlchemy's way of showing a URL's password
 SECRET_QUERY_KEYS = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|access_key)[^=&]*=)[^&]*")
 # MLflow's ceiling on MLFLOW_HTTP_REQUEST_MAX_RETRIES, and urllib3's on one backoff wait (Retry.DEFAULT_BACKOFF_MAX).
 MAX_RETRIES, MAX_BACKOFF_S, RETRY_JITTER_S = 10, 120, 1.0
+CONFIG_HASH_TAG = "config.hash"  # of the whole resolved params.yaml: equal configurations share it
+# MLflow 3 opens an experiment on its GenAI overview unless it is tagged as model training: then on the runs table.
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+RUN_NAME_MAX_CHARS = 100
+SHORT_PARAM_NAMES = {"batch_size": "bs", "max_epochs": "epochs", "weight_decay": "wd",
+                     "early_stopping_patience": "patience"}
+NOT_IN_RUN_NAMES = ("trainer.progress_bar", "trainer.log_every_n_steps")  # display only: same run either way
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # `make ui` serves the local store there
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def repo_root() -> Path:
@@ -94,7 +102,11 @@ def ensure_store(uri: str, experiment_name: str) -> None:
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:
-                client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
+                client.create_experiment(experiment_name, artifact_location=artifact_location(uri),
+                                         tags=EXPERIMENT_KIND_TAGS)
+            elif experiment.lifecycle_stage == "active" and not EXPERIMENT_KIND_TAGS.items() <= experiment.tags.items():
+                for key, value in EXPERIMENT_KIND_TAGS.items():  # created before the tag was set
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
         except MlflowException as exc:
             reason = exc.message.strip().splitlines()[0]
             raise PipelineError(f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix "
@@ -222,6 +234,8 @@ def outage_callback() -> Any:
                 stop_retrying()
 
     return StopRetryingOnOutage()
+
+
 def check_local_store(uri: str) -> None:
     """A local SQLite store that exists must be a whole database. MLflow fails on a damaged one with a long
     traceback, and silently makes a new store in an empty file, which hides that the runs are gone."""
@@ -251,11 +265,49 @@ def check_local_store(uri: str) -> None:
         raise PipelineError(f"MLflow tracking store {path} is damaged ({problem}). {fix}")
 
 
-def run_name(params: MlflowParams, model_name: str) -> str:
-    """params' name, else the DVC experiment's, else `<model>-<time>`. Not MLflow's made-up name: it comes from the
-    global random generator, which `seed_everything` has just seeded, so every run would get the same one."""
-    return (params.run_name or os.environ.get("DVC_EXP_NAME")
-            or f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')[:-3]}")
+def run_name(params: Params, kind: str) -> str:
+    """mlflow.run_name, else what the run is and what differs: the DVC experiment's name (when DVC runs one), the
+    model, and the params that differ from the committed params.yaml, e.g. `tawny-mope cnn bs=32 lr=0.01`.
+
+    Not MLflow's made-up name: it comes from the global random generator, which `seed_everything` has just seeded,
+    so every run would get the same one."""
+    if params.mlflow.run_name:
+        return params.mlflow.run_name
+    parts = [os.environ.get("DVC_EXP_NAME", ""), params.model.name,
+             *(f"{name}={value}" for name, value in overridden_params(params, kind).items())]
+    name = " ".join(p for p in parts if p)
+    return name if len(name) <= RUN_NAME_MAX_CHARS else name[:RUN_NAME_MAX_CHARS - 1] + "…"
+
+
+def overridden_params(params: Params, kind: str) -> dict[str, str]:
+    """The params the run uses whose value differs from the committed params.yaml (that of the experiment's baseline
+    commit under DVC, else HEAD; the schema's defaults outside git), by their short name (`lr`, `bs`)."""
+    committed = committed_params()
+    used, reference = used_params(params, kind), to_flat_dict(committed)
+    changed = {key: value for key, value in used.items()
+               if key != "model.name" and key not in NOT_IN_RUN_NAMES and reference.get(key) != value}
+    short = {key: SHORT_PARAM_NAMES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1]) for key in changed}
+    clashes = {name for name in short.values() if list(short.values()).count(name) > 1}
+    return {key if short[key] in clashes else short[key]: _short_value(value) for key, value in changed.items()}
+
+
+def committed_params() -> Params:
+    import yaml
+
+    revision = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    text = _git("show", f"{revision}:{PARAMS_FILE}")
+    try:
+        return params_from_dict(yaml.safe_load(text) or {}) if text else Params()
+    except (PipelineError, yaml.YAMLError):
+        return Params()  # a committed file that no longer validates: compare with the schema's defaults
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(_short_value, value))
+    return str(value)
 
 
 def run_tags(dataset: str, data_digest: str, model_name: str) -> dict[str, str]:
@@ -304,6 +356,49 @@ def prepared_data_input(prepared_dir: Path, meta: dict[str, Any], digest: str) -
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
+def run_url(uri: str, run_id: str) -> str:
+    """Where the run opens in the MLflow UI: the tracking server itself, else `make ui` on the local store. The UI
+    (3.17) shows the GenAI or the model-training pages by a switch of its own, remembered per browser, whatever the
+    experiment's tag says: the link picks model training."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {uri.rstrip('/')}/{path}"
+    return f"MLflow UI (`make ui`): {UI_DEFAULT_URL}/{path}"
+
+
+def metrics_at_step(values: dict[str, float], step: int) -> list[Any]:
+    """`values` as MLflow Metric entities logged at `step` now, for `log_batch`."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
+def start_system_metrics(uri: str, run_id: str) -> Any:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU when present) sampled into the run in a thread.
+    The run is created by Lightning's logger, not `mlflow.start_run`, so the monitor is started here."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+@contextmanager
+def stopping(monitor: Any) -> Iterator[None]:
+    """Stops a system-metrics monitor (or nothing) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
 def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:
     """The run and its store, the store's URI masked: the file goes into the DVC cache and the run's artifacts."""
     write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": masked_uri(uri)})
@@ -317,7 +412,7 @@ def read_run_file(model_dir: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def continue_run(uri: str, run_id: str) -> Iterator[Any]:
+def continue_run(uri: str, run_id: str, system_metrics: bool = False) -> Iterator[Any]:
     """Re-open train's run; it ends FINISHED, KILLED on Ctrl+C or SIGTERM (as train's runs do), or FAILED if the
     block raises. A SIGKILL leaves it RUNNING: the next training ends it KILLED (see checkpoints.py)."""
     import mlflow
@@ -336,7 +431,7 @@ def continue_run(uri: str, run_id: str) -> Iterator[Any]:
     in_main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
     previous_handler = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        yield mlflow.start_run(run_id=run_id)
+        yield mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     except KeyboardInterrupt:
         _end_run(uri, run_id, RunStatus.to_string(RunStatus.KILLED))
         raise

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, check_model_fits_data, load_params, to_flat_dict
+from pipeline import console, tracking
+from pipeline.config import Params, check_model_fits_data, config_hash, load_params, used_params
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
@@ -35,6 +35,7 @@ CV_SUMMARY_FILE = "cv_summary.json"  # kept with the checkpoints: a resumed fina
 RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
 RESUMED_EPOCHS_TAG = "resumed_from.epochs"  # epochs the interrupted run had completed
 STEP_TIMES_ENV = "PIPELINE_STEP_TIMES"  # a JSON file: benchmarks learn how long the training steps took
+STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoch and stopped_epoch say when
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -60,12 +61,15 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     resume = checkpoints.resume_or_start_over(checkpoint_dir, attempt, uri)
     logger = new_logger(params, meta, digest, extra_tags={
         RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
+    system_metrics = None
     if checkpoints.launched_as_global_zero():  # the run exists from here on: a kill at any point is on record
-        if resume and resume.run_id:
-            tracking.take_over_run(logger.experiment, resume.run_id, logger.run_id, resume.step)
+        if resume and resume.run_id:  # metrics are logged per epoch (step = epoch)
+            tracking.take_over_run(logger.experiment, resume.run_id, logger.run_id, resume.epochs)
         checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri)
+        if params.mlflow.system_metrics:
+            system_metrics = tracking.start_system_metrics(uri, logger.run_id)
 
-    with ends_killed_on_interrupt(logger, checkpoint_dir):
+    with ends_killed_on_interrupt(logger, checkpoint_dir), tracking.stopping(system_metrics):
         cv_summary, cv_summary_file = None, checkpoint_dir / CV_SUMMARY_FILE
         if params.train.cv_folds > 1 and resume:  # the folds finished before the final fit began
             cv_summary = read_json(cv_summary_file)
@@ -89,6 +93,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     try:
         best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
         module.load_state_dict(best["state_dict"])
+        log_stopping(logger, params, trainer, int(best["epoch"]), checkpoint.best_model_score)
         save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, model_hparams(params), meta)
         logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, digest)])
         logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
@@ -142,6 +147,30 @@ def _raised_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+def log_stopping(logger: Any, params: Params, trainer: Any, best_epoch: int, best_score: Any) -> None:
+    """The early-stopping outcome on the run (metrics best_epoch, stopped_epoch; tag stopped_because) and the
+    console. Epochs count from 0, as on the progress bar and the x axis of the run's charts."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    stopped_epoch = trainer.current_epoch - 1  # the last epoch run: current_epoch counts those completed
+    if stopper is not None and stopper.stopped_epoch:
+        reason = getattr(getattr(stopper, "stopping_reason", None), "value", "patience_exhausted")  # Lightning 2.6
+        because = (f"early stopping: {params.train.monitor} did not improve for "
+                   f"{params.train.early_stopping_patience} epochs" if reason == "patience_exhausted"
+                   else f"early stopping: {reason}")
+    elif trainer.current_epoch >= params.train.max_epochs:
+        because = f"train.max_epochs ({params.train.max_epochs}) reached"
+    else:
+        because = "stopped by the trainer"
+    logger.experiment.log_batch(logger.run_id, metrics=tracking.metrics_at_step(
+        {"best_epoch": best_epoch, "stopped_epoch": stopped_epoch}, step=stopped_epoch))
+    logger.experiment.set_tag(logger.run_id, STOPPED_BECAUSE_TAG, because)
+    score = f" ({params.train.monitor} {float(best_score):.4f})" if best_score is not None else ""
+    print(f"train: best epoch {best_epoch}{score} of {stopped_epoch + 1} run (epochs 0-{stopped_epoch}); "
+          f"stopped: {because}")
+
+
 def model_hparams(params: Params) -> dict[str, Any]:
     return dataclasses.asdict(getattr(params.model, params.model.name))
 
@@ -154,10 +183,11 @@ def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str 
     uri = tracking.tracking_uri(params.mlflow)
     return MLFlowLogger(
         experiment_name=params.mlflow.experiment_name,
-        run_name=run_name or tracking.run_name(params.mlflow, params.model.name),
+        run_name=run_name or tracking.run_name(params, meta["kind"]),
         tracking_uri=uri,
         artifact_location=tracking.artifact_location(uri),
-        tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {})},
+        tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {}),
+              tracking.CONFIG_HASH_TAG: config_hash(params)},
         log_model=False,  # model.pt is logged by fit; checkpoints stay DVC outputs
     )
 
@@ -168,11 +198,8 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
 
     net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
                       meta.get("vocab_size"), meta.get("categorical_cardinalities"))
-    # evaluate.* may change without retraining; evaluate logs those itself (MLflow params cannot change value).
-    # tune.* configures the search, not the model (and tune.storage may hold a password).
-    run_params = {k: v for k, v in to_flat_dict(params).items() if not k.startswith(("evaluate.", "tune."))}
-    if run_params.get("mlflow.tracking_uri"):  # params are stored in the run and in every checkpoint
-        run_params["mlflow.tracking_uri"] = tracking.masked_uri(run_params["mlflow.tracking_uri"])
+    # Only what this run reads (evaluate.* may change without retraining; evaluate logs those itself).
+    run_params = used_params(params, meta["kind"])
     weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
         else None
     return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)
@@ -180,7 +207,7 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
 
 def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
     """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from pipeline.checkpoints import RandomStateCheckpoint
     from pipeline.lightning_module import monitor_mode
@@ -188,7 +215,9 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
     monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
                                  save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch"), RandomStateCheckpoint()]
+    callbacks = [checkpoint, RandomStateCheckpoint()]  # the module logs the learning rate, as `lr`
+    if params.trainer.progress_bar:
+        callbacks.append(console.progress_bar())
     if params.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
     return checkpoint, callbacks
@@ -206,6 +235,7 @@ def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) 
         log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
         gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
         logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,  # the network's size is in its MLflow params
     )
 
 
@@ -216,12 +246,11 @@ def write_history(client: Any, run_id: str, history_file: Path) -> None:
 
     from pipeline.files import atomic_path
 
-    epoch_at_step = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
     keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")))
     rows: dict[int, dict[str, float]] = {}
     for key in keys:
-        for m in client.get_metric_history(run_id, key):
-            rows.setdefault(epoch_at_step[m.step], {})[key] = m.value
+        for m in client.get_metric_history(run_id, key):  # logged per epoch, the epoch as step
+            rows.setdefault(m.step, {})[key] = m.value
     table = pd.DataFrame.from_dict(rows, orient="index", columns=keys).sort_index().rename_axis("epoch")
     with atomic_path(history_file) as tmp:
         table.to_csv(tmp)
@@ -289,6 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
+    console.quiet_libraries()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "train")
@@ -301,7 +331,8 @@ def main() -> None:
         run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
                      cv_metrics_file=args.cv_metrics, extra_callbacks=[step_timer(Path(timing))] if timing else None)
     if run_id:
-        print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}")
+        print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}\n"
+              f"train: {tracking.run_url(uri, run_id)}")
 
 
 if __name__ == "__main__":

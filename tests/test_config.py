@@ -180,7 +180,7 @@ def test_wrong_type_from_a_dict() -> None:
     [
         ("train.optimizer=adm", "train.optimizer: 'adm' is not one of sgd, adam, adamw. Did you mean 'adam'?"),
         ("train.scheduler=cosin", "Did you mean 'cosine'?"),
-        ("train.monitor=val/acc_", "Did you mean 'val/acc'?"),
+        ("train.monitor=val/acuracy", "Did you mean 'val/accuracy'?"),
         ("trainer.accelerator=gpuu", "Did you mean 'gpu'?"),
         ("train.lr=-1", "train.lr: must be greater than 0, got -1"),
         ("train.momentum=1", "train.momentum: must be less than 1, got 1"),

@@ -33,15 +33,19 @@ def test_folds_are_nested_runs_and_the_parent_gets_mean_and_std(tmp_path, monkey
     assert len(runs) == 4 and len(children) == 3
     assert sorted(r.data.tags["cv.fold"] for r in children) == ["0", "1", "2"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    # Each fold's last val/acc is its best checkpoint's (validated after fitting); the parent holds their mean/std.
-    fold_acc = [r.data.metrics["val/acc"] for r in children]
+    # Each fold's last val/accuracy is its best checkpoint's (validated after fitting); the parent holds their
+    # mean/std, and the DVC metrics file the same numbers by the same names.
+    fold_acc = [r.data.metrics["val/accuracy"] for r in children]
     parent = client.get_run(parent_id)
-    assert parent.data.metrics["cv/val/acc_mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
-    assert parent.data.metrics["cv/val/acc_std"] == pytest.approx(np.std(fold_acc), abs=1e-6)
+    assert parent.data.metrics["cv/val/accuracy_mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
+    assert parent.data.metrics["cv/val/accuracy_std"] == pytest.approx(np.std(fold_acc), abs=1e-6)
     summary = json.loads((tmp_path / "cv.json").read_text())
-    assert summary["folds"] == 3
-    assert summary["val/acc"]["mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
-    assert set(summary) == {"folds", "val/loss", "val/acc", "val/f1"}
+    assert summary["cv/folds"] == 3
+    assert summary["cv/val/accuracy_mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
+    assert set(summary) == {"cv/folds"} | {f"cv/val/{m}_{s}" for m in ("loss", "accuracy", "f1_macro")
+                                           for s in ("mean", "std")}
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("cv/")} == pytest.approx(
+        {k: v for k, v in summary.items() if k != "cv/folds"})
     # The final model was still trained as configured, into the parent run.
     assert len(client.get_metric_history(parent_id, "val/loss")) == 3
     assert (tmp_path / "model" / "model.pt").is_file()

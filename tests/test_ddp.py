@@ -29,7 +29,7 @@ def test_two_process_ddp_gives_one_run(tmp_path):
     assert json.loads((tmp_path / "model" / "mlflow_run.json").read_text())["run_id"] == mlrun.info.run_id
     assert mlrun.data.params["trainer.devices"] == "2"
     # One value per epoch: rank 1 logged nothing of its own.
-    assert len(client.get_metric_history(mlrun.info.run_id, "val/acc")) == FAST_PARAMS["train.max_epochs"]
+    assert len(client.get_metric_history(mlrun.info.run_id, "val/accuracy")) == FAST_PARAMS["train.max_epochs"]
     bundle = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
     assert bundle["model_name"] == "cnn"
 
@@ -63,7 +63,7 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (mlrun,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert mlrun.info.status == "FINISHED" and mlrun.data.params["trainer.num_nodes"] == "2"
-    assert len(client.get_metric_history(mlrun.info.run_id, "val/acc")) == FAST_PARAMS["train.max_epochs"]
+    assert len(client.get_metric_history(mlrun.info.run_id, "val/accuracy")) == FAST_PARAMS["train.max_epochs"]
     assert torch.load(tmp_path / "model" / "model.pt", weights_only=True)["model_name"] == "cnn"
 
 
@@ -121,8 +121,8 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     client = MlflowClient(f"sqlite:///{tmp_path / 'ddp'}/mlflow.db")
     (mlrun,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     history = {key: {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, key)}
-               for key in ("val/loss", "val/acc", "val/f1")}
-    assert len(history["val/acc"]) == DIGITS_EPOCHS  # once per epoch, by rank zero only
+               for key in ("val/loss", "val/accuracy", "val/f1_macro")}
+    assert len(history["val/accuracy"]) == DIGITS_EPOCHS  # once per epoch, by rank zero only
     # model.pt holds the best checkpoint's weights: the epoch of lowest logged val/loss (train.monitor).
     best_step = min(history["val/loss"], key=history["val/loss"].get)
     net, _ = load_trained_model(tmp_path / "ddp" / "model" / "model.pt")
@@ -130,8 +130,8 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
         predicted = net(val.x).argmax(dim=1).numpy()
     labels = val.y.numpy()
     whole_set_f1 = f1_score(labels, predicted, average="macro")
-    assert history["val/acc"][best_step] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
-    assert history["val/f1"][best_step] == pytest.approx(whole_set_f1, abs=1e-6)
+    assert history["val/accuracy"][best_step] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
+    assert history["val/f1_macro"][best_step] == pytest.approx(whole_set_f1, abs=1e-6)
     # Macro F1 is not an average of the halves' F1: had a process logged its own half, the value would differ.
     for rank in range(DDP_PROCESSES):
         half = np.arange(rank, len(val), DDP_PROCESSES)

@@ -1,4 +1,6 @@
-"""The real MLflow UI, in headless Chromium, on the store that two real `dvc repro` runs wrote.
+"""The real MLflow UI, in headless Chromium, on the store that two real `dvc repro` runs wrote: the experiment opens
+on its runs table, the run names say what differs, the compare view shows both runs' confusion matrices, and the
+metric charts are drawn against the epoch.
 
 Needs Debian's `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver) and the `selenium`
 package; skipped otherwise. The chromedriver path is given explicitly, so Selenium Manager never downloads anything.
@@ -16,7 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import edit_params, mlflow_server, run
+from pipeline.tracking import UI_WORKFLOW
+from tests.conftest import FAST_PARAMS, edit_params, mlflow_server, run
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -117,13 +120,17 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
     runs = client.search_runs([experiment_id])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     expected = {r.info.run_id: (r.info.run_name, r.data.metrics["test/accuracy"]) for r in runs}
+    # Named after what differs from the committed params.yaml: the second run's learning rate.
+    assert sorted(name for name, _ in expected.values()) == ["cnn", "cnn lr=0.01"]
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     # Only now the server and the browser (both fixtures are torn down even if anything below fails).
     base = request.getfixturevalue("ui_server")
     driver = request.getfixturevalue("browser")
     try:
-        # The experiment's runs table (the "Model training" view; a fresh profile would open the GenAI overview).
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        # The experiment page, as the stages' printed links open it, lands on the runs table. (MLflow 3.17 picks the
+        # GenAI or model-training pages by a switch of its own, GenAI in a fresh browser, whatever the tag says.)
+        driver.get(f"{base}/#/experiments/{experiment_id}?{UI_WORKFLOW}")
 
         def run_links(drv):
             found = {}
@@ -142,7 +149,29 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
                         + driver.find_element(By.TAG_NAME, "body").text[:3000])
         for run_id, (name, _) in expected.items():
             assert name in links[run_id], (run_id, name, links[run_id])
+        assert "/runs" in driver.current_url and "overview" not in driver.current_url, driver.current_url
         save_screenshot(driver, tmp_path, "mlflow_experiment.png")
+
+        # A metric chart of a run: its x axis runs over the epochs (0, 1, 2), not the optimizer steps (~57).
+        some_run = next(iter(expected))
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{some_run}/model-metrics?{UI_WORKFLOW}")
+        last_epoch = FAST_PARAMS["train.max_epochs"] - 1
+
+        def x_ticks(drv):
+            texts = drv.execute_script("return [...document.querySelectorAll('.xtick text')].map(t => t.textContent)")
+            values = [float(t.replace("\u2212", "-")) for t in texts if t.strip()]
+            return values if last_epoch in values else False
+
+        try:
+            ticks = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(x_ticks)
+        except TimeoutException:
+            pytest.fail("no metric chart with an x axis up to the last epoch; the page shows:\n"
+                        + driver.find_element(By.TAG_NAME, "body").text[:3000])
+        assert max(ticks) <= last_epoch, ticks
+        driver.execute_script(  # the per-epoch charts in view, below the test metrics' bars
+            "const t = [...document.querySelectorAll('.xtick text')].find(t => t.textContent === arguments[0]);"
+            "t.scrollIntoView({block: 'center'});", str(last_epoch))
+        save_screenshot(driver, tmp_path, "mlflow_metric_charts.png")
 
         # The compare view of the two runs (the route the UI's own Compare button opens).
         run_ids = list(expected)
@@ -181,6 +210,29 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", label)
         WebDriverWait(driver, 10, poll_frequency=0.1).until(accuracy_cells)
         save_screenshot(driver, tmp_path, "mlflow_compare.png")
+
+        # The compare view's artifacts: the confusion matrix of each run, side by side.
+        def confusion_entry(drv):
+            found = drv.find_elements(By.XPATH, "//*[normalize-space(text())='confusion_matrix.png']")
+            return found[0] if found else False
+
+        entry = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(confusion_entry)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'}); arguments[0].click();", entry)
+
+        def shown_images(drv):
+            boxes = drv.execute_script(
+                "return [...document.querySelectorAll('img')].filter(i => i.src.startsWith('blob:') && i.complete"
+                " && i.naturalWidth > 0 && i.getBoundingClientRect().width > 100)"
+                ".map(i => [i.src, Math.round(i.getBoundingClientRect().left)])")
+            return boxes if len({src for src, _ in boxes}) == 2 else False
+
+        try:
+            images = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(shown_images)
+        except TimeoutException:
+            save_screenshot(driver, tmp_path, "mlflow_compare_artifacts.png")
+            pytest.fail("the compare view did not show two confusion matrices")
+        assert len({left for _, left in images}) == 2, images  # in two columns, one per run
+        save_screenshot(driver, tmp_path, "mlflow_compare_artifacts.png")
     except BaseException:
         save_screenshot(driver, tmp_path, "mlflow_failure.png")
         raise

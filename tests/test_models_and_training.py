@@ -18,8 +18,17 @@ from mlflow import MlflowClient
 
 from models import REGISTRY, build_model
 from models.cnn import CNN
-from pipeline.config import MODEL_NAMES, DataParams, ModelParams, TrainParams, load_params, to_flat_dict
+from pipeline.config import (
+    MODEL_NAMES,
+    DataParams,
+    ModelParams,
+    TrainParams,
+    config_hash,
+    load_params,
+    used_params,
+)
 from pipeline.lightning_module import Classifier
+from pipeline.metrics import HEADLINE_METRICS
 from pipeline.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +94,7 @@ SCHEDULERS = {"none": None, "step": torch.optim.lr_scheduler.StepLR,
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     params = TrainParams(optimizer=optimizer, scheduler=scheduler, lr=0.02, weight_decay=0.001, momentum=0.5,
-                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/acc")
+                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/accuracy")
     net = build_model("mlp", {"hidden_dims": [8], "dropout": 0.0}, DIGITS_SHAPE, NUM_CLASSES)
     module = Classifier(net, NUM_CLASSES, params)
 
@@ -95,7 +104,7 @@ def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     else:
         opt, sched = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
         assert configured["lr_scheduler"]["interval"] == "epoch"
-        assert configured["lr_scheduler"]["monitor"] == "val/acc"
+        assert configured["lr_scheduler"]["monitor"] == "val/accuracy"
 
     assert type(opt) is OPTIMIZERS[optimizer]
     group = opt.param_groups[0]
@@ -115,7 +124,7 @@ def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
     elif scheduler == "cosine":
         assert (sched.T_max, sched.eta_min) == (7, 1e-5)
     else:
-        # val/acc is maximised, so the plateau scheduler waits for it to stop rising.
+        # val/accuracy is maximised, so the plateau scheduler waits for it to stop rising.
         assert sched.mode == "max"
         assert (sched.factor, sched.patience, sched.min_lrs) == (0.5, 2, [1e-5])
 
@@ -287,8 +296,9 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "pytest-fit"
     assert client.get_experiment(run.info.experiment_id).name == "pytest-digits"
-    # Every resolved parameter, under its dotted name; evaluate.* are evaluate's to log (they may change alone).
-    assert set(run.data.params) == {k for k in to_flat_dict(trained.params) if not k.startswith("evaluate.")}
+    # The parameters this run uses, under their dotted names (evaluate.* are evaluate's to log: they may change alone).
+    assert set(run.data.params) == set(used_params(trained.params, workspace.meta["kind"]))
+    assert run.data.tags["config.hash"] == config_hash(trained.params)
     assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["train.max_epochs"] == str(MAX_EPOCHS)
     assert run.data.params["model.name"] == "mlp"
@@ -302,11 +312,11 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.info.artifact_uri.startswith((workspace.root / "mlartifacts").as_uri())
 
 
-@pytest.mark.parametrize("metric", ["train/loss", "val/loss", "val/acc", "val/f1"])
+@pytest.mark.parametrize("metric", ["train/loss", "val/loss", "val/accuracy", "val/f1_macro", "lr"])
 def test_fit_logs_one_value_per_epoch(workspace, trained, metric: str) -> None:
     history = MlflowClient(workspace.uri).get_metric_history(trained.run_id, metric)
     assert len(history) == MAX_EPOCHS
-    assert len({m.step for m in history}) == MAX_EPOCHS
+    assert [m.step for m in history] == list(range(MAX_EPOCHS))  # the epoch is the step: charts read epochs
     values = [m.value for m in history]
     assert all(np.isfinite(values))
     if metric.endswith("loss"):
@@ -317,9 +327,7 @@ def test_fit_logs_one_value_per_epoch(workspace, trained, metric: str) -> None:
 
 def test_fit_follows_the_cosine_schedule(workspace, trained) -> None:
     client = MlflowClient(workspace.uri)
-    lr_keys = [k for k in client.get_run(trained.run_id).data.metrics if k.startswith("lr-")]
-    assert lr_keys, "no learning-rate metric logged"
-    lrs = [m.value for m in client.get_metric_history(trained.run_id, lr_keys[0])]
+    lrs = [m.value for m in client.get_metric_history(trained.run_id, "lr")]  # one name whatever the optimizer
     # Cosine from 0.003 to 0 over 2 epochs: 0.003 in epoch 0, 0.003 * (1 + cos(pi / 2)) / 2 = 0.0015 in epoch 1.
     assert lrs == pytest.approx([0.003, 0.0015])
 
@@ -333,13 +341,15 @@ def test_nothing_is_written_outside_the_temporary_root(workspace, trained) -> No
 def test_evaluate_writes_outputs(workspace, evaluated) -> None:
     out = evaluated.out
     n_test = workspace.meta["split_sizes"]["test"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "baseline.json", "confusion.json",
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "baseline.json", "per_class.json", "confusion.json",
                                                "confusion_matrix.png", "classification_report.txt"}
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == evaluated.summary
-    assert metrics["n_samples"] == n_test
-    assert set(metrics["per_class"]) == set(workspace.meta["class_names"])
+    assert list(metrics) == list(HEADLINE_METRICS)  # the headline only: `dvc metrics show` stays narrow
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert [row["class"] for row in per_class] == workspace.meta["class_names"]
+    assert sum(row["support"] for row in per_class) == n_test
 
     rows = json.loads((out / "confusion.json").read_text())
     assert len(rows) == n_test
@@ -358,15 +368,20 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] == pytest.approx(evaluated.summary["accuracy"])
-    assert run.data.metrics["test/macro_f1"] == pytest.approx(evaluated.summary["macro"]["f1"])
-    assert "test/class_7_recall" in run.data.metrics
+    assert run.data.metrics["test/f1_macro"] == pytest.approx(evaluated.summary["f1_macro"])
+    assert not [k for k in run.data.metrics if k.startswith("test/") and k[len("test/"):] not in HEADLINE_METRICS]
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json"} <= artifacts
+    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json",
+            "evaluation/per_class.json", "evaluation/per_class_table.json"} <= artifacts
+    # The confusion matrix at the artifact root (what the UI's compare view offers) and as an MLflow image.
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(trained.run_id)}
+    images = [a.path for a in client.list_artifacts(trained.run_id, "images")]
+    assert any(path.startswith("images/confusion_matrix+step+0+") and path.endswith(".png") for path in images)
     # The baseline beside the model, on the same test rows: in the run and in the DVC metrics file.
     compared = json.loads((evaluated.out / "baseline.json").read_text())
     assert run.data.params["baseline.model"] == "LogisticRegression"
     assert run.data.metrics["baseline/f1_macro"] == pytest.approx(compared["f1_macro"]) and compared["f1_macro"] > 0.9
-    assert compared["model_minus_baseline_f1_macro"] == pytest.approx(evaluated.summary["macro"]["f1"]
+    assert compared["model_minus_baseline_f1_macro"] == pytest.approx(evaluated.summary["f1_macro"]
                                                                       - compared["f1_macro"])
     assert "evaluation/baseline.json" in artifacts
     # Still one run: evaluate continued train's run instead of starting another.

@@ -344,7 +344,7 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
     (version,) = client.search_model_versions("name='animals-classifier'")
     assert version.run_id == read_run_file(tabular.model)["run_id"]
     assert float(version.tags["test/accuracy"]) == pytest.approx(summary["accuracy"], abs=1e-5)
-    assert "test/macro_f1" in version.tags
+    assert "test/f1_macro" in version.tags
     loaded = __import__("mlflow").pyfunc.load_model(f"models:/animals-classifier/{version.version}")
     assert set(loaded.predict(pd.read_csv(tabular.test_input))["predicted"]) <= set(tabular.class_names)
 
