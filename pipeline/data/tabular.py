@@ -292,17 +292,17 @@ def with_calendar_features(frame: pd.DataFrame, dates: dict[str, str]) -> pd.Dat
             when = pd.Series(parsed.array.take(column.cat.codes.to_numpy(), allow_fill=True), index=column.index)
         else:
             when = _to_datetime(column.astype(object).where(column.notna(), None), fmt)
-        added[f"{name}_year"] = _numbers(when.dt.year).astype(np.float32)
-        for unit, position, period in (("month", _numbers(when.dt.month) - 1, 12),
-                                       ("dayofweek", _numbers(when.dt.day_of_week), 7),
-                                       ("dayofyear", _numbers(when.dt.day_of_year) - 1, 365.25)):
+        added[f"{name}_year"] = _float_values(when.dt.year).astype(np.float32)
+        for unit, position, period in (("month", _float_values(when.dt.month) - 1, 12),
+                                       ("dayofweek", _float_values(when.dt.day_of_week), 7),
+                                       ("dayofyear", _float_values(when.dt.day_of_year) - 1, 365.25)):
             angle = 2 * np.pi * position / period
             added[f"{name}_{unit}_sin"] = np.sin(angle).astype(np.float32)
             added[f"{name}_{unit}_cos"] = np.cos(angle).astype(np.float32)
     return frame.assign(**added) if added else frame
 
 
-def _numbers(values: pd.Series) -> np.ndarray:
+def _float_values(values: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -361,7 +361,7 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
         raise DataError(f"{path}: no rows to predict (only a header). Add the rows below the header line.")
     categorical = set(meta["preprocessing"].get("categorical", []))
     numeric = [c for c in columns.columns if c not in categorical]
-    columns = columns.assign(**{c: _numbers(columns[c], c, path) for c in numeric
+    columns = columns.assign(**{c: _numeric_column(columns[c], c, path) for c in numeric
                                 if not pd.api.types.is_numeric_dtype(columns[c])})
     check_finite(columns, numeric, path)
     # Text as plain strings, the form a caller of the MLflow model passes (its signature refuses categoricals).
@@ -371,7 +371,7 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
         yield batch.astype(text), [str(i) for i in batch.index]
 
 
-def _numbers(column: pd.Series, name: str, path: Path) -> pd.Series:
+def _numeric_column(column: pd.Series, name: str, path: Path) -> pd.Series:
     """A column the model took as numbers, read as text: its numbers, or an error naming the text that is none."""
     values = pd.to_numeric(column.astype(object), errors="coerce")
     text = column.notna().to_numpy() & values.isna().to_numpy()
