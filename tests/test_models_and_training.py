@@ -381,7 +381,7 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     compared = json.loads((evaluated.out / "baseline.json").read_text())
     assert run.data.params["baseline.model"] == "LogisticRegression"
     assert run.data.metrics["baseline/f1_macro"] == pytest.approx(compared["f1_macro"]) and compared["f1_macro"] > 0.9
-    assert compared["model_minus_baseline_f1_macro"] == pytest.approx(evaluated.summary["f1_macro"]
+    assert compared["model_f1_gain"] == pytest.approx(evaluated.summary["f1_macro"]
                                                                       - compared["f1_macro"])
     assert "evaluation/baseline.json" in artifacts
     # Still one run: evaluate continued train's run instead of starting another.

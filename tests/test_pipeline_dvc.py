@@ -49,10 +49,11 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert re.search(r"evaluate: test accuracy [\d.]+, f1_macro [\d.]+, precision_macro", console)
     assert re.search(r"evaluate: MLflow UI .*http://127.0.0.1:5000/#/experiments/\d+/runs/\w+", console)
 
-    # DVC sees the headline metrics only, in a table that fits 120 columns (no cross-validation row: it was off).
+    # DVC sees the headline metrics of the model and of the baseline, in a table that fits 120 columns (no
+    # cross-validation row: it was off).
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     files = next(iter(metrics.values()))["data"]
-    assert list(files) == ["outputs/eval/metrics.json"]
+    assert list(files) == ["outputs/eval/metrics.json", "outputs/eval/baseline.json"]
     shown = files["outputs/eval/metrics.json"]["data"]
     assert list(shown) == ["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted"]
     assert 0.5 < shown["accuracy"] <= 1  # 3 tiny epochs; the full defaults are measured in bench/

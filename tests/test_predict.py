@@ -476,7 +476,12 @@ def test_png_images_predict_as_the_training_source(tmp_path: Path, image: Traine
         Image.fromarray(scaled).save(tmp_path / f"{i:04d}.png")
     expected = predict(image.test_input, image.prepared, image.model)
     got = predict(tmp_path, image.prepared, image.model)
-    assert got["predicted"].tolist() == expected["predicted"].tolist()
     # 8 bits keep a digit's 17 levels to within 0.5/255 of the scale: the probabilities move by a few thousandths.
-    np.testing.assert_allclose(probabilities(got, image.class_names), probabilities(expected, image.class_names),
-                               atol={8: 1e-2, 16: 1e-4}[bits], rtol=0)
+    atol = {8: 1e-2, 16: 1e-4}[bits]
+    want = probabilities(expected, image.class_names)
+    np.testing.assert_allclose(probabilities(got, image.class_names), want, atol=atol, rtol=0)
+    # Hence the same class wherever the model is not torn between two (a near tie may tip either way).
+    top_two = np.sort(want, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * atol
+    assert clear.mean() > 0.9
+    assert got["predicted"][clear].tolist() == expected["predicted"][clear].tolist()
