@@ -36,7 +36,8 @@ LAST_CHECKPOINT = "last.ckpt"
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
-                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py", "models")
+                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py",
+                 "pipeline/defaults.py", "models")
 # Keys of the declared sections that do not change what is trained.
 NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
