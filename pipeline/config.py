@@ -105,6 +105,9 @@ class DataParams:
         return "tabular"  # .csv .tsv .parquet; set data.kind: text for messages
 
 
+# The keys pipeline/defaults.py lists are "auto: chosen per data kind" when params.yaml leaves them null or out
+# (model.name: auto); they are resolved when params are loaded, before the checks that tie keys together. The
+# schema's defaults here and in TrainParams are what a Params built in code gets, and what a kind's table lacks.
 @dataclass
 class MLPParams:
     hidden_dims: Optional[list[int]] = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
@@ -160,9 +163,6 @@ class ModelParams:
 
 
 MODEL_NAMES = tuple(f.name for f in dataclasses.fields(ModelParams) if f.name != "name")
-# The keys pipeline/defaults.py lists are "auto: chosen per data kind" when params.yaml leaves them null or out
-# (model.name: auto); they are resolved when params are loaded, before the checks that tie keys together. The
-# schema's own defaults below are what a Params built in code gets, and what a kind's table does not name.
 
 # The headline metrics: one set of names in the DVC metrics file (evaluate), MLflow (`test/...`, `baseline/...`),
 # the console and `python -m pipeline.compare`. Defined here, where nothing heavy is imported.
