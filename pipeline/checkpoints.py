@@ -42,7 +42,7 @@ BEST_CHECKPOINT = "best.ckpt"  # train's ModelCheckpoint file name: resumed from
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
                  "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py",
-                 "pipeline/threads.py", "models")
+                 "pipeline/threads.py", "pipeline/defaults.py", "models")
 # Keys of the declared sections that do not change what is trained.
 NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")

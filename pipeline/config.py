@@ -17,11 +17,13 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from pipeline import defaults
+from pipeline.defaults import AUTO_MODEL
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
@@ -108,10 +110,13 @@ class DataParams:
         return "tabular"  # .csv .tsv .parquet; set data.kind: text for messages
 
 
+# The keys pipeline/defaults.py lists are "auto: chosen per data kind" when params.yaml leaves them null or out
+# (model.name: auto); they are resolved when params are loaded, before the checks that tie keys together. The
+# schema's defaults here and in TrainParams are what a Params built in code gets, and what a kind's table lacks.
 @dataclass
 class MLPParams:
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = field(default=0.1, metadata={"min": 0, "lt": 1})
+    hidden_dims: Optional[list[int]] = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
+    dropout: Optional[float] = field(default=0.1, metadata={"min": 0, "lt": 1})  # auto
     embedding_dim: int = _positive(64)  # text: tokens, mean-pooled; tables: min(this, categories) per column
 
 
@@ -119,11 +124,11 @@ class MLPParams:
 class CNNParams:
     """2-D over images; 1-D over token embeddings for text."""
 
-    channels: list[int] = field(default_factory=lambda: [32, 64])
+    channels: Optional[list[int]] = field(default_factory=lambda: [32, 64])  # auto
     kernel_size: int = _positive(3)
     hidden_dim: int = _positive(128)
     dropout: float = field(default=0.25, metadata={"min": 0, "lt": 1})
-    embedding_dim: int = _positive(64)  # text only
+    embedding_dim: Optional[int] = _positive(64)  # text only; auto
 
 
 @dataclass
@@ -152,7 +157,8 @@ class TransformerParams:
 
 @dataclass
 class ModelParams:
-    """`name` picks the architecture; each architecture's hyper-parameters live under its own name."""
+    """`name` picks the architecture (auto: by the kind of data); each architecture's hyper-parameters live under
+    its own name."""
 
     name: str = "cnn"
     mlp: MLPParams = field(default_factory=MLPParams)
@@ -175,21 +181,21 @@ MONITORABLE_METRICS = ("val/loss", "val/accuracy", "val/f1_macro")
 @dataclass
 class TrainParams:
     seed: int = 42
-    batch_size: int = _positive(64)
-    max_epochs: int = _positive(40)
+    batch_size: Optional[int] = _positive(64)  # auto
+    max_epochs: Optional[int] = _positive(40)  # auto
     optimizer: str = _choice("adamw", "sgd", "adam", "adamw")
-    lr: float = _positive(1e-3)
-    weight_decay: float = _non_negative(1e-4)
+    lr: Optional[float] = _positive(1e-3)  # auto
+    weight_decay: Optional[float] = _non_negative(1e-4)  # auto
     momentum: float = field(default=0.9, metadata={"min": 0, "lt": 1})  # sgd only
     scheduler: str = _choice("cosine", "none", "step", "cosine", "plateau")
     step_size: Optional[int] = field(default=None, metadata={"gt": 0})  # epochs between decays (step)
     gamma: float = _fraction(0.1)  # decay factor (step, plateau)
     plateau_patience: int = _non_negative(5)
     min_lr: float = _non_negative(0.0)  # floor of cosine and plateau
-    monitor: str = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau
+    monitor: Optional[str] = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
     early_stopping_patience: Optional[int] = field(default=10, metadata={"gt": 0})  # null: off
     gradient_clip_val: Optional[float] = field(default=None, metadata={"gt": 0})  # null: off
-    class_weights: str = _choice("none", "none", "balanced")  # balanced: loss weights inverse to class frequency
+    class_weights: Optional[str] = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
     cv_folds: int = _non_negative(0)  # k >= 2: k-fold cross-validation on train + val before the final fit
 
 
@@ -255,6 +261,9 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     tune: TuneParams = field(default_factory=TuneParams)
+    # Not params.yaml keys: which keys `auto` resolved, for the kind of data (set by `resolve_auto`).
+    auto_keys: ClassVar[tuple[str, ...]] = ()
+    defaults_kind: ClassVar[str] = ""
 
 
 class ParamsError(PipelineError):
@@ -288,6 +297,7 @@ def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
     problems = _unknown_keys(Params, data, prefix="") + _environment_lookups(data, prefix="")
     if problems:
         raise ParamsError(_format(source, problems))
+    data = defaults.mark_unset(data)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), data)
         params: Params = OmegaConf.to_object(merged)
@@ -295,12 +305,26 @@ def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
         raise ParamsError(_format(source, [_type_problem(exc)])) from None
     except OmegaConfBaseException as exc:
         raise ParamsError(_format(source, [f"{exc.full_key or 'params'}: {exc.msg}"])) from None
-    problems = _check_fields(params, prefix="") + _check_combinations(params)
+    problems = _check_fields(params, prefix="")  # values as written, before auto fills any
+    if params.model.name != AUTO_MODEL and params.model.name not in MODEL_NAMES:
+        problems += _model_name_problem(params.model.name)
+    kind = params.data.resolved_kind
+    resolve_auto(params, kind if kind in defaults.BY_KIND else "tabular")  # a bad data.kind is listed already
+    problems += _check_combinations(params)
     if not problems and params.tune.space:  # each range end / choice is checked as an override of the rest
         problems = _check_tune_space(params.tune.space, {k: v for k, v in data.items() if k != "tune"})
     if problems:
         raise ParamsError(_format(source, problems))
     return params
+
+
+def resolve_auto(params: Params, kind: str) -> None:
+    """Fill the auto keys from `kind`'s defaults (pipeline/defaults.py) and record which ones were filled. Idempotent:
+    params already resolved keep their values and their record."""
+    filled = defaults.resolve(params, kind)
+    if filled:
+        params.auto_keys = (*params.auto_keys, *filled)  # type: ignore[misc]  # per instance, not per class
+        params.defaults_kind = kind  # type: ignore[misc]
 
 
 def to_flat_dict(params: Params) -> dict[str, Any]:
@@ -475,14 +499,11 @@ def _check_combinations(p: Params) -> list[str]:
         problems.append(f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
                         "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
                         "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot.")
-    if p.model.name not in MODEL_NAMES:
-        close = difflib.get_close_matches(p.model.name, MODEL_NAMES, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        problems.append(f"model.name: '{p.model.name}' is not one of {', '.join(MODEL_NAMES)}.{hint}")
-    for path, sizes in (("model.mlp.hidden_dims", p.model.mlp.hidden_dims),
-                        ("model.cnn.channels", p.model.cnn.channels)):
-        if not sizes or any(s <= 0 for s in sizes):
-            problems.append(f"{path}: needs at least one layer and every size > 0, got {list(sizes)}.")
+    if any(s <= 0 for s in p.model.mlp.hidden_dims):  # [] is allowed: a linear model on the features
+        problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(p.model.mlp.hidden_dims)}.")
+    if not p.model.cnn.channels or any(s <= 0 for s in p.model.cnn.channels):
+        problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got "
+                        f"{list(p.model.cnn.channels)}.")
     t = p.model.transformer
     if t.d_model % t.n_heads:
         divisors = [h for h in range(1, t.d_model + 1) if t.d_model % h == 0 and h <= 16]
@@ -509,6 +530,12 @@ def _check_combinations(p: Params) -> list[str]:
 # Stores MLflow 3 opens without a plugin ("postgresql+psycopg2" and the like count by their dialect). A bare folder
 # or file: URI is MLflow's file store, which refuses to open since 3.x unless an environment opt-out is set.
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _model_name_problem(name: str) -> list[str]:
+    close = difflib.get_close_matches(name, (AUTO_MODEL, *MODEL_NAMES), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return [f"model.name: '{name}' is not one of {AUTO_MODEL}, {', '.join(MODEL_NAMES)}.{hint}"]
 
 
 def _check_mlflow(m: MlflowParams) -> list[str]:

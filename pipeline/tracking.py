@@ -281,11 +281,14 @@ def run_name(params: Params, kind: str) -> str:
 
 def overridden_params(params: Params, kind: str) -> dict[str, str]:
     """The params the run uses whose value differs from the committed params.yaml (that of the experiment's baseline
-    commit under DVC, else HEAD; the schema's defaults outside git), by their short name (`lr`, `bs`)."""
+    commit under DVC, else HEAD; the schema's defaults outside git), by their short name (`lr`, `bs`). A key left
+    auto in both is unchanged, whatever the data kind made of it."""
     committed = committed_params()
     used, reference = used_params(params, kind), to_flat_dict(committed)
+    both_auto = set(params.auto_keys) & set(committed.auto_keys)
     changed = {key: value for key, value in used.items()
-               if key != "model.name" and key not in NOT_IN_RUN_NAMES and reference.get(key) != value}
+               if key != "model.name" and key not in NOT_IN_RUN_NAMES and key not in both_auto
+               and reference.get(key) != value}
     short = {key: SHORT_PARAM_NAMES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1]) for key in changed}
     clashes = {name for name in short.values() if list(short.values()).count(name) > 1}
     return {key if short[key] in clashes else short[key]: _short_value(value) for key, value in changed.items()}
@@ -297,9 +300,9 @@ def committed_params() -> Params:
     revision = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
     text = _git("show", f"{revision}:{PARAMS_FILE}")
     try:
-        return params_from_dict(yaml.safe_load(text) or {}) if text else Params()
+        return params_from_dict(yaml.safe_load(text) or {}) if text else params_from_dict({})
     except (PipelineError, yaml.YAMLError):
-        return Params()  # a committed file that no longer validates: compare with the schema's defaults
+        return params_from_dict({})  # a committed file that no longer validates: compare with the schema's defaults
 
 
 def _short_value(value: Any) -> str:

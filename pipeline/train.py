@@ -22,8 +22,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline import console, tracking
-from pipeline.config import Params, check_model_fits_data, config_hash, load_params, used_params
+from pipeline import console, defaults, tracking
+from pipeline.config import (
+    Params,
+    ParamsError,
+    check_model_fits_data,
+    config_hash,
+    load_params,
+    resolve_auto,
+    used_params,
+)
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
@@ -36,6 +44,8 @@ RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupt
 RESUMED_EPOCHS_TAG = "resumed_from.epochs"  # epochs the interrupted run had completed
 STEP_TIMES_ENV = "PIPELINE_STEP_TIMES"  # a JSON file: benchmarks learn how long the training steps took
 STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoch and stopped_epoch say when
+DEFAULTS_KIND_TAG = "defaults.kind"  # the kind of data whose defaults `auto` took
+AUTO_KEYS_TAG = "defaults.auto_keys"  # the keys that took them (comma-separated); their values are the run's params
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -55,6 +65,9 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     from pipeline.trained_model import save_trained_model
 
     meta = read_meta(prepared_dir)
+    apply_defaults(params, meta["kind"])
+    if params.auto_keys and checkpoints.launched_as_global_zero():
+        print(f"train: {defaults.describe(params, params.defaults_kind, params.auto_keys)}")
     uri = tracking.tracking_uri(params.mlflow)
     digest = tracking.data_digest(prepared_dir, meta)
     attempt = checkpoints.fingerprint(params, meta["digest"])
@@ -111,6 +124,16 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     return logger.run_id
+
+
+def apply_defaults(params: Params, kind: str) -> None:
+    """The auto keys take the defaults of the prepared data's kind (params built in code arrive unresolved; loaded
+    ones are resolved already, by params.yaml's data section, which must then describe the same kind)."""
+    resolve_auto(params, kind)
+    if params.auto_keys and params.defaults_kind != kind:
+        raise ParamsError(f"the prepared data is {kind} data, but params.yaml's data section describes "
+                          f"{params.defaults_kind} data, whose defaults the auto keys took; rerun prepare "
+                          "(`dvc repro`) so that the prepared data matches params.yaml.")
 
 
 @contextmanager
@@ -187,9 +210,15 @@ def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str 
         tracking_uri=uri,
         artifact_location=tracking.artifact_location(uri),
         tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {}),
-              tracking.CONFIG_HASH_TAG: config_hash(params)},
+              tracking.CONFIG_HASH_TAG: config_hash(params), **auto_tags(params)},
         log_model=False,  # model.pt is logged by fit; checkpoints stay DVC outputs
     )
+
+
+def auto_tags(params: Params) -> dict[str, str]:
+    if not params.auto_keys:
+        return {}
+    return {DEFAULTS_KIND_TAG: params.defaults_kind, AUTO_KEYS_TAG: ",".join(params.auto_keys)}
 
 
 def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
@@ -317,7 +346,9 @@ def main() -> None:
     parser.add_argument("--cv-metrics", type=Path, default=None, help="cross-validation summary, for dvc metrics")
     args = parser.parse_args()
     params = load_params()
-    check_model_fits_data(params.model.name, read_meta(args.prepared)["kind"])
+    kind = read_meta(args.prepared)["kind"]
+    apply_defaults(params, kind)
+    check_model_fits_data(params.model.name, kind)
     console.quiet_libraries()
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)

@@ -112,7 +112,7 @@ CASES = [
     Case("unknown-key-in-data-subsection", ("data.tabular.tagret",), "Did you mean 'data.tabular.target'?",
          {"data.tabular.tagret": "species"}),
     Case("section-is-not-a-mapping", ("train",), "expected a section (a mapping)", {"train": 3}),
-    Case("yaml-syntax-error", ("params.yaml",), ", column ", text_edit=("  lr: 0.003", "  lr: [0.003")),
+    Case("yaml-syntax-error", ("params.yaml",), ", column ", text_edit=("  lr: null", "  lr: [null")),
     # Wrong types
     Case("number-is-text", ("train.lr",), "Write a number, e.g.", {"train.lr": "fast"}, fast=True),
     Case("integer-is-fractional", ("train.max_epochs",), "Write an integer, e.g.", {"train.max_epochs": 2.5}),
@@ -122,11 +122,11 @@ CASES = [
     Case("zero-batch-size", ("train.batch_size",), "must be greater than 0", {"train.batch_size": 0}, fast=True),
     Case("negative-hidden-dim", ("model.cnn.hidden_dim",), "must be greater than 0", {"model.cnn.hidden_dim": -4}),
     Case("zero-evaluate-batch-size", ("evaluate.batch_size",), "must be greater than 0", {"evaluate.batch_size": 0}),
-    Case("no-layers", ("model.mlp.hidden_dims",), "needs at least one layer", {"model.mlp.hidden_dims": []}),
+    Case("no-layers", ("model.cnn.channels",), "needs at least one layer", {"model.cnn.channels": []}),
     # Unknown optimizer, scheduler, model, ...
     Case("unknown-optimizer", ("train.optimizer",), "Did you mean 'adam'?", {"train.optimizer": "adm"}, fast=True),
     Case("unknown-scheduler", ("train.scheduler",), "Did you mean 'cosine'?", {"train.scheduler": "cosin"}),
-    Case("unknown-model", ("model.name",), "is not one of mlp, cnn, rnn, transformer", {"model.name": "resnet"}),
+    Case("unknown-model", ("model.name",), "is not one of auto, mlp, cnn, rnn, transformer", {"model.name": "resnet"}),
     Case("unknown-accelerator", ("trainer.accelerator",), "Did you mean 'gpu'?", {"trainer.accelerator": "gpuu"}),
     # Impossible model shapes and combinations
     Case("heads-do-not-divide-width", ("model.transformer.d_model", "model.transformer.n_heads"),

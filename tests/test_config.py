@@ -19,6 +19,7 @@ from pipeline.config import (
     params_from_dict,
     to_flat_dict,
 )
+from pipeline.defaults import AUTO_KEYS, AUTO_MODEL
 from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,10 @@ def test_repository_params_yaml_validates_and_keeps_its_values(params_copy: Path
     assert written, "params.yaml is empty"
     for key, value in written.items():
         assert key in flat, f"{key} in params.yaml is not in the schema"
-        assert flat[key] == value, key
+        if key in AUTO_KEYS and value in (None, AUTO_MODEL):  # auto: resolved for the data kind
+            assert key in params.auto_keys and flat[key] not in (None, AUTO_MODEL), key
+        else:
+            assert flat[key] == value, key
     assert flat["tune.space"] == space
     assert params.model.name in MODEL_NAMES
 
@@ -209,9 +213,10 @@ def test_bad_value_is_explained(params_copy: Path, override: str, fragment: str)
         (["trainer.precision=16-mixed"], "trainer.precision '16-mixed' needs a GPU"),
         (["data.val_fraction=0.5", "data.test_fraction=0.5"], "leaves no training data"),
         (["data.val_fraction=0.6", "data.test_fraction=0.5"], "leaves no training data"),
-        (["model.name=resnet"], "model.name: 'resnet' is not one of mlp, cnn, rnn, transformer."),
+        (["model.name=resnet"], "model.name: 'resnet' is not one of auto, mlp, cnn, rnn, transformer."),
         (["model.name=mlpp"], "Did you mean 'mlp'?"),
-        (["model.mlp.hidden_dims=[]"], "model.mlp.hidden_dims: needs at least one layer"),
+        (["model.mlp.hidden_dims=[16,0]"], "model.mlp.hidden_dims: every size must be > 0"),
+        (["model.cnn.channels=[]"], "model.cnn.channels: needs at least one layer"),
         (["model.cnn.channels=[32,0]"], "model.cnn.channels: needs at least one layer and every size > 0"),
         (["trainer.num_nodes=2"], "trainer.num_nodes > 1 needs a distributed trainer.strategy"),
         (["data.tabular.categorical_encoding=embedding", "trainer.precision=bf16-true"],
