@@ -61,9 +61,16 @@ def flat_summary(summary: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"cv/{name}_{stat}": value for name, stats in summary.items() for stat, value in stats.items()}
 
 
+NOT_RUN_MARKER = ".cv_off"  # listed in .dvcignore
+
+
 def write_cv_metrics(path: Path, folds: int, summary: dict[str, dict[str, float]] | None) -> None:
     """The summary with the MLflow names, only when cross-validation ran. The folder always exists: it is the DVC
-    metrics output, and an empty one adds no row of dashes to `dvc metrics show`."""
+    metrics output, and without a metrics file it adds no row of dashes to `dvc metrics show`. When it holds no
+    metrics file it holds NOT_RUN_MARKER (in .dvcignore): DVC would otherwise warn on every `dvc repro` that the
+    folder is empty, which the user cannot act on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if summary:
         write_json(path, {"cv/folds": folds, **flat_summary(summary)})
+    else:
+        (path.parent / NOT_RUN_MARKER).write_text("cross-validation was off (train.cv_folds < 2)\n")

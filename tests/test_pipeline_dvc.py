@@ -22,7 +22,6 @@ CONSOLE_ALLOWED = [
     r"Running stage '\w+':", r"> python -u -m pipeline\.\w+ .*", r"(Generating|Updating) lock file 'dvc.lock'",
     r"To track the changes with git, run:", r"git add .*", r"To enable auto staging, run:",
     r"dvc config core.autostage true", r"Use `dvc push` to send your updates to remote storage\.",
-    r"WARNING: 'outputs/cv' is empty\.",  # DVC's, of the cross-validation metrics folder when CV is off
     r"params\.yaml: OK", r"prepare: .*", r"train: .*", r"evaluate: .*",
     r"(Sanity Checking|Training|Epoch \d+|Validation).*",  # the progress bar
 ]
