@@ -197,7 +197,7 @@ def test_bad_data_exits_2_naming_the_file(workdir: Path, case: Case) -> None:
 
 def test_train_refuses_a_model_that_cannot_read_the_data(workdir: Path) -> None:
     prepare(DataParams(dataset="wine"), workdir / "prepared")
-    edit_params(workdir, {"model.name": "cnn"})
+    edit_params(workdir, {"data.dataset": "wine", "model.name": "cnn"})
 
     start = time.monotonic()
     result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",

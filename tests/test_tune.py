@@ -62,7 +62,7 @@ def test_a_valid_space_loads_with_its_types(tmp_path):
     ("{train.optimizer: {low: 1, high: 2}}", "train.optimizer is a string, not a number: give it {choices"),
     ("{train.optimizer: {choices: [adam, adamm]}}", "'adamm' is not one of sgd, adam, adamw"),
     ("{model.mlp.dropout: {low: 0.0, high: 1.5}}", "model.mlp.dropout: must be less than 1, got 1.5"),
-    ("{model.mlp.hidden_dims: {choices: [[64], [0]]}}", "model.mlp.hidden_dims: needs at least one layer"),
+    ("{model.mlp.hidden_dims: {choices: [[64], [0]]}}", "model.mlp.hidden_dims: every size must be > 0"),
     ("{train.lr: {low: 0.1, high: 0.001}}", "low (0.1) must be below high (0.001)"),
     ("{train.lr: {low: 0.001, high: 0.1, scale: log}}", "expected {low: .., high: ..}"),
     ("{data.seed: {low: 1, high: 9}}", "only keys under model and train can be searched"),
