@@ -35,7 +35,8 @@ def unexpected_console_lines(output: str) -> list[str]:
 
 def test_dvc_repro_end_to_end(repo_copy):
     edit_params(repo_copy, {"trainer.progress_bar": True})
-    first = run(["dvc", "repro"], repo_copy)
+    # MLflow samples system metrics every 10 s by default, longer than these 3 tiny epochs take on a quiet machine.
+    first = run(["dvc", "repro"], repo_copy, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     assert ran_stages(first.stdout) == ALL_STAGES
 
     # A quiet console: the stages' lines and the progress bar with the epoch's loss and accuracy, then summaries.
