@@ -31,13 +31,11 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pipeline.artifacts import BEST_CHECKPOINT, LAST_CHECKPOINT, RESUME_FILE
 from pipeline.config import Params, to_flat_dict
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_MARK, read_json, write_json
 
-RESUME_FILE = "resume.json"
-LAST_CHECKPOINT = "last.ckpt"
-BEST_CHECKPOINT = "best.ckpt"  # train's ModelCheckpoint file name: resumed from when last.ckpt cannot be read
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",

@@ -18,17 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.artifacts import EXAMPLE_FILE, META_FILE, PREPARED_FILES, SPLITS
 from pipeline.config import DataParams, load_params
 from pipeline.errors import run_cli
 
-SPLITS = ("train", "val", "test")
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
-EXAMPLE_FILE, EXAMPLE_ROWS = "input_example.json", 3
-# Every file prepare writes for some kind of data (and preprocessor.joblib, which older versions wrote): a rerun may
-# replace these, never anything else in the folder.
-PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), "meta.json", EXAMPLE_FILE, "preprocessor.skops",
-                  "preprocessor.joblib", "vocab.json")
+EXAMPLE_ROWS = 3
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
@@ -114,7 +110,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
             "class_counts": {"train": np.bincount(y[splits["train"]], minlength=len(class_names)).tolist()},
             "digest": digest.hexdigest()[:32],
         }
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / META_FILE, meta)
     return meta
 
 

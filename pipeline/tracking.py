@@ -26,14 +26,14 @@ from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.artifacts import RUN_FILE
 from pipeline.config import PARAMS_FILE, MlflowParams, Params, params_from_dict, to_flat_dict, used_params
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_json
+from pipeline.files import write_json
 
 STORE_FILE = "mlflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 ARTIFACT_DIR = "mlartifacts"
-RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
 REACHABILITY_TIMEOUT_S = 5
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests runs (cross-validation folds) in its UI
@@ -402,13 +402,6 @@ def stopping(monitor: Any) -> Iterator[None]:
 def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:
     """The run and its store, the store's URI masked: the file goes into the DVC cache and the run's artifacts."""
     write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": masked_uri(uri)})
-
-
-def read_run_file(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / RUN_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found. Run the train stage first (dvc repro).")
-    return read_json(path)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from models import REGISTRY, build_model
+from models.registry import REGISTRY, build_model
 from models.cnn import CNN
 from pipeline.config import (
     MODEL_NAMES,
