@@ -519,7 +519,7 @@ def _check_mlflow(m: MlflowParams) -> list[str]:
     if m.tracking_uri:
         scheme = m.tracking_uri.partition(":")[0].split("+")[0]  # a bare path has none: it stays whole
         if scheme not in TRACKING_SCHEMES:
-            from pipeline.tracking import masked_uri
+            from pipeline.uris import masked_uri
 
             shown = masked_uri(m.tracking_uri)
             problems.append(f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
