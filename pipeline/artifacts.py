@@ -47,9 +47,13 @@ CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
 
+def split_file(split: str) -> str:
+    return f"{split}.npz"
+
+
 # Every file prepare writes for some kind of data (and the old pickled preprocessor): a rerun may replace these, never
 # anything else in the folder.
-PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), META_FILE, EXAMPLE_FILE, PREPROCESSOR_FILE,
+PREPARED_FILES = (*(split_file(split) for split in SPLITS), META_FILE, EXAMPLE_FILE, PREPROCESSOR_FILE,
                   PICKLED_PREPROCESSOR_FILE, VOCAB_FILE)
 # What prediction needs of the prepared folder (not the splits): bundled with the MLflow model.
 PREPROCESSING_FILES = (META_FILE, PREPROCESSOR_FILE, VOCAB_FILE, EXAMPLE_FILE)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import BASELINE_FILE, read_meta
+from pipeline.artifacts import BASELINE_FILE, read_meta, split_file
 from pipeline.files import write_json
 
 HEADLINE_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
@@ -47,7 +47,7 @@ def fit_and_score(prepared_dir: Path) -> Baseline | None:
     """The kind's baseline fitted on the training split and scored on the test split; None (with a warning) when
     the raw texts a text baseline needs are no longer those prepared."""
     meta = read_meta(prepared_dir)
-    train, test = (np.load(prepared_dir / f"{split}.npz") for split in ("train", "test"))
+    train, test = (np.load(prepared_dir / split_file(split)) for split in ("train", "test"))
     start = time.perf_counter()
     if meta["kind"] == "text":
         fitted = _text_baseline(prepared_dir, meta, train, test)

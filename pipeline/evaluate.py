@@ -28,6 +28,7 @@ from pipeline.artifacts import (
     model_path,
     read_meta,
     read_run_file,
+    split_file,
 )
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import run_cli
@@ -47,7 +48,7 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
     from pipeline.trained_model import load_trained_model, predict_proba
 
     net, _ = load_trained_model(model_path)
-    with np.load(prepared_dir / f"{split}.npz") as arrays:
+    with np.load(prepared_dir / split_file(split)) as arrays:
         x, y = torch.from_numpy(model_input(arrays["x"])), arrays["y"]
     probs = predict_proba(net, x, batch_size)
     return y, probs.argmax(dim=1).numpy(), probs.numpy()

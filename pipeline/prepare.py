@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import EXAMPLE_FILE, META_FILE, PREPARED_FILES, SPLITS
+from pipeline.artifacts import EXAMPLE_FILE, META_FILE, PREPARED_FILES, SPLITS, split_file
 from pipeline.config import DataParams, load_params
 from pipeline.errors import run_cli
 
@@ -96,7 +96,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     with atomic_path(out_dir, PREPARED_FILES) as tmp:  # a failure leaves the previous output (or none), never half of one
         tmp.mkdir()
         for name in SPLITS:
-            write_split(tmp / f"{name}.npz", preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
+            write_split(tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
                         digest)
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))

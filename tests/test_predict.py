@@ -332,8 +332,8 @@ def test_pyfunc_model_round_trip_equals_predict(trained: Trained, store: Path) -
 def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained, store: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipeline.evaluate import evaluate
     from pipeline.artifacts import read_run_file
+    from pipeline.evaluate import evaluate
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
