@@ -7,7 +7,7 @@ to rebuild the network), `<out>/mlflow_run.json` (the run evaluate continues), a
 `--cv-metrics` the per-epoch metrics and the cross-validation summary. Under DDP every process runs this file; only
 global rank zero talks to MLflow and writes outputs.
 
-Lightning, torch and MLflow are imported inside `fit` so that a bad params.yaml or an unreachable tracking server
+Lightning, torch and MLflow are imported inside the steps of `fit` (start run, train, publish) so that a bad params.yaml or an unreachable tracking server
 is reported before paying several seconds of imports.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import console, tracking
 from pipeline.artifacts import CV_SUMMARY_FILE, LAST_CHECKPOINT, MODEL_FILE, RUN_FILE, read_meta
@@ -28,6 +28,11 @@ from pipeline.config import Params, check_model_fits_data, load_params
 from pipeline.errors import run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipeline.checkpoints import ResumePoint
 
 WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc model evaluate logs
 RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
@@ -39,11 +44,11 @@ STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoc
 @dataclass
 class TrainingRun:
     """The MLflow run of one training attempt, and what the attempt resumes from (None: a fresh start)."""
-    logger: Any  # the MLFlowLogger that owns the run
+    logger: MLFlowLogger  # owns the run
     uri: str
     digest: str  # the prepared data's, as logged with the run
     attempt: str  # the fingerprint recorded in the checkpoint folder
-    resume: Any  # checkpoints.ResumePoint | None
+    resume: ResumePoint | None
     system_metrics: Any  # a monitor sampling into the run, or None
 
 
