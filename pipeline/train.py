@@ -7,8 +7,8 @@ to rebuild the network), `<out>/mlflow_run.json` (the run evaluate continues), a
 `--cv-metrics` the per-epoch metrics and the cross-validation summary. Under DDP every process runs this file; only
 global rank zero talks to MLflow and writes outputs.
 
-Lightning, torch and MLflow are imported inside the steps of `fit` (start run, train, publish) so that a bad params.yaml or an unreachable tracking server
-is reported before paying several seconds of imports.
+`fit` starts the run, trains and publishes; the steps import Lightning, torch and MLflow themselves, so that a bad
+params.yaml or an unreachable tracking server is reported before paying several seconds of imports.
 """
 
 from __future__ import annotations
