@@ -45,6 +45,7 @@ STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoc
 class TrainingRun:
     """The MLflow run of one training attempt, and what the attempt resumes from (None: a fresh start)."""
     logger: MLFlowLogger  # owns the run
+    run_id: str  # "" on processes other than global rank zero: only that one talks to MLflow
     uri: str
     digest: str  # the prepared data's, as logged with the run
     attempt: str  # the fingerprint recorded in the checkpoint folder
@@ -70,7 +71,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
             return None
         publish(params, prepared_dir, meta, run, model_dir, checkpoint_dir, trainer, module, checkpoint,
                 history_file, cv_metrics_file, cv_summary)
-    return run.logger.run_id
+    return run.run_id
 
 
 def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoint_dir: Path) -> TrainingRun:
@@ -86,13 +87,14 @@ def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoi
     logger = new_logger(params, meta, digest, extra_tags={
         RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
     system_metrics = None
-    if checkpoints.launched_as_global_zero():
+    run_id = (logger.run_id or "") if checkpoints.launched_as_global_zero() else ""  # creates the run
+    if run_id:
         if resume and resume.run_id:  # metrics are logged per epoch (step = epoch)
-            tracking.take_over_run(logger.experiment, resume.run_id, logger.run_id, resume.epochs)
-        checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri)
+            tracking.take_over_run(logger.experiment, resume.run_id, run_id, resume.epochs)
+        checkpoints.record_attempt(checkpoint_dir, attempt, run_id, uri)
         if params.mlflow.system_metrics:
-            system_metrics = tracking.start_system_metrics(uri, logger.run_id)
-    return TrainingRun(logger, uri, digest, attempt, resume, system_metrics)
+            system_metrics = tracking.start_system_metrics(uri, run_id)
+    return TrainingRun(logger, run_id, uri, digest, attempt, resume, system_metrics)
 
 
 def cross_validation(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun,
@@ -138,20 +140,20 @@ def publish(params: Params, prepared_dir: Path, meta: dict[str, Any], run: Train
     from pipeline.trained_model import save_trained_model
     from pipeline.training import model_hparams
 
-    logger = run.logger
+    logger, run_id = run.logger, run.run_id
     best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
     module.load_state_dict(best["state_dict"])
     log_stopping(logger, params, trainer, int(best["epoch"]), checkpoint.best_model_score)
     save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, model_hparams(params), meta)
-    logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, run.digest)])
-    logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
-    tracking.write_run_file(model_dir, logger.run_id, run.uri)
+    logger.experiment.log_inputs(run_id, [tracking.prepared_data_input(prepared_dir, meta, run.digest)])
+    logger.experiment.log_artifact(run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
+    tracking.write_run_file(model_dir, run_id, run.uri)
     if history_file:
-        write_history(logger.experiment, logger.run_id, history_file)
+        write_history(logger.experiment, run_id, history_file)
     if cv_metrics_file:
         write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
-    logger.experiment.log_artifact(logger.run_id, str(model_dir / RUN_FILE), WEIGHTS_ARTIFACT_DIR)
-    checkpoints.record_attempt(checkpoint_dir, run.attempt, logger.run_id, run.uri, finished=True)
+    logger.experiment.log_artifact(run_id, str(model_dir / RUN_FILE), WEIGHTS_ARTIFACT_DIR)
+    checkpoints.record_attempt(checkpoint_dir, run.attempt, run_id, run.uri, finished=True)
 
 
 @contextmanager

@@ -71,7 +71,8 @@ def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) 
     t = params.trainer
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        precision=t.precision,  # type: ignore[arg-type]  # a str the schema has checked against Lightning's names
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
         gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
         logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],
