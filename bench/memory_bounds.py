@@ -71,7 +71,7 @@ import dataclasses
 from pipeline.config import DataParams, ModelParams, TextParams
 from pipeline.prepare import prepare
 from pipeline.trained_model import save_trained_model
-from models import build_model
+from models.registry import build_model
 meta = prepare(DataParams(dataset=sys.argv[1], kind="text", text=TextParams()), Path("prepared"))
 name = sys.argv[2]
 hparams = dataclasses.asdict(getattr(ModelParams(), name))

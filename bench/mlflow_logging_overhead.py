@@ -162,7 +162,7 @@ class TrainingStep:
     def __init__(self, batch_size: int):
         import torch
 
-        from models import build_model
+        from models.registry import build_model
         from pipeline.config import load_params
 
         params = load_params(REPO / "params.yaml")

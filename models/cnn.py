@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.mlp import PAD_ID
+from models.specs import PAD_ID
 
 
 class CNN(nn.Module):

@@ -5,10 +5,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from models.specs import PAD_ID, UNKNOWN_CATEGORY
+
 # Token id the prepare stage pads every text with, at the end; shared by every text model.
-PAD_ID = 0
-# Index of a table's missing or never-seen category, in every categorical column (known categories are 1..K).
-UNKNOWN_CATEGORY = 0
 
 
 def masked_mean(values: Tensor, keep: Tensor) -> Tensor:

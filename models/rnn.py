@@ -4,7 +4,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.mlp import PAD_ID
+from models.specs import PAD_ID
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.mlp import PAD_ID, masked_mean
+from models.mlp import masked_mean
+from models.specs import PAD_ID, heads_problem
 
 # Standard deviation of the learned positional embeddings and CLS token at initialisation (as in BERT and ViT):
 # small next to the unit-scale token embeddings, so positions start as a hint rather than noise.
@@ -21,10 +22,9 @@ class Transformer(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, *,
                  d_model: int, n_heads: int, num_layers: int, dim_feedforward: int, dropout: float, pooling: str):
         super().__init__()
-        if d_model % n_heads:
-            divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
-            raise ValueError(f"model.transformer.d_model ({d_model}) must be divisible by model.transformer.n_heads "
-                             f"({n_heads}); with d_model {d_model}, n_heads can be one of {divisors}.")
+        problem = heads_problem(d_model, n_heads)
+        if problem:
+            raise ValueError(problem)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.transformer.pooling '{pooling}' is not one of cls, mean.")
         if vocab_size is not None:

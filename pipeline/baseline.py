@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.files import read_json, write_json
+from pipeline.artifacts import BASELINE_FILE, read_meta, split_file
+from pipeline.files import write_json
 
-BASELINE_FILE = "baseline.json"
 HEADLINE_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
 GAIN_KEY = "model_f1_gain"  # the model's f1_macro minus the baseline's (short: dvc metrics show fits 120 columns)
 # Rows x features the linear models are fitted on: digits (1,257 x 64) and tables up to ~100k rows x 200 features
@@ -46,8 +46,8 @@ class Baseline:
 def fit_and_score(prepared_dir: Path) -> Baseline | None:
     """The kind's baseline fitted on the training split and scored on the test split; None (with a warning) when
     the raw texts a text baseline needs are no longer those prepared."""
-    meta = read_json(prepared_dir / "meta.json")
-    train, test = (np.load(prepared_dir / f"{split}.npz") for split in ("train", "test"))
+    meta = read_meta(prepared_dir)
+    train, test = (np.load(prepared_dir / split_file(split)) for split in ("train", "test"))
     start = time.perf_counter()
     if meta["kind"] == "text":
         fitted = _text_baseline(prepared_dir, meta, train, test)

@@ -31,18 +31,16 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pipeline.artifacts import BEST_CHECKPOINT, LAST_CHECKPOINT, RESUME_FILE
 from pipeline.config import Params, to_flat_dict
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_MARK, read_json, write_json
 
-RESUME_FILE = "resume.json"
-LAST_CHECKPOINT = "last.ckpt"
-BEST_CHECKPOINT = "best.ckpt"  # train's ModelCheckpoint file name: resumed from when last.ckpt cannot be read
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
-TRAINING_CODE = ("pipeline/train.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
+TRAINING_CODE = ("pipeline/train.py", "pipeline/training.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
                  "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py",
-                 "pipeline/threads.py", "pipeline/defaults.py", "models")
+                 "pipeline/artifacts.py", "pipeline/threads.py", "pipeline/defaults.py", "models")
 # Keys of the declared sections that do not change what is trained.
 NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
@@ -92,7 +90,7 @@ def _resume_decision(checkpoint_dir: Path, expected_fingerprint: str,
     it can only read from the store that holds them. resume.json holds the store's URI masked (see tracking.py), so
     masked forms are compared. A last.ckpt that cannot be read gives way to best.ckpt: every checkpoint holds the
     random state too, so training from an earlier epoch takes the same steps again."""
-    from pipeline.tracking import masked_uri
+    from pipeline.uris import masked_uri
 
     attempt = read_attempt(checkpoint_dir)
     last, best = checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_CHECKPOINT
@@ -150,7 +148,7 @@ def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracki
 def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str,
                    finished: bool = False) -> None:
     """resume.json; the store's URI masked: the folder is a DVC output, cached and pushed."""
-    from pipeline.tracking import masked_uri
+    from pipeline.uris import masked_uri
 
     write_json(checkpoint_dir / RESUME_FILE, {"fingerprint": fingerprint_, "run_id": run_id,
                                               "tracking_uri": masked_uri(tracking_uri), "finished": finished})

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from models.specs import heads_problem, model_input_problem
 from pipeline import defaults
 from pipeline.defaults import AUTO_MODEL
 from pipeline.errors import PipelineError
@@ -505,10 +506,9 @@ def _check_combinations(p: Params) -> list[str]:
         problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got "
                         f"{list(p.model.cnn.channels)}.")
     t = p.model.transformer
-    if t.d_model % t.n_heads:
-        divisors = [h for h in range(1, t.d_model + 1) if t.d_model % h == 0 and h <= 16]
-        problems.append(f"model.transformer.d_model ({t.d_model}) must be divisible by model.transformer.n_heads "
-                        f"({t.n_heads}); with d_model {t.d_model}, n_heads can be one of {divisors}.")
+    heads = heads_problem(t.d_model, t.n_heads)
+    if heads:
+        problems.append(heads)
     if p.train.scheduler == "step" and p.train.step_size is None:
         problems.append("train.scheduler is 'step' but train.step_size is not set: give the number of epochs "
                         "between learning-rate decays (e.g. train.step_size: 10).")
@@ -546,7 +546,7 @@ def _check_mlflow(m: MlflowParams) -> list[str]:
     if m.tracking_uri:
         scheme = m.tracking_uri.partition(":")[0].split("+")[0]  # a bare path has none: it stays whole
         if scheme not in TRACKING_SCHEMES:
-            from pipeline.tracking import masked_uri
+            from pipeline.uris import masked_uri
 
             shown = masked_uri(m.tracking_uri)
             problems.append(f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
@@ -683,17 +683,11 @@ def _override_problem(data: dict[str, Any], key: str, value: Any) -> str | None:
     return None
 
 
-MODEL_INPUTS = {"mlp": ("tabular", "image", "text"), "cnn": ("image", "text"), "rnn": ("image", "text"),
-                "transformer": ("image", "text")}
-
-
 def check_model_fits_data(model_name: str, kind: str) -> None:
     """Called by train with the prepared data's kind, before any heavy import."""
-    if kind not in MODEL_INPUTS.get(model_name, ()):
-        fits = [name for name, kinds in MODEL_INPUTS.items() if kind in kinds]
-        raise ParamsError(f"model.name '{model_name}' cannot take {kind} data (it takes "
-                          f"{' or '.join(MODEL_INPUTS[model_name])}); for {kind} data use model.name: "
-                          f"{' or '.join(fits)}.")
+    problem = model_input_problem(model_name, kind)
+    if problem:
+        raise ParamsError(problem)
 
 
 def _check_devices(t: TrainerParams) -> list[str]:

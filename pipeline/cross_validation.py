@@ -21,12 +21,11 @@ from pipeline.config import Params
 from pipeline.datamodule import InMemoryDataset, PreparedDataModule, load_split
 from pipeline.files import write_json
 from pipeline.tracking import PARENT_RUN_TAG
+from pipeline.training import new_callbacks, new_logger, new_module, new_trainer
 
 
 def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], parent: Any,
                    checkpoint_dir: Path) -> dict[str, dict[str, float]]:
-    from pipeline.train import new_callbacks, new_logger, new_module, new_trainer
-
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     x, y = torch.cat([train.x, val.x]), torch.cat([train.y, val.y])
     folds = StratifiedKFold(params.train.cv_folds, shuffle=True, random_state=params.train.seed)

@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.artifacts import split_file
+
 
 class InMemoryDataset(Dataset):
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
@@ -40,7 +42,7 @@ def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Ten
 def load_split(prepared_dir: str | Path, split: str) -> InMemoryDataset:
     from pipeline.data import model_input
 
-    with np.load(Path(prepared_dir) / f"{split}.npz") as arrays:
+    with np.load(Path(prepared_dir) / split_file(split)) as arrays:
         return InMemoryDataset(torch.from_numpy(model_input(arrays["x"])), torch.from_numpy(arrays["y"]))
 
 

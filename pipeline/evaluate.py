@@ -18,17 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import baseline, console, tracking
+from pipeline.artifacts import (
+    CONFUSION_PLOT_FILE,
+    CONFUSION_PNG,
+    EVAL_FILES,
+    METRICS_FILE,
+    PER_CLASS_FILE,
+    REPORT_FILE,
+    model_path,
+    read_meta,
+    read_run_file,
+    split_file,
+)
 from pipeline.config import load_params, to_flat_dict
-from pipeline.errors import PipelineError, run_cli
+from pipeline.errors import run_cli
 from pipeline.files import atomic_path, write_json
 from pipeline.threads import configure_threads
 
-METRICS_FILE = "metrics.json"
-PER_CLASS_FILE = "per_class.json"
-CONFUSION_PLOT_FILE = "confusion.json"
-CONFUSION_PNG = "confusion_matrix.png"
-REPORT_FILE = "classification_report.txt"
-EVAL_FILES = (METRICS_FILE, baseline.BASELINE_FILE, PER_CLASS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
 CONFUSION_IMAGE_KEY = "confusion_matrix"  # an MLflow image (log_image): the experiment's chart view shows it
 PER_CLASS_TABLE = "evaluation/per_class_table.json"  # an MLflow table artifact
 FIGURE_DPI = 100
@@ -42,7 +48,7 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
     from pipeline.trained_model import load_trained_model, predict_proba
 
     net, _ = load_trained_model(model_path)
-    with np.load(prepared_dir / f"{split}.npz") as arrays:
+    with np.load(prepared_dir / split_file(split)) as arrays:
         x, y = torch.from_numpy(model_input(arrays["x"])), arrays["y"]
     probs = predict_proba(net, x, batch_size)
     return y, probs.argmax(dim=1).numpy(), probs.numpy()
@@ -57,19 +63,16 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
     import matplotlib.pyplot as plt
 
     from pipeline.metrics import confusion_figure, evaluate_predictions
-    from pipeline.train import MODEL_FILE, read_meta
 
-    run_id = tracking.read_run_file(model_dir)["run_id"]
+    run_id = read_run_file(model_dir).run_id
     meta = read_meta(prepared_dir)
     class_names = meta["class_names"]
-    model_path = model_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise PipelineError(f"{model_path}: not found. Run the train stage first (dvc repro train).")
+    model_file = model_path(model_dir)
 
     with tracking.continue_run(uri, run_id, system_metrics) as run:
         import mlflow
 
-        y_true, y_pred, _ = predict_split(model_path, prepared_dir, "test", batch_size)
+        y_true, y_pred, _ = predict_split(model_file, prepared_dir, "test", batch_size)
         evaluation = evaluate_predictions(y_true, y_pred, class_names)
 
         with atomic_path(out_dir, EVAL_FILES) as tmp:
@@ -122,7 +125,7 @@ def main() -> None:
     uri = tracking.tracking_uri(params.mlflow)
     tracking.check_reachable(uri)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
-    tracking.read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
+    read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
     configure_threads(params.trainer.num_threads)
     with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "evaluate",
                                       "Rerun `dvc repro` once it answers again."):

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from pipeline.artifacts import read_meta
 from pipeline.errors import run_cli
+from pipeline.predictor import Predictor
 
 DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
 PREDICT_BATCH_ROWS = 8192  # inputs read, preprocessed and written at a time: a few MB whatever the input's length
@@ -29,7 +30,6 @@ def predict_batches(input_path: Path, prepared_dir: Path, model_dir: Path, batch
                     rows: int = PREDICT_BATCH_ROWS) -> Iterator:
     """DataFrames of at most `rows` predictions (id, predicted, prob_<class>...), in input order."""
     from pipeline.data import DataError, kind_module
-    from pipeline.train import read_meta
 
     meta = read_meta(prepared_dir)
     predictor = Predictor(prepared_dir, model_dir, meta)
@@ -61,45 +61,6 @@ def write_predictions(input_path: Path, prepared_dir: Path, model_dir: Path, out
         table.to_csv(out, index=False, header=not written)
         written += len(table)
     return written
-
-
-class Predictor:
-    """The saved preprocessing and the trained model, applied to raw inputs of the training data's kind.
-
-    Shared by the predict command and the MLflow pyfunc model, so both give the same answers.
-    """
-
-    def __init__(self, prepared_dir: Path, model_dir: Path, meta: dict | None = None):
-        from pipeline.data import DataError, load_preprocessor
-        from pipeline.train import MODEL_FILE, read_meta
-        from pipeline.trained_model import load_trained_model
-
-        self.meta = meta or read_meta(prepared_dir)
-        self.preprocessor = load_preprocessor(prepared_dir, self.meta)
-        if not (model_dir / MODEL_FILE).is_file():
-            raise DataError(f"{model_dir / MODEL_FILE}: not found. Train first (dvc repro).")
-        self.net, bundle = load_trained_model(model_dir / MODEL_FILE)
-        self.class_names = bundle["class_names"]
-        self.unseen: dict[str, Counter] = {}  # column -> category -> rows, over every batch predicted so far
-
-    def predict(self, inputs, ids: list[str], batch_size: int = 1024, source: str = "input"):
-        import pandas as pd
-        import torch
-
-        from pipeline.data import DataError, model_input
-        from pipeline.trained_model import predict_proba
-
-        for column, values in getattr(self.preprocessor, "unseen_categories", lambda _: {})(inputs).items():
-            self.unseen.setdefault(column, Counter()).update(values)
-        x = self.preprocessor.transform(inputs)
-        if list(x.shape[1:]) != list(self.meta["input_shape"]):
-            raise DataError(f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
-                            f"{self.meta['input_shape']}.")
-        probs = predict_proba(self.net, torch.from_numpy(model_input(x)), batch_size).numpy()
-        table = pd.DataFrame({"id": ids, "predicted": [self.class_names[i] for i in probs.argmax(axis=1)]})
-        for i, name in enumerate(self.class_names):
-            table[f"prob_{name}"] = probs[:, i]
-        return table
 
 
 def main() -> None:

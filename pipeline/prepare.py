@@ -18,17 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.artifacts import EXAMPLE_FILE, META_FILE, PREPARED_FILES, SPLITS, split_file
 from pipeline.config import DataParams, load_params
 from pipeline.errors import run_cli
 
-SPLITS = ("train", "val", "test")
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
-EXAMPLE_FILE, EXAMPLE_ROWS = "input_example.json", 3
-# Every file prepare writes for some kind of data (and preprocessor.joblib, which older versions wrote): a rerun may
-# replace these, never anything else in the folder.
-PREPARED_FILES = (*(f"{split}.npz" for split in SPLITS), "meta.json", EXAMPLE_FILE, "preprocessor.skops",
-                  "preprocessor.joblib", "vocab.json")
+EXAMPLE_ROWS = 3
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
@@ -100,7 +96,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     with atomic_path(out_dir, PREPARED_FILES) as tmp:  # a failure leaves the previous output (or none), never half of one
         tmp.mkdir()
         for name in SPLITS:
-            write_split(tmp / f"{name}.npz", preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
+            write_split(tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
                         digest)
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
@@ -114,7 +110,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
             "class_counts": {"train": np.bincount(y[splits["train"]], minlength=len(class_names)).tolist()},
             "digest": digest.hexdigest()[:32],
         }
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / META_FILE, meta)
     return meta
 
 

@@ -19,12 +19,11 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts import EXAMPLE_FILE, PREPROCESSING_FILES, read_meta
 from pipeline.files import read_json
-from pipeline.prepare import EXAMPLE_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
-PREPROCESSING_FILES = ("meta.json", "preprocessor.skops", "vocab.json", EXAMPLE_FILE)
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
 
@@ -33,7 +32,7 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
     # would only warn, once per process, that they are missing: the signature is given when the model is logged.
     _skip_type_hint_validation = True
     def load_context(self, context):
-        from pipeline.predict import Predictor
+        from pipeline.predictor import Predictor
 
         self.predictor = Predictor(Path(context.artifacts["preprocessing"]), Path(context.artifacts["model"]))
 
@@ -69,9 +68,9 @@ def log_pyfunc_model(prepared_dir: Path, model_dir: Path, name: str = "model") -
     """Log into the active run; returns MLflow's ModelInfo."""
     from mlflow.models import infer_signature
 
-    from pipeline.predict import Predictor
+    from pipeline.predictor import Predictor
 
-    meta = read_json(prepared_dir / "meta.json")
+    meta = read_meta(prepared_dir)
     example = input_example(prepared_dir, meta)
     output = Predictor(prepared_dir, model_dir, meta).predict(raw_inputs(example, meta), [str(i) for i in
                                                                                           range(len(example))])

@@ -12,7 +12,6 @@ import base64
 import json
 import logging
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -26,19 +25,18 @@ from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.artifacts import RUN_FILE
 from pipeline.config import PARAMS_FILE, MlflowParams, Params, params_from_dict, to_flat_dict, used_params
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_json
+from pipeline.files import write_json
+from pipeline.uris import masked_uri
 
 STORE_FILE = "mlflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 ARTIFACT_DIR = "mlartifacts"
-RUN_FILE = "mlflow_run.json"  # written by train next to the model: the run evaluate continues
 REACHABILITY_TIMEOUT_S = 5
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests runs (cross-validation folds) in its UI
-MASK = "***"  # SQLAlchemy's way of showing a URL's password
-SECRET_QUERY_KEYS = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|access_key)[^=&]*=)[^&]*")
 # MLflow's ceiling on MLFLOW_HTTP_REQUEST_MAX_RETRIES, and urllib3's on one backoff wait (Retry.DEFAULT_BACKOFF_MAX).
 MAX_RETRIES, MAX_BACKOFF_S, RETRY_JITTER_S = 10, 120, 1.0
 CONFIG_HASH_TAG = "config.hash"  # of the whole resolved params.yaml: equal configurations share it
@@ -58,23 +56,6 @@ def repo_root() -> Path:
 
 def tracking_uri(params: MlflowParams) -> str:
     return params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
-
-
-def masked_uri(uri: str) -> str:
-    """`uri` fit to write or print: a password in it (`scheme://user:PASSWORD@host`, `?password=`) becomes ***, and
-    so does a bare user part of a server URL (`https://TOKEN@host`), where a token is what it usually holds. Files
-    that name the store keep this form; the real URI always comes from params.yaml or the environment."""
-    parts = urllib.parse.urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, has_password, _ = netloc.rpartition("@")[0].partition(":")
-        host = netloc.rpartition("@")[2]
-        bare_token = not has_password and parts.scheme in ("http", "https")
-        netloc = f"{MASK}@{host}" if bare_token else f"{user}{':' + MASK if has_password else ''}@{host}"
-    query = SECRET_QUERY_KEYS.sub(lambda m: m.group(1) + MASK, f"?{parts.query}")[1:] if parts.query else ""
-    if (netloc, query) == (parts.netloc, parts.query):
-        return uri
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def artifact_location(uri: str) -> str | None:
@@ -405,13 +386,6 @@ def stopping(monitor: Any) -> Iterator[None]:
 def write_run_file(model_dir: Path, run_id: str, uri: str) -> None:
     """The run and its store, the store's URI masked: the file goes into the DVC cache and the run's artifacts."""
     write_json(model_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": masked_uri(uri)})
-
-
-def read_run_file(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / RUN_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found. Run the train stage first (dvc repro).")
-    return read_json(path)
 
 
 @contextmanager

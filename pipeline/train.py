@@ -7,45 +7,50 @@ to rebuild the network), `<out>/mlflow_run.json` (the run evaluate continues), a
 `--cv-metrics` the per-epoch metrics and the cross-validation summary. Under DDP every process runs this file; only
 global rank zero talks to MLflow and writes outputs.
 
-Lightning, torch and MLflow are imported inside `fit` so that a bad params.yaml or an unreachable tracking server
-is reported before paying several seconds of imports.
+`fit` starts the run, trains and publishes; the steps import Lightning, torch and MLflow themselves, so that a bad
+params.yaml or an unreachable tracking server is reported before paying several seconds of imports.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import console, defaults, tracking
-from pipeline.config import (
-    Params,
-    ParamsError,
-    check_model_fits_data,
-    config_hash,
-    load_params,
-    resolve_auto,
-    used_params,
-)
-from pipeline.errors import PipelineError, run_cli
+from pipeline.artifacts import CV_SUMMARY_FILE, LAST_CHECKPOINT, MODEL_FILE, RUN_FILE, read_meta
+from pipeline.config import Params, ParamsError, check_model_fits_data, load_params, resolve_auto
+from pipeline.errors import run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
 
-MODEL_FILE = "model.pt"
-BEST_CHECKPOINT = "best"
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipeline.checkpoints import ResumePoint
+
 WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc model evaluate logs
-CV_SUMMARY_FILE = "cv_summary.json"  # kept with the checkpoints: a resumed final fit does not redo the folds
 RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
 RESUMED_EPOCHS_TAG = "resumed_from.epochs"  # epochs the interrupted run had completed
 STEP_TIMES_ENV = "PIPELINE_STEP_TIMES"  # a JSON file: benchmarks learn how long the training steps took
 STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoch and stopped_epoch say when
-DEFAULTS_KIND_TAG = "defaults.kind"  # the kind of data whose defaults `auto` took
-AUTO_KEYS_TAG = "defaults.auto_keys"  # the keys that took them (comma-separated); their values are the run's params
+
+
+@dataclass
+class TrainingRun:
+    """The MLflow run of one training attempt, and what the attempt resumes from (None: a fresh start)."""
+    logger: MLFlowLogger  # owns the run
+    run_id: str  # "" on processes other than global rank zero: only that one talks to MLflow
+    uri: str
+    digest: str  # the prepared data's, as logged with the run
+    attempt: str  # the fingerprint recorded in the checkpoint folder
+    resume: ResumePoint | None
+    system_metrics: Any  # a monitor sampling into the run, or None
 
 
 def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -57,17 +62,29 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     `history_file` receives one row per epoch of train/val metrics, for `dvc plots`; `cv_metrics_file` the
     cross-validation summary (`train.cv_folds`), for `dvc metrics`.
     """
-    import pytorch_lightning as pl
-
     from pipeline import checkpoints
-    from pipeline.cross_validation import cross_validate, write_cv_metrics
-    from pipeline.datamodule import PreparedDataModule, load_split
-    from pipeline.trained_model import save_trained_model
 
     meta = read_meta(prepared_dir)
     apply_defaults(params, meta["kind"])
     if params.auto_keys and checkpoints.launched_as_global_zero():
         print(f"train: {defaults.describe(params, params.defaults_kind, params.auto_keys)}")
+    run = start_run(params, prepared_dir, meta, checkpoint_dir)
+    with ending_run(run.logger, checkpoint_dir), tracking.stopping(run.system_metrics):
+        cv_summary = cross_validation(params, prepared_dir, meta, run, checkpoint_dir)
+        trainer, module, checkpoint = train(params, prepared_dir, meta, run, checkpoint_dir, extra_callbacks)
+        if not trainer.is_global_zero:
+            return None
+        publish(params, prepared_dir, meta, run, model_dir, checkpoint_dir, trainer, module, checkpoint,
+                history_file, cv_metrics_file, cv_summary)
+    return run.run_id
+
+
+def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoint_dir: Path) -> TrainingRun:
+    """The attempt's run, continuing an interrupted attempt's when its checkpoints can be resumed from. The run
+    exists on global rank zero from here on: a kill at any later point is on record."""
+    from pipeline import checkpoints
+    from pipeline.training import new_logger
+
     uri = tracking.tracking_uri(params.mlflow)
     digest = tracking.data_digest(prepared_dir, meta)
     attempt = checkpoints.fingerprint(params, meta["digest"])
@@ -75,55 +92,73 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
     logger = new_logger(params, meta, digest, extra_tags={
         RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
     system_metrics = None
-    if checkpoints.launched_as_global_zero():  # the run exists from here on: a kill at any point is on record
+    run_id = (logger.run_id or "") if checkpoints.launched_as_global_zero() else ""  # creates the run
+    if run_id:
         if resume and resume.run_id:  # metrics are logged per epoch (step = epoch)
-            tracking.take_over_run(logger.experiment, resume.run_id, logger.run_id, resume.epochs)
-        checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri)
+            tracking.take_over_run(logger.experiment, resume.run_id, run_id, resume.epochs)
+        checkpoints.record_attempt(checkpoint_dir, attempt, run_id, uri)
         if params.mlflow.system_metrics:
-            system_metrics = tracking.start_system_metrics(uri, logger.run_id)
+            system_metrics = tracking.start_system_metrics(uri, run_id)
+    return TrainingRun(logger, run_id, uri, digest, attempt, resume, system_metrics)
 
-    with ends_killed_on_interrupt(logger, checkpoint_dir), tracking.stopping(system_metrics):
-        cv_summary, cv_summary_file = None, checkpoint_dir / CV_SUMMARY_FILE
-        if params.train.cv_folds > 1 and resume:  # the folds finished before the final fit began
-            cv_summary = read_json(cv_summary_file)
-        elif params.train.cv_folds > 1:  # folds first, each a nested run under this one; then the model as set
-            try:
-                cv_summary = cross_validate(params, prepared_dir, meta, logger, checkpoint_dir / "cv")
-            except BaseException:  # the parent run exists already; no Trainer owns it yet to mark it
-                logger.experiment.set_terminated(logger.run_id, "FAILED")
-                raise
-            write_json(cv_summary_file, cv_summary)
-        pl.seed_everything(params.train.seed, workers=True, verbose=False)
-        module = new_module(params, meta, load_split(prepared_dir, "train").y)
-        checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
-        trainer = new_trainer(params, [logger], callbacks + (extra_callbacks or []), checkpoint_dir)
-        trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
-                    ckpt_path=resume.checkpoint if resume else None)
-        # (on any other failure Lightning marks the run FAILED before re-raising)
 
-    if not trainer.is_global_zero:
+def cross_validation(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun,
+                     checkpoint_dir: Path) -> dict[str, dict[str, float]] | None:
+    """With `train.cv_folds` > 1, the folds first, each a nested run under this one; a resumed attempt finished
+    them before its final fit began, and reads their summary back."""
+    from pipeline.cross_validation import cross_validate
+
+    summary_file = checkpoint_dir / CV_SUMMARY_FILE
+    if params.train.cv_folds <= 1:
         return None
-    try:
-        best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
-        module.load_state_dict(best["state_dict"])
-        log_stopping(logger, params, trainer, int(best["epoch"]), checkpoint.best_model_score)
-        save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, model_hparams(params), meta)
-        logger.experiment.log_inputs(logger.run_id, [tracking.prepared_data_input(prepared_dir, meta, digest)])
-        logger.experiment.log_artifact(logger.run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
-        tracking.write_run_file(model_dir, logger.run_id, uri)
-        if history_file:
-            write_history(logger.experiment, logger.run_id, history_file)
-        if cv_metrics_file:
-            write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
-        logger.experiment.log_artifact(logger.run_id, str(model_dir / tracking.RUN_FILE), WEIGHTS_ARTIFACT_DIR)
-        checkpoints.record_attempt(checkpoint_dir, attempt, logger.run_id, uri, finished=True)
-    except BaseException as exc:
-        if tracking.is_unreachable(exc):  # marking the run would wait as long again, and fail
-            tracking.stop_retrying()
-            raise
-        logger.experiment.set_terminated(logger.run_id, "FAILED")
-        raise
-    return logger.run_id
+    if run.resume:
+        return read_json(summary_file)
+    summary = cross_validate(params, prepared_dir, meta, run.logger, checkpoint_dir / "cv")
+    write_json(summary_file, summary)
+    return summary
+
+
+def train(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun, checkpoint_dir: Path,
+          extra_callbacks: list | None) -> tuple[Any, Any, Any]:
+    """The model as configured, on the train split: the trainer, the module and its best-checkpoint callback."""
+    import pytorch_lightning as pl
+
+    from pipeline.datamodule import PreparedDataModule, load_split
+    from pipeline.training import new_callbacks, new_module, new_trainer
+
+    pl.seed_everything(params.train.seed, workers=True, verbose=False)
+    module = new_module(params, meta, load_split(prepared_dir, "train").y)
+    checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
+    trainer = new_trainer(params, [run.logger], callbacks + (extra_callbacks or []), checkpoint_dir)
+    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
+                ckpt_path=run.resume.checkpoint if run.resume else None)
+    return trainer, module, checkpoint
+
+
+def publish(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun, model_dir: Path,
+            checkpoint_dir: Path, trainer: Any, module: Any, checkpoint: Any, history_file: Path | None,
+            cv_metrics_file: Path | None, cv_summary: dict[str, dict[str, float]] | None) -> None:
+    """The best epoch's weights as model.pt, the run file, the history and the cross-validation metrics, logged to
+    the run; the attempt recorded as finished, so the next `dvc repro` starts over."""
+    from pipeline import checkpoints
+    from pipeline.cross_validation import write_cv_metrics
+    from pipeline.trained_model import save_trained_model
+    from pipeline.training import model_hparams
+
+    logger, run_id = run.logger, run.run_id
+    best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
+    module.load_state_dict(best["state_dict"])
+    log_stopping(logger, params, trainer, int(best["epoch"]), checkpoint.best_model_score)
+    save_trained_model(model_dir / MODEL_FILE, module.net, params.model.name, model_hparams(params), meta)
+    logger.experiment.log_inputs(run_id, [tracking.prepared_data_input(prepared_dir, meta, run.digest)])
+    logger.experiment.log_artifact(run_id, str(model_dir / MODEL_FILE), WEIGHTS_ARTIFACT_DIR)
+    tracking.write_run_file(model_dir, run_id, run.uri)
+    if history_file:
+        write_history(logger.experiment, run_id, history_file)
+    if cv_metrics_file:
+        write_cv_metrics(cv_metrics_file, params.train.cv_folds, cv_summary)
+    logger.experiment.log_artifact(run_id, str(model_dir / RUN_FILE), WEIGHTS_ARTIFACT_DIR)
+    checkpoints.record_attempt(checkpoint_dir, run.attempt, run_id, run.uri, finished=True)
 
 
 def apply_defaults(params: Params, kind: str) -> None:
@@ -137,27 +172,38 @@ def apply_defaults(params: Params, kind: str) -> None:
 
 
 @contextmanager
-def ends_killed_on_interrupt(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
-    """Ctrl+C / SIGINT: Lightning shuts down cleanly, marks the run FAILED and exits 1; between Lightning's loops it
-    is a plain KeyboardInterrupt. Either way the run ends KILLED and the user learns what the next run will do.
+def ending_run(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
+    """The one place the training run ends, on global rank zero: FINISHED when the block completes, KILLED on an
+    interrupt, FAILED on any other error.
 
-    An interrupt that cuts an MLflow write short leaves that SQLite transaction holding the store's lock, and
+    Ctrl+C / SIGINT: Lightning shuts down cleanly, marks the run FAILED and exits 1; between Lightning's loops it is
+    a plain KeyboardInterrupt. Either way the run ends KILLED and the user learns what the next run will do. An
+    interrupt that cuts an MLflow write short leaves that SQLite transaction holding the store's lock, and
     Lightning's shutdown then fails to mark the run ("database is locked"). That is still the interrupt: the run is
-    left to the next attempt, which ends it KILLED when it finds it RUNNING (as after a SIGKILL)."""
+    left to the next attempt, which ends it KILLED when it finds it RUNNING (as after a SIGKILL). A tracking server
+    that stopped answering is not asked again: marking the run would wait as long again, and fail."""
     from pipeline import checkpoints
 
+    owner = checkpoints.launched_as_global_zero()
     try:
         yield
     except BaseException as exc:
-        if not isinstance(exc, (SystemExit, KeyboardInterrupt)) and not _raised_by_interrupt(exc):
+        interrupted = isinstance(exc, (SystemExit, KeyboardInterrupt))
+        if not interrupted and not _raised_by_interrupt(exc):
+            if tracking.is_unreachable(exc):
+                tracking.stop_retrying()
+            elif owner and logger.run_id:
+                logger.experiment.set_terminated(logger.run_id, "FAILED")
             raise
-        if checkpoints.launched_as_global_zero() and logger.run_id:
-            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        if owner and logger.run_id:
+            if interrupted:
                 logger.experiment.set_terminated(logger.run_id, "KILLED")
-            last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
+            last = checkpoint_dir / LAST_CHECKPOINT
             print(f"train: interrupted; the next `dvc repro` resumes from {last}" if last.is_file() else
                   "train: interrupted before the first checkpoint; the next `dvc repro` starts over", file=sys.stderr)
         raise KeyboardInterrupt from None
+    if owner and logger.run_id:
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
 
 
 def _raised_by_interrupt(exc: BaseException) -> bool:
@@ -194,80 +240,6 @@ def log_stopping(logger: Any, params: Params, trainer: Any, best_epoch: int, bes
           f"stopped: {because}")
 
 
-def model_hparams(params: Params) -> dict[str, Any]:
-    return dataclasses.asdict(getattr(params.model, params.model.name))
-
-
-def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str | None = None,
-               extra_tags: dict[str, str] | None = None) -> Any:
-    """An MLFlowLogger; it creates its run on global rank zero when first used."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    uri = tracking.tracking_uri(params.mlflow)
-    return MLFlowLogger(
-        experiment_name=params.mlflow.experiment_name,
-        run_name=run_name or tracking.run_name(params, meta["kind"]),
-        tracking_uri=uri,
-        artifact_location=tracking.artifact_location(uri),
-        tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {}),
-              tracking.CONFIG_HASH_TAG: config_hash(params), **auto_tags(params)},
-        log_model=False,  # model.pt is logged by fit; checkpoints stay DVC outputs
-    )
-
-
-def auto_tags(params: Params) -> dict[str, str]:
-    if not params.auto_keys:
-        return {}
-    return {DEFAULTS_KIND_TAG: params.defaults_kind, AUTO_KEYS_TAG: ",".join(params.auto_keys)}
-
-
-def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Any:
-    from models import build_model
-    from pipeline.lightning_module import Classifier
-
-    net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
-                      meta.get("vocab_size"), meta.get("categorical_cardinalities"))
-    # Only what this run reads (evaluate.* may change without retraining; evaluate logs those itself).
-    run_params = used_params(params, meta["kind"])
-    weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
-        else None
-    return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)
-
-
-def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
-    """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-
-    from pipeline.checkpoints import RandomStateCheckpoint
-    from pipeline.lightning_module import monitor_mode
-
-    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
-    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
-                                 save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint, RandomStateCheckpoint()]  # the module logs the learning rate, as `lr`
-    if params.trainer.progress_bar:
-        callbacks.append(console.progress_bar())
-    if params.train.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
-    return checkpoint, callbacks
-
-
-def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) -> Any:
-    import pytorch_lightning as pl
-
-    from pipeline.checkpoints import AtomicCheckpointIO
-
-    t = params.trainer
-    return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
-        log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
-        logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],
-        enable_model_summary=False,  # the network's size is in its MLflow params
-    )
-
-
 def write_history(client: Any, run_id: str, history_file: Path) -> None:
     """One row per epoch of the run's train/ and val/ metrics, for DVC plots. Read back from MLflow, not kept in a
     file while training: the run is the one record that a resumed training continues (see checkpoints.py)."""
@@ -283,16 +255,6 @@ def write_history(client: Any, run_id: str, history_file: Path) -> None:
     table = pd.DataFrame.from_dict(rows, orient="index", columns=keys).sort_index().rename_axis("epoch")
     with atomic_path(history_file) as tmp:
         table.to_csv(tmp)
-
-
-def balanced_class_weights(labels: Any, num_classes: int) -> Any:
-    """n_samples / (n_classes * count) per class (scikit-learn's 'balanced'), from the training labels."""
-    import numpy as np
-    import torch
-    from sklearn.utils.class_weight import compute_class_weight
-
-    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels))
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def torch_load_checkpoint(path: str) -> dict[str, Any]:
@@ -328,13 +290,6 @@ def step_timer(path: Path) -> Any:
                                   "fit_s": time.perf_counter() - self.fit_start})
 
     return StepTimer()
-
-
-def read_meta(prepared_dir: Path) -> dict[str, Any]:
-    path = prepared_dir / "meta.json"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found. Run the prepare stage first (dvc repro prepare).")
-    return read_json(path)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model
+from models.registry import build_model
 
 FORMAT_VERSION = 1
 

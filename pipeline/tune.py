@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from omegaconf import OmegaConf
 
 from pipeline import tracking
+from pipeline.artifacts import RUN_FILE, read_meta, read_run_file
 from pipeline.config import (
     Params,
     TuneParams,
@@ -42,7 +43,6 @@ from pipeline.config import (
     params_from_dict,
 )
 from pipeline.errors import PipelineError, run_cli
-from pipeline.train import read_meta
 
 JOURNAL_FILE = "optuna-journal.log"  # the default storage, at the repository root
 PREPARED_DIR = "data/prepared"  # dvc.yaml's prepare output
@@ -338,7 +338,7 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
 
     from pipeline.datamodule import PreparedDataModule
     from pipeline.lightning_module import NonFiniteLoss
-    from pipeline.train import new_callbacks, new_logger, new_module, new_trainer
+    from pipeline.training import new_callbacks, new_logger, new_module, new_trainer
 
     tune = params.tune
     values = suggest(trial, tune.space)
@@ -432,8 +432,7 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], finished_tr
     print(f"tune: training the best setting as DVC experiment '{name}'", flush=True)
     _run([sys.executable, "-m", "pipeline.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
          f"dvc exp run -n {name}")
-    final_run = tracking.read_run_file(Path(MODEL_DIR))["run_id"] if Path(MODEL_DIR, tracking.RUN_FILE).is_file() \
-        else None
+    final_run = read_run_file(Path(MODEL_DIR)).run_id if Path(MODEL_DIR, RUN_FILE).is_file() else None
     if final_run:
         from mlflow.tracking import MlflowClient
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import PAD_ID, REGISTRY, build_model
+from models.registry import REGISTRY, build_model
+from models.specs import PAD_ID
 from pipeline.config import CNNParams, MLPParams, ModelParams, RNNParams, TransformerParams
 
 NUM_CLASSES = 4

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from models import REGISTRY, build_model
+from models.registry import REGISTRY, build_model
 from models.cnn import CNN
 from pipeline.config import (
     MODEL_NAMES,
@@ -157,7 +157,7 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
     from torch.nn import functional
 
     from pipeline.datamodule import InMemoryDataset, PreparedDataModule
-    from pipeline.train import balanced_class_weights
+    from pipeline.training import balanced_class_weights
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(12, 4), torch.tensor([0] * 8 + [1] * 3 + [2])
@@ -260,9 +260,9 @@ def test_fit_saves_a_weights_only_model_file(workspace, trained) -> None:
 
 
 def test_model_file_holds_the_best_checkpoint_weights(trained) -> None:
-    from pipeline.train import BEST_CHECKPOINT, MODEL_FILE
+    from pipeline.artifacts import BEST_CHECKPOINT, MODEL_FILE
 
-    best = torch.load(trained.ckpt_dir / f"{BEST_CHECKPOINT}.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(trained.ckpt_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=True)
     expected = {k[len("net."):]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     saved = torch.load(trained.model_dir / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
     assert saved.keys() == expected.keys()

@@ -332,8 +332,8 @@ def test_pyfunc_model_round_trip_equals_predict(trained: Trained, store: Path) -
 def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained, store: Path) -> None:
     from mlflow import MlflowClient
 
+    from pipeline.artifacts import read_run_file
     from pipeline.evaluate import evaluate
-    from pipeline.tracking import read_run_file
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -342,7 +342,7 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
                            register_as="animals-classifier")
     client = MlflowClient(uri)
     (version,) = client.search_model_versions("name='animals-classifier'")
-    assert version.run_id == read_run_file(tabular.model)["run_id"]
+    assert version.run_id == read_run_file(tabular.model).run_id
     assert float(version.tags["test/accuracy"]) == pytest.approx(summary["accuracy"], abs=1e-5)
     assert "test/f1_macro" in version.tags
     loaded = __import__("mlflow").pyfunc.load_model(f"models:/animals-classifier/{version.version}")

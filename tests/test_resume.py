@@ -324,21 +324,26 @@ def test_an_interrupt_whose_shutdown_fails_is_still_an_interrupt(tmp_path: Path)
     from mlflow.exceptions import MlflowException
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from pipeline.train import ends_killed_on_interrupt
+    from pipeline.train import ending_run
 
     logger = MLFlowLogger(experiment_name="interrupts", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     client = logger.experiment
 
-    with pytest.raises(KeyboardInterrupt), ends_killed_on_interrupt(logger, tmp_path):
+    with pytest.raises(KeyboardInterrupt), ending_run(logger, tmp_path):
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
             raise MlflowException("(sqlite3.OperationalError) database is locked") from None
     assert client.get_run(logger.run_id).info.status == "RUNNING"  # untouched: the store may still be locked
 
-    with pytest.raises(KeyboardInterrupt), ends_killed_on_interrupt(logger, tmp_path):
+    with pytest.raises(KeyboardInterrupt), ending_run(logger, tmp_path):
         raise KeyboardInterrupt
     assert client.get_run(logger.run_id).info.status == "KILLED"
 
-    with pytest.raises(MlflowException), ends_killed_on_interrupt(logger, tmp_path):  # not an interrupt: as raised
+    with pytest.raises(MlflowException), ending_run(logger, tmp_path):  # not an interrupt: as raised
         raise MlflowException("some other failure")
+    assert client.get_run(logger.run_id).info.status == "FAILED"
+
+    with ending_run(logger, tmp_path):  # the block completed: the run ends FINISHED, whatever it was before
+        pass
+    assert client.get_run(logger.run_id).info.status == "FINISHED"

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import UNKNOWN_CATEGORY, build_model
 from models.mlp import category_embedding_dim
+from models.registry import build_model
+from models.specs import UNKNOWN_CATEGORY
 from pipeline.config import DataParams, MLPParams, ModelParams, TabularParams
 from pipeline.data.tabular import UNKNOWN_INDEX
 from pipeline.evaluate import predict_split

@@ -34,19 +34,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.specs import UNKNOWN_CATEGORY
+from pipeline.artifacts import PICKLED_PREPROCESSOR_FILE, PREPROCESSOR_FILE
 from pipeline.config import DataParams, TabularParams
 from pipeline.data import DataError, RawData, require_file
 
-PREPROCESSOR_FILE = "preprocessor.skops"
-PICKLED_PREPROCESSOR_FILE = "preprocessor.joblib"  # what older versions wrote: never loaded, a pickle runs code
 # What the fitted ColumnTransformer holds beyond the scikit-learn and numpy types skops trusts by itself (the
 # median imputer's function, the embedding index shift); a file that holds anything else is refused.
 TRUSTED_TYPES = ("numpy.dtype", "numpy.median", f"{__name__}._past_unknown_index")
 BUILTIN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "iris": "load_iris"}
 # Rows per transform step: scikit-learn's float64 temporaries stay a few MB whatever the table's length.
 TRANSFORM_CHUNK_ROWS = 65536
-# Embedding index of a missing or never-seen category: models.UNKNOWN_CATEGORY (not imported: that loads torch).
-UNKNOWN_INDEX = 0
+UNKNOWN_INDEX = UNKNOWN_CATEGORY  # the embedding index of a missing or never-seen category
 # Date formats tried on a text column, in this order. pandas' own value-by-value parser ("mixed") is tried only on
 # columns named in data.tabular.dates: it reads codes such as "T-00123" as dates too.
 DATE_FORMATS = ("ISO8601", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y", "%d %b %Y",

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.artifacts import VOCAB_FILE
 from pipeline.config import DataParams, TextParams
 from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
 
-VOCAB_FILE = "vocab.json"
 READ_CHUNK_ROWS = 65536  # rows per pandas chunk when the file has a header
 PAD, UNK = "<pad>", "<unk>"
 URL = re.compile(r"(https?://|www\.)\S+")
