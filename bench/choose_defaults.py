@@ -175,7 +175,7 @@ def make_params(params_file: Path, tmp: Path, experiment: str, settings: dict) -
 def score_cv(params: Params, prepared: Path, meta: dict, folder: Path) -> dict:
     from pipeline import tracking
     from pipeline.cross_validation import cross_validate
-    from pipeline.train import new_logger
+    from pipeline.training import new_logger
 
     parent = new_logger(params, meta, tracking.data_digest(prepared, meta))
     summary = silently(cross_validate, params, prepared, meta, parent, folder)

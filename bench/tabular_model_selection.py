@@ -82,7 +82,7 @@ def cv_mlp(tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, 
            split_seed: int) -> dict:
     """The pipeline's k-fold cross-validation of one setting: mean fold val/accuracy and val/loss."""
     from pipeline.cross_validation import cross_validate
-    from pipeline.train import new_logger
+    from pipeline.training import new_logger
 
     params = make_params(tmp, f"{dataset}-cv", {"data.dataset": dataset, "data.seed": split_seed, **BASE,
                                                 **settings, "train.cv_folds": folds, "train.seed": seed})
