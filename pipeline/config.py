@@ -17,7 +17,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -53,30 +53,30 @@ BUILTIN_DATASETS = {"digits": "image", "breast_cancer": "tabular", "wine": "tabu
 
 @dataclass
 class TabularParams:
-    target: Optional[str] = None  # the label column; required for a CSV/Parquet file
-    features: Optional[list[str]] = None  # null: every column but the target
-    categorical: Optional[list[str]] = None  # null: detected (text, boolean and category columns)
+    target: str | None = None  # the label column; required for a CSV/Parquet file
+    features: list[str] | None = None  # null: every column but the target
+    categorical: list[str] | None = None  # null: detected (text, boolean and category columns)
     # embedding: one index per categorical column (0 missing/unknown, 1..K), embedded by the MLP
     categorical_encoding: str = _choice("onehot", "onehot", "embedding")
     numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
     scaling: str = _choice("standard", "standard", "minmax", "none")
-    dates: Optional[list[str]] = None  # null: detected (text parsed as dates); each becomes calendar features
-    drop: Optional[list[str]] = None  # columns left out of the features
+    dates: list[str] | None = None  # null: detected (text parsed as dates); each becomes calendar features
+    drop: list[str] | None = None  # columns left out of the features
     # onehot: a detected text column with more distinct training values is left out (named in a warning)
     max_categories: int = _positive(100)
 
 
 @dataclass
 class ImageParams:
-    size: Optional[list[int]] = None  # [height, width] to resize to; null: keep (all images must share one size)
+    size: list[int] | None = None  # [height, width] to resize to; null: keep (all images must share one size)
     color: str = _choice("grayscale", "grayscale", "rgb")
 
 
 @dataclass
 class TextParams:
-    text_column: Optional[str] = None  # null: a file without header, label first then text (SMS Spam format)
-    label_column: Optional[str] = None
-    delimiter: Optional[str] = None  # null: tab for .tsv and header-less files, else comma
+    text_column: str | None = None  # null: a file without header, label first then text (SMS Spam format)
+    label_column: str | None = None
+    delimiter: str | None = None  # null: tab for .tsv and header-less files, else comma
     lowercase: bool = True
     strip_urls: bool = True
     strip_numbers: bool = False
@@ -115,8 +115,8 @@ class DataParams:
 # schema's defaults here and in TrainParams are what a Params built in code gets, and what a kind's table lacks.
 @dataclass
 class MLPParams:
-    hidden_dims: Optional[list[int]] = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
-    dropout: Optional[float] = field(default=0.1, metadata={"min": 0, "lt": 1})  # auto
+    hidden_dims: list[int] | None = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
+    dropout: float | None = field(default=0.1, metadata={"min": 0, "lt": 1})  # auto
     embedding_dim: int = _positive(64)  # text: tokens, mean-pooled; tables: min(this, categories) per column
 
 
@@ -124,11 +124,11 @@ class MLPParams:
 class CNNParams:
     """2-D over images; 1-D over token embeddings for text."""
 
-    channels: Optional[list[int]] = field(default_factory=lambda: [32, 64])  # auto
+    channels: list[int] | None = field(default_factory=lambda: [32, 64])  # auto
     kernel_size: int = _positive(3)
     hidden_dim: int = _positive(128)
     dropout: float = field(default=0.25, metadata={"min": 0, "lt": 1})
-    embedding_dim: Optional[int] = _positive(64)  # text only; auto
+    embedding_dim: int | None = _positive(64)  # text only; auto
 
 
 @dataclass
@@ -181,21 +181,21 @@ MONITORABLE_METRICS = ("val/loss", "val/accuracy", "val/f1_macro")
 @dataclass
 class TrainParams:
     seed: int = 42
-    batch_size: Optional[int] = _positive(64)  # auto
-    max_epochs: Optional[int] = _positive(40)  # auto
+    batch_size: int | None = _positive(64)  # auto
+    max_epochs: int | None = _positive(40)  # auto
     optimizer: str = _choice("adamw", "sgd", "adam", "adamw")
-    lr: Optional[float] = _positive(1e-3)  # auto
-    weight_decay: Optional[float] = _non_negative(1e-4)  # auto
+    lr: float | None = _positive(1e-3)  # auto
+    weight_decay: float | None = _non_negative(1e-4)  # auto
     momentum: float = field(default=0.9, metadata={"min": 0, "lt": 1})  # sgd only
     scheduler: str = _choice("cosine", "none", "step", "cosine", "plateau")
-    step_size: Optional[int] = field(default=None, metadata={"gt": 0})  # epochs between decays (step)
+    step_size: int | None = field(default=None, metadata={"gt": 0})  # epochs between decays (step)
     gamma: float = _fraction(0.1)  # decay factor (step, plateau)
     plateau_patience: int = _non_negative(5)
     min_lr: float = _non_negative(0.0)  # floor of cosine and plateau
-    monitor: Optional[str] = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
-    early_stopping_patience: Optional[int] = field(default=10, metadata={"gt": 0})  # null: off
-    gradient_clip_val: Optional[float] = field(default=None, metadata={"gt": 0})  # null: off
-    class_weights: Optional[str] = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
+    monitor: str | None = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
+    early_stopping_patience: int | None = field(default=10, metadata={"gt": 0})  # null: off
+    gradient_clip_val: float | None = field(default=None, metadata={"gt": 0})  # null: off
+    class_weights: str | None = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
     cv_folds: int = _non_negative(0)  # k >= 2: k-fold cross-validation on train + val before the final fit
 
 
@@ -222,10 +222,10 @@ class EvaluateParams:
 
 @dataclass
 class MlflowParams:
-    tracking_uri: Optional[str] = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
+    tracking_uri: str | None = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
     experiment_name: str = "default-pipeline"
-    run_name: Optional[str] = None  # null: [DVC experiment name] <model> <params differing from the committed>
-    register_model: Optional[str] = None  # a name: register each evaluated model as a new version of it
+    run_name: str | None = None  # null: [DVC experiment name] <model> <params differing from the committed>
+    register_model: str | None = None  # a name: register each evaluated model as a new version of it
     # How long a tracking server may not answer before the stage gives up (MLflow's retries, bounded to this).
     max_unreachable_s: int = _positive(120)
     system_metrics: bool = True  # MLflow's CPU, memory (and GPU) metrics of the run, sampled while it runs
@@ -239,8 +239,8 @@ class TuneParams:
     study_name: str = "tune"  # also the DVC experiment the best setting is trained as
     # dotted params.yaml key -> {low, high[, log][, step]} (a number or integer key) or {choices: [...]}
     space: dict[str, Any] = field(default_factory=dict)
-    n_trials: Optional[int] = field(default=40, metadata={"gt": 0})  # finished trials of the study, all workers
-    timeout_s: Optional[float] = field(default=None, metadata={"gt": 0})  # per command; null: no time limit
+    n_trials: int | None = field(default=40, metadata={"gt": 0})  # finished trials of the study, all workers
+    timeout_s: float | None = field(default=None, metadata={"gt": 0})  # per command; null: no time limit
     metric: str = _choice("val/loss", *MONITORABLE_METRICS)  # also train.monitor of every trial and the final run
     direction: str = _choice("auto", "auto", "minimize", "maximize")  # auto: minimize a loss, maximize the others
     sampler: str = _choice("tpe", "tpe", "random")
@@ -248,7 +248,7 @@ class TuneParams:
     pruner: str = _choice("median", "median", "hyperband", "none")
     pruner_startup_trials: int = _non_negative(5)  # median: trials finished before any is pruned
     pruner_warmup_epochs: int = _non_negative(2)  # median: epochs of a trial before it may be pruned
-    storage: Optional[str] = None  # null: a journal file at the repository root; postgresql://... to share a study
+    storage: str | None = None  # null: a journal file at the repository root; postgresql://... to share a study
     workers: int = _positive(1)  # tune processes sharing this machine's cores (threads per trial = cores / this)
 
 

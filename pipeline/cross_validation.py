@@ -37,7 +37,7 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
         logger = new_logger(params, meta, parent_run.data.tags["data.digest"],
                             run_name=f"{parent_run.info.run_name} fold{fold}",
                             extra_tags={PARENT_RUN_TAG: parent.run_id, "cv.fold": str(fold)})
-        checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
+        _checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
         trainer = new_trainer(params, [logger], callbacks, checkpoint_dir / f"fold{fold}")
         data = PreparedDataModule.from_datasets(InMemoryDataset(x[fit_idx], y[fit_idx]),
                                                 InMemoryDataset(x[val_idx], y[val_idx]), params.train.batch_size)

@@ -8,8 +8,8 @@ under DDP and `seed_everything` still governs the shuffle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -56,7 +56,7 @@ class PreparedDataModule(pl.LightningDataModule):
         self.splits: dict[str, InMemoryDataset] = {}
 
     @classmethod
-    def from_datasets(cls, train: InMemoryDataset, val: InMemoryDataset, batch_size: int) -> "PreparedDataModule":
+    def from_datasets(cls, train: InMemoryDataset, val: InMemoryDataset, batch_size: int) -> PreparedDataModule:
         """Splits already in memory (cross-validation folds)."""
         data = cls("", batch_size)
         data.splits = {"train": train, "val": val}

@@ -97,7 +97,8 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     splits = split_indices(y, params, class_names, params.dataset)
     preprocessor = new_preprocessor(params).fit(take(raw.inputs, splits["train"]))
     digest = hashlib.sha256()
-    with atomic_path(out_dir, PREPARED_FILES) as tmp:  # a failure leaves the previous output (or none), never half of one
+    # A failure leaves the previous output (or none), never half of one.
+    with atomic_path(out_dir, PREPARED_FILES) as tmp:
         tmp.mkdir()
         for name in SPLITS:
             write_split(tmp / f"{name}.npz", preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],

@@ -350,7 +350,7 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
         pl.seed_everything(trial_params.train.seed, workers=True, verbose=False)
         module = new_module(trial_params, meta, train_labels)
         checkpoint, callbacks = new_callbacks(trial_params, Path(checkpoint_dir))
-        trainer = new_trainer(trial_params, [logger], callbacks + [pruning], Path(checkpoint_dir))
+        trainer = new_trainer(trial_params, [logger], [*callbacks, pruning], Path(checkpoint_dir))
         try:
             trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, trial_params.train.batch_size))
         except NonFiniteLoss:  # Lightning has ended the run FAILED; for the study it is a hopeless setting

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_cnn_rejects_non_image_input_and_points_to_mlp() -> None:
 
 def test_cnn_rejects_more_blocks_than_the_image_can_halve() -> None:
     hparams = {**dataclasses.asdict(ModelParams().cnn), "channels": [4, 4, 4, 4]}  # 8 -> 4 -> 2 -> 1 -> 0
-    with pytest.raises(ValueError, match="at most 3 entries in model.cnn.channels"):
+    with pytest.raises(ValueError, match=re.escape("at most 3 entries in model.cnn.channels")):
         build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)
     hparams["channels"] = [4, 4, 4]  # 8 -> 1 pixel still works
     assert build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)(torch.randn(2, *DIGITS_SHAPE)).shape == (2, 10)
@@ -274,7 +275,7 @@ def test_trained_model_loads_and_classifies_the_test_split(workspace, trained) -
     from pipeline.train import MODEL_FILE
     from pipeline.trained_model import load_trained_model
 
-    net, bundle = load_trained_model(trained.model_dir / MODEL_FILE)
+    net, _bundle = load_trained_model(trained.model_dir / MODEL_FILE)
     assert not net.training
     with np.load(workspace.prepared / "test.npz") as arrays:
         x, y = torch.from_numpy(arrays["x"]), arrays["y"]

@@ -194,7 +194,7 @@ class ChannelStandardiser:
         self.params, self.mean, self.std, self.pixel_range = params, mean, std, pixel_range
         self.shape: list[int] | None = None
 
-    def fit(self, x: np.ndarray) -> "ChannelStandardiser":
+    def fit(self, x: np.ndarray) -> ChannelStandardiser:
         if self.pixel_range is None:  # arrays: the range they came in; image files' is known beforehand
             self.pixel_range = [float(x.min()), float(x.max())]
         self.mean = x.mean(axis=(0, 2, 3)).tolist()

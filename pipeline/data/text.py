@@ -67,7 +67,7 @@ def _lines(path: Path) -> Iterator[str]:
     number = blank = 0
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            for number, line in enumerate(f, start=1):
+            for number, line in enumerate(f, start=1):  # noqa: B007 (the line reached, for the error below)
                 for text in line.splitlines():
                     if text.strip():
                         yield text
@@ -180,7 +180,7 @@ class MessageFile:
             with pd.read_csv(self.path, chunksize=READ_CHUNK_ROWS, **read) as chunks:
                 for chunk in chunks:
                     labels = chunk[p.label_column] if labelled else [""] * len(chunk)
-                    yield from zip(labels, chunk[p.text_column])
+                    yield from zip(labels, chunk[p.text_column], strict=True)
         except pd.errors.ParserError as exc:
             raise DataError(f"{self.path}: cannot be read as delimited text ({exc}).") from None
         except pd.errors.EmptyDataError:
