@@ -17,9 +17,9 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from pipeline import defaults
@@ -288,9 +288,9 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
         try:
             raw = OmegaConf.merge(raw, _parse_overrides(overrides))
         except OmegaConfBaseException as exc:  # a value of another shape than the file's (a list for a section)
-            raise ParamsError(f"overrides {overrides}: {exc.msg.splitlines()[0]}; give a value of the shape "
+            raise ParamsError(f"overrides {overrides}: {str(exc.msg).splitlines()[0]}; give a value of the shape "
                               "params.yaml has there.") from None
-    return params_from_dict(OmegaConf.to_container(raw), source=str(path))
+    return params_from_dict(_as_dict(raw), source=str(path))
 
 
 def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
@@ -300,7 +300,7 @@ def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
     data = defaults.mark_unset(data)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), data)
-        params: Params = OmegaConf.to_object(merged)
+        params = typing.cast(Params, OmegaConf.to_object(merged))  # a structured config of Params becomes one
     except ValidationError as exc:
         raise ParamsError(_format(source, [_type_problem(exc)])) from None
     except OmegaConfBaseException as exc:
@@ -325,6 +325,24 @@ def resolve_auto(params: Params, kind: str) -> None:
     if filled:
         params.auto_keys = (*params.auto_keys, *filled)  # type: ignore[misc]  # per instance, not per class
         params.defaults_kind = kind  # type: ignore[misc]
+
+
+T = TypeVar("T")
+
+
+def resolved(value: T | None) -> T:
+    """`value` without None, for the type checker: in params from `load_params` an auto key holds its kind's value
+    (`resolve_auto`), and a key `_check_combinations` requires (train.step_size for scheduler: step) is set."""
+    if value is None:
+        raise ValueError("an auto or required params key is still null: params were not loaded by load_params")
+    return value
+
+
+def _as_dict(config: DictConfig | ListConfig) -> dict[Any, Any]:
+    data = OmegaConf.to_container(config)
+    if not isinstance(data, dict):  # a DictConfig always converts to a dict
+        raise TypeError(f"expected a mapping, got {type(data).__name__}")
+    return data
 
 
 def to_flat_dict(params: Params) -> dict[str, Any]:
@@ -414,7 +432,7 @@ def _unknown_keys(schema: type, data: Any, prefix: str) -> list[str]:
             continue
         sub = fields[key].type
         sub_schema = globals().get(sub) if isinstance(sub, str) else sub
-        if dataclasses.is_dataclass(sub_schema):
+        if isinstance(sub_schema, type) and dataclasses.is_dataclass(sub_schema):
             problems += _unknown_keys(sub_schema, value, f"{path}.")
     return problems
 
@@ -499,11 +517,11 @@ def _check_combinations(p: Params) -> list[str]:
         problems.append(f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
                         "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
                         "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot.")
-    if any(s <= 0 for s in p.model.mlp.hidden_dims):  # [] is allowed: a linear model on the features
-        problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(p.model.mlp.hidden_dims)}.")
-    if not p.model.cnn.channels or any(s <= 0 for s in p.model.cnn.channels):
-        problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got "
-                        f"{list(p.model.cnn.channels)}.")
+    hidden_dims, channels = resolved(p.model.mlp.hidden_dims), resolved(p.model.cnn.channels)
+    if any(s <= 0 for s in hidden_dims):  # [] is allowed: a linear model on the features
+        problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(hidden_dims)}.")
+    if not channels or any(s <= 0 for s in channels):
+        problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got {list(channels)}.")
     t = p.model.transformer
     if t.d_model % t.n_heads:
         divisors = [h for h in range(1, t.d_model + 1) if t.d_model % h == 0 and h <= 16]
@@ -595,10 +613,10 @@ def _check_tune(t: TuneParams) -> list[str]:
     return problems
 
 
-def objective_direction(metric: str, direction: str) -> str:
+def objective_direction(metric: str, direction: str) -> Literal["minimize", "maximize"]:
     """Optuna's direction for tune.direction ('auto' follows the metric, as early stopping does)."""
     if direction != "auto":
-        return direction
+        return typing.cast(Literal["minimize", "maximize"], direction)  # the schema allows only these and auto
     return "minimize" if metric.endswith("loss") else "maximize"
 
 
@@ -660,7 +678,7 @@ def is_integer_key(dotted_key: str) -> bool:
 def _key_exists(dotted_key: str) -> bool:
     schema: Any = Params
     for part in dotted_key.split("."):
-        if not dataclasses.is_dataclass(schema) or part not in _field_names(schema):
+        if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)) or part not in _field_names(schema):
             return False
         schema = typing.get_type_hints(schema)[part]
     return not dataclasses.is_dataclass(schema)
@@ -677,7 +695,7 @@ def _override_problem(data: dict[str, Any], key: str, value: Any) -> str | None:
     candidate = OmegaConf.create(data)
     OmegaConf.update(candidate, key, value, merge=False)
     try:
-        params_from_dict(OmegaConf.to_container(candidate))
+        params_from_dict(_as_dict(candidate))
     except ParamsError as exc:
         return "; ".join(line.strip(" -") for line in str(exc).splitlines()[1:])
     return None

@@ -74,7 +74,7 @@ def split_indices(y: np.ndarray, params: DataParams, class_names: list[str], sou
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def raw_example(inputs: object) -> object:
+def raw_example(inputs: Any) -> object:
     """A few raw training inputs, as JSON: the MLflow model's input example and signature come from them."""
     if hasattr(inputs, "to_dict"):
         return json.loads(inputs.to_json(orient="records"))  # NaN -> null, numpy types -> JSON

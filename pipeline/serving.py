@@ -18,6 +18,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from pipeline.files import read_json
 from pipeline.prepare import EXAMPLE_FILE
@@ -28,7 +29,7 @@ PREPROCESSING_FILES = ("meta.json", "preprocessor.skops", "vocab.json", EXAMPLE_
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
 
-class PipelineModel(mlflow.pyfunc.PythonModel):
+class PipelineModel(PythonModel):
     # No type hints on these two: MLflow would read them as an input schema of its own. MLflow's check for them
     # would only warn, once per process, that they are missing: the signature is given when the model is logged.
     _skip_type_hint_validation = True

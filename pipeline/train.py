@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pipeline import console, defaults, tracking
 from pipeline.config import (
@@ -30,11 +30,15 @@ from pipeline.config import (
     config_hash,
     load_params,
     resolve_auto,
+    resolved,
     used_params,
 )
 from pipeline.errors import PipelineError, run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
+
+if TYPE_CHECKING:
+    from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
 
 MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best"
@@ -97,7 +101,7 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         module = new_module(params, meta, load_split(prepared_dir, "train").y)
         checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
         trainer = new_trainer(params, [logger], callbacks + (extra_callbacks or []), checkpoint_dir)
-        trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
+        trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size)),
                     ckpt_path=resume.checkpoint if resume else None)
         # (on any other failure Lightning marks the run FAILED before re-raising)
 
@@ -241,7 +245,8 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[Any, list]:
     from pipeline.checkpoints import RandomStateCheckpoint
     from pipeline.lightning_module import monitor_mode
 
-    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
+    monitor = resolved(params.train.monitor)
+    mode = monitor_mode(monitor)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT, monitor=monitor, mode=mode,
                                  save_last=True, auto_insert_metric_name=False)
     callbacks = [checkpoint, RandomStateCheckpoint()]  # the module logs the learning rate, as `lr`
@@ -260,7 +265,8 @@ def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) 
     t = params.trainer
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        precision=cast("_PRECISION_INPUT", t.precision),  # one of the choices config.py allows
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
         gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
         logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],

@@ -144,7 +144,7 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
-    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
+    data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False)
     (scores,) = trainer.validate(Classifier(net, 3, TrainParams()), datamodule=data, verbose=False)
@@ -169,7 +169,7 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
         objective = module.training_step((x, y), 0)
         assert objective.item() == pytest.approx(functional.cross_entropy(net(x), y, weight=weights).item())
         plain = functional.cross_entropy(net(x), y).item()
-    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
+    data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False)
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)

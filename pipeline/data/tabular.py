@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DataParams, TabularParams
+from pipeline.config import DataParams, TabularParams, resolved
 from pipeline.data import DataError, RawData, require_file
 
 PREPROCESSOR_FILE = "preprocessor.skops"
@@ -69,7 +69,7 @@ def load_raw(params: DataParams) -> RawData:
         return RawData(select_features(bunch.data, params.tabular, Path(params.dataset)), bunch.target.to_numpy(),
                        [str(c) for c in bunch.target_names])
     t, path = params.tabular, require_file(params.dataset)
-    frame = read_table(path, exact=[t.target, *(t.categorical or [])])
+    frame = read_table(path, exact=[resolved(t.target), *(t.categorical or [])])  # required for a file
     if frame.empty or frame.shape[1] < 2:
         raise DataError(f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
                         "least a feature and a target column (is the delimiter right? .tsv files use tabs).")

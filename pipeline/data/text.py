@@ -18,11 +18,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
-from pipeline.config import DataParams, TextParams
+from pipeline.config import DataParams, TextParams, resolved
 from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
 
@@ -86,6 +86,11 @@ class MessageFile:
                  version: tuple[int, int] | None = None):
         self.path, self.params, self.rows, self.total, self.version = path, params, rows, total, version
         self.delimiter = params.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not params.text_column else ",")
+
+    @overload
+    def scan(self, labelled: Literal[True]) -> np.ndarray: ...
+    @overload
+    def scan(self, labelled: bool) -> np.ndarray | None: ...
 
     def scan(self, labelled: bool) -> np.ndarray | None:
         """Read every row once: the labels (stripped, one string object per distinct label) and the row count, with
@@ -170,7 +175,7 @@ class MessageFile:
         read = {"sep": self.delimiter, "dtype": str, "keep_default_na": False, "encoding": "utf-8"}
         try:
             columns = pd.read_csv(self.path, nrows=0, **read).columns
-            wanted = [p.text_column] + ([p.label_column] if labelled else [])
+            wanted = [resolved(p.text_column)] + ([resolved(p.label_column)] if labelled else [])  # set together
             missing = [c for c in wanted if c not in columns]
             if missing:
                 raise DataError(f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
