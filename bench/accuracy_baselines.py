@@ -144,7 +144,8 @@ def run_sms(tmp: Path, sms: Path, seeds: list[int]) -> list[dict]:
     start = time.perf_counter()
     meta = prepare(data_params, prepared)
     print(f"sms: prepared {meta['split_sizes']} in {time.perf_counter() - start:.1f} s, vocabulary "
-          f"{meta['vocab_size']}, train class counts {dict(zip(meta['class_names'], meta['class_counts']['train'], strict=True))}",
+          f"{meta['vocab_size']}, train class counts "
+          f"{dict(zip(meta['class_names'], meta['class_counts']['train'], strict=True))}",
           flush=True)
     positive = meta["class_names"].index(POSITIVE)
     split = {name: dict(np.load(prepared / f"{name}.npz")) for name in ("train", "val", "test")}

@@ -85,7 +85,9 @@ def main() -> None:
         print("| network | fresh: to first step | resumed: to first step | resume overhead |")
         print("| --- | ---: | ---: | ---: |")
         for name, overrides in NETWORKS.items():
-            params = load_params(ROOT / "params.yaml", overrides=[*overrides, f"train.max_epochs={args.epochs}", "train.early_stopping_patience=null", "trainer.progress_bar=false", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db"])
+            params = load_params(ROOT / "params.yaml", overrides=[
+                *overrides, f"train.max_epochs={args.epochs}", "train.early_stopping_patience=null",
+                "trainer.progress_bar=false", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db"])
             fresh, resumed = [], []
             for _ in range(args.repeats):
                 folder = root / f"ckpt-{len(fresh)}-{name.split()[0]}"

@@ -124,7 +124,8 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
     read = pacsv.ReadOptions(column_names=names, skip_rows=1)
     # Streamed block by block with the first block's types made compact: the parser holds a few blocks (read_csv
     # holds about the whole file), and no float64 or one-string-per-row copy of the table exists.
-    convert.column_types = {name: _compact_type(field.type, name in exact) for name, field in zip(names, schema, strict=True)}
+    convert.column_types = {name: _compact_type(field.type, name in exact)
+                            for name, field in zip(names, schema, strict=True)}
     try:
         with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as blocks:
             table = blocks.read_all()
