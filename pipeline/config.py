@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,7 +472,7 @@ def _expected_type(dotted_key: str) -> str:
     for part in dotted_key.split("."):
         name, _, index = part.partition("[")
         hint = typing.get_type_hints(hint)[name]
-        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None (Optional[X])
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if index:
             hint = typing.get_args(hint)[0]
