@@ -39,11 +39,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import Params, load_params  # noqa: E402
-from pipeline.evaluate import evaluate, predict_split  # noqa: E402
-from pipeline.files import read_json  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.train import MODEL_FILE, fit  # noqa: E402
+from pipeline.config import Params, load_params
+from pipeline.evaluate import evaluate, predict_split
+from pipeline.files import read_json
+from pipeline.prepare import prepare
+from pipeline.train import MODEL_FILE, fit
 
 DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 POSITIVE = "spam"
@@ -144,7 +144,8 @@ def run_sms(tmp: Path, sms: Path, seeds: list[int]) -> list[dict]:
     start = time.perf_counter()
     meta = prepare(data_params, prepared)
     print(f"sms: prepared {meta['split_sizes']} in {time.perf_counter() - start:.1f} s, vocabulary "
-          f"{meta['vocab_size']}, train class counts {dict(zip(meta['class_names'], meta['class_counts']['train']))}",
+          f"{meta['vocab_size']}, train class counts "
+          f"{dict(zip(meta['class_names'], meta['class_counts']['train'], strict=True))}",
           flush=True)
     positive = meta["class_names"].index(POSITIVE)
     split = {name: dict(np.load(prepared / f"{name}.npz")) for name in ("train", "val", "test")}

@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.train import fit  # noqa: E402
+from pipeline.config import load_params
+from pipeline.evaluate import evaluate
+from pipeline.prepare import prepare
+from pipeline.train import fit
 
 
 def svc_baseline(prepared: Path) -> float:

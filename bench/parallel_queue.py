@@ -32,7 +32,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import make_repo_copy, run  # noqa: E402
+from tests.conftest import make_repo_copy, run
 
 EXPERIMENTS = 2
 POLL_S = 0.5
@@ -98,7 +98,7 @@ def table(title: str, rows: dict[str, list[float]], loads: list[float]) -> None:
     print("| --- | ---: | ---: | ---: |")
     reference = next(iter(rows.values()))
     for name, times in rows.items():
-        ratios = [t / r for t, r in zip(times, reference)]
+        ratios = [t / r for t, r in zip(times, reference, strict=True)]
         print(f"| {name} | {', '.join(f'{t:.0f}' for t in times)} | {statistics.median(times):.0f} | "
               f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}×) |")
 
@@ -128,14 +128,14 @@ def main() -> None:
         queue_loads, neighbour_loads = [], []
         for r in range(args.rounds):
             queue_loads.append(os.getloadavg()[0])
-            order = list(zip(queue, [(1, "auto"), (2, "auto"), (2, all_cores)]))
+            order = list(zip(queue, [(1, "auto"), (2, "auto"), (2, all_cores)], strict=True))
             for name, (jobs, threads) in (order if r % 2 == 0 else order[::-1]):
                 queue[name].append(run_queue(repo, jobs, threads, name))
                 print(f"round {r + 1}: {name}: {queue[name][-1]:.1f} s", flush=True)
             if args.skip_neighbour:
                 continue
             neighbour_loads.append(os.getloadavg()[0])
-            order = list(zip(neighbour, [("auto", False), ("auto", True), (1, True)]))
+            order = list(zip(neighbour, [("auto", False), ("auto", True), (1, True)], strict=True))
             for name, (threads, busy) in (order if r % 2 == 0 else order[::-1]):
                 neighbour[name].append(run_workspace(repo, threads, busy))
                 print(f"round {r + 1}: {name}: {neighbour[name][-1]:.1f} s", flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import make_repo_copy, run, stage_env  # noqa: E402
+from tests.conftest import make_repo_copy, run, stage_env
 
 STAGE_LINE = "Running stage '"
 
@@ -47,7 +47,7 @@ def timed_repro(repo: Path, steps_file: Path) -> tuple[float, dict[str, float]]:
     if proc.returncode:
         raise SystemExit(f"dvc repro exited {proc.returncode}:\n{''.join(output)[-4000:]}")
     ends = [t for _, t in marks[1:]] + [start + total]
-    stages = {name: end - begin for (name, begin), end in zip(marks, ends)}
+    stages = {name: end - begin for (name, begin), end in zip(marks, ends, strict=True)}
     stages["dvc before the first stage"] = marks[0][1] - start
     return total, stages
 

@@ -29,9 +29,9 @@ import pytorch_lightning as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DataParams, load_params  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.train import fit  # noqa: E402
+from pipeline.config import DataParams, load_params
+from pipeline.prepare import prepare
+from pipeline.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {
@@ -85,11 +85,11 @@ def main() -> None:
         print("| network | fresh: to first step | resumed: to first step | resume overhead |")
         print("| --- | ---: | ---: | ---: |")
         for name, overrides in NETWORKS.items():
-            params = load_params(ROOT / "params.yaml", overrides=overrides + [
-                f"train.max_epochs={args.epochs}", "train.early_stopping_patience=null",
+            params = load_params(ROOT / "params.yaml", overrides=[
+                *overrides, f"train.max_epochs={args.epochs}", "train.early_stopping_patience=null",
                 "trainer.progress_bar=false", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db"])
             fresh, resumed = [], []
-            for repeat in range(args.repeats):
+            for _ in range(args.repeats):
                 folder = root / f"ckpt-{len(fresh)}-{name.split()[0]}"
                 fresh.append(seconds_to_first_step(params, root, folder, interrupt_at=args.interrupt_at))
                 resumed.append(seconds_to_first_step(params, root, folder))

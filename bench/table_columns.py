@@ -73,7 +73,8 @@ def main() -> None:
         for seed in range(args.seeds):
             with_date = run_pipeline(Path(tmp) / f"s{seed}", csv, None, seed)
             if seed == 0:
-                print("\n".join(line for line in with_date["log"].splitlines() if line.startswith(("prepare:", "  numeric", "  categorical", "  date", "  left out"))))
+                heads = ("prepare:", "  numeric", "  categorical", "  date", "  left out")
+                print("\n".join(line for line in with_date["log"].splitlines() if line.startswith(heads)))
             no_date = run_pipeline(Path(tmp) / f"s{seed}-nodate", csv, ["date"], seed)
             before = ""
             if args.before:

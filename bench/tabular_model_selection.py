@@ -42,11 +42,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy_baselines import make_params, quiet, silently, train_and_evaluate  # noqa: E402
-from pipeline import tracking  # noqa: E402
-from pipeline.evaluate import predict_split  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.train import MODEL_FILE  # noqa: E402
+from bench.accuracy_baselines import make_params, quiet, silently, train_and_evaluate
+from pipeline import tracking
+from pipeline.evaluate import predict_split
+from pipeline.prepare import prepare
+from pipeline.train import MODEL_FILE
 
 # Fixed for every setting: the MLP, a generous epoch budget that early stopping on the fold's validation loss cuts.
 BASE = {"model.name": "mlp", "train.max_epochs": 100, "train.early_stopping_patience": 20, "train.monitor": "val/loss"}
@@ -69,7 +69,7 @@ LOGREG_DEFAULT_C = 1.0
 
 def settings_grid(grid: dict[str, list]) -> list[dict]:
     keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def label(settings: dict) -> str:
@@ -233,8 +233,8 @@ def print_repeated_splits(outcomes: list[tuple[dict, dict, dict]]) -> None:
         logreg_cv.append(float((result["baselines"][result["c"]] == y).mean()))
         print(f"{sel['split_seed']:>9} {len(y):>9} {label(chosen):<58} {mlp[-1]:>8.4f} {logreg[-1]:>7.4f} "
               f"{logreg_cv[-1]:>7.4f}")
-    wins = sum(m > b for m, b in zip(mlp, logreg))
-    ties = sum(m == b for m, b in zip(mlp, logreg))
+    wins = sum(m > b for m, b in zip(mlp, logreg, strict=True))
+    ties = sum(m == b for m, b in zip(mlp, logreg, strict=True))
     print(f"  mean test accuracy over the splits: MLP {np.mean(mlp):.4f} ± {np.std(mlp):.4f}, LogisticRegression "
           f"C=1 {np.mean(logreg):.4f} ± {np.std(logreg):.4f}, C by CV {np.mean(logreg_cv):.4f}")
     print(f"  MLP vs LogisticRegression C=1 per split: {wins} better, {ties} equal, {len(mlp) - wins - ties} worse; "

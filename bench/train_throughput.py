@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.registry import build_model  # noqa: E402
-from pipeline.config import Params  # noqa: E402
-from pipeline.datamodule import InMemoryDataset, batches  # noqa: E402
-from pipeline.lightning_module import Classifier  # noqa: E402
-from pipeline.train import fit  # noqa: E402
+from models.registry import build_model
+from pipeline.config import Params
+from pipeline.datamodule import InMemoryDataset, batches
+from pipeline.lightning_module import Classifier
+from pipeline.train import fit
 
 NUM_CLASSES = 10
 

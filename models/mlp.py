@@ -56,10 +56,10 @@ class MLP(nn.Module):
                 raise ValueError(f"MLP: {len(categorical_cardinalities)} categorical columns do not fit rows of "
                                  f"shape {input_shape}.")
             self.numeric_features = input_shape[0] - len(categorical_cardinalities)
-            self.categorical_embeddings = nn.ModuleList(
-                nn.Embedding(k + 1, category_embedding_dim(k, embedding_dim), padding_idx=UNKNOWN_CATEGORY)
-                for k in categorical_cardinalities)
-            width = self.numeric_features + sum(e.embedding_dim for e in self.categorical_embeddings)
+            embeddings = [nn.Embedding(k + 1, category_embedding_dim(k, embedding_dim), padding_idx=UNKNOWN_CATEGORY)
+                          for k in categorical_cardinalities]
+            self.categorical_embeddings = nn.ModuleList(embeddings)
+            width = self.numeric_features + sum(e.embedding_dim for e in embeddings)
         layers: list[nn.Module] = [nn.Flatten()]
         for hidden in hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]

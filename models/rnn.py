@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from models.specs import PAD_ID
 
@@ -25,7 +25,7 @@ class RNN(nn.Module):
         if vocab_size is not None:
             if embedding_dim is None:
                 raise ValueError("RNN on text needs model.rnn.embedding_dim, the size of each token's embedding.")
-            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+            self.embedding: nn.Embedding | None = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
             step_size = embedding_dim
         elif len(input_shape) == 3:
             self.embedding = None
@@ -41,6 +41,7 @@ class RNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.directions * hidden_size, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
+        steps: Tensor | PackedSequence
         if self.embedding is None:
             # (batch, channels, height, width) -> (batch, height, channels * width): one row per time step.
             steps = x.permute(0, 2, 1, 3).flatten(start_dim=2)

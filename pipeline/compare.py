@@ -94,7 +94,7 @@ def table(rows: list[dict], sort_by: str) -> str:
 
     def line(values: list[str]) -> str:
         return GAP.join(v.ljust(w) if i < text_columns else v.rjust(w)
-                        for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+                        for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
 
     return "\n".join([line(header), *(line(values) for values in body),
                       f"(sorted by {sort_by}, best first: test-split scores, for reading; choose settings on "

@@ -14,12 +14,13 @@ import difflib
 import hashlib
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from models.specs import heads_problem, model_input_problem
@@ -54,30 +55,30 @@ BUILTIN_DATASETS = {"digits": "image", "breast_cancer": "tabular", "wine": "tabu
 
 @dataclass
 class TabularParams:
-    target: Optional[str] = None  # the label column; required for a CSV/Parquet file
-    features: Optional[list[str]] = None  # null: every column but the target
-    categorical: Optional[list[str]] = None  # null: detected (text, boolean and category columns)
+    target: str | None = None  # the label column; required for a CSV/Parquet file
+    features: list[str] | None = None  # null: every column but the target
+    categorical: list[str] | None = None  # null: detected (text, boolean and category columns)
     # embedding: one index per categorical column (0 missing/unknown, 1..K), embedded by the MLP
     categorical_encoding: str = _choice("onehot", "onehot", "embedding")
     numeric_impute: str = _choice("median", "mean", "median", "most_frequent")
     scaling: str = _choice("standard", "standard", "minmax", "none")
-    dates: Optional[list[str]] = None  # null: detected (text parsed as dates); each becomes calendar features
-    drop: Optional[list[str]] = None  # columns left out of the features
+    dates: list[str] | None = None  # null: detected (text parsed as dates); each becomes calendar features
+    drop: list[str] | None = None  # columns left out of the features
     # onehot: a detected text column with more distinct training values is left out (named in a warning)
     max_categories: int = _positive(100)
 
 
 @dataclass
 class ImageParams:
-    size: Optional[list[int]] = None  # [height, width] to resize to; null: keep (all images must share one size)
+    size: list[int] | None = None  # [height, width] to resize to; null: keep (all images must share one size)
     color: str = _choice("grayscale", "grayscale", "rgb")
 
 
 @dataclass
 class TextParams:
-    text_column: Optional[str] = None  # null: a file without header, label first then text (SMS Spam format)
-    label_column: Optional[str] = None
-    delimiter: Optional[str] = None  # null: tab for .tsv and header-less files, else comma
+    text_column: str | None = None  # null: a file without header, label first then text (SMS Spam format)
+    label_column: str | None = None
+    delimiter: str | None = None  # null: tab for .tsv and header-less files, else comma
     lowercase: bool = True
     strip_urls: bool = True
     strip_numbers: bool = False
@@ -116,8 +117,8 @@ class DataParams:
 # schema's defaults here and in TrainParams are what a Params built in code gets, and what a kind's table lacks.
 @dataclass
 class MLPParams:
-    hidden_dims: Optional[list[int]] = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
-    dropout: Optional[float] = field(default=0.1, metadata={"min": 0, "lt": 1})  # auto
+    hidden_dims: list[int] | None = field(default_factory=lambda: [256, 128])  # auto; []: a linear model
+    dropout: float | None = field(default=0.1, metadata={"min": 0, "lt": 1})  # auto
     embedding_dim: int = _positive(64)  # text: tokens, mean-pooled; tables: min(this, categories) per column
 
 
@@ -125,11 +126,11 @@ class MLPParams:
 class CNNParams:
     """2-D over images; 1-D over token embeddings for text."""
 
-    channels: Optional[list[int]] = field(default_factory=lambda: [32, 64])  # auto
+    channels: list[int] | None = field(default_factory=lambda: [32, 64])  # auto
     kernel_size: int = _positive(3)
     hidden_dim: int = _positive(128)
     dropout: float = field(default=0.25, metadata={"min": 0, "lt": 1})
-    embedding_dim: Optional[int] = _positive(64)  # text only; auto
+    embedding_dim: int | None = _positive(64)  # text only; auto
 
 
 @dataclass
@@ -182,21 +183,21 @@ MONITORABLE_METRICS = ("val/loss", "val/accuracy", "val/f1_macro")
 @dataclass
 class TrainParams:
     seed: int = 42
-    batch_size: Optional[int] = _positive(64)  # auto
-    max_epochs: Optional[int] = _positive(40)  # auto
+    batch_size: int | None = _positive(64)  # auto
+    max_epochs: int | None = _positive(40)  # auto
     optimizer: str = _choice("adamw", "sgd", "adam", "adamw")
-    lr: Optional[float] = _positive(1e-3)  # auto
-    weight_decay: Optional[float] = _non_negative(1e-4)  # auto
+    lr: float | None = _positive(1e-3)  # auto
+    weight_decay: float | None = _non_negative(1e-4)  # auto
     momentum: float = field(default=0.9, metadata={"min": 0, "lt": 1})  # sgd only
     scheduler: str = _choice("cosine", "none", "step", "cosine", "plateau")
-    step_size: Optional[int] = field(default=None, metadata={"gt": 0})  # epochs between decays (step)
+    step_size: int | None = field(default=None, metadata={"gt": 0})  # epochs between decays (step)
     gamma: float = _fraction(0.1)  # decay factor (step, plateau)
     plateau_patience: int = _non_negative(5)
     min_lr: float = _non_negative(0.0)  # floor of cosine and plateau
-    monitor: Optional[str] = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
-    early_stopping_patience: Optional[int] = field(default=10, metadata={"gt": 0})  # null: off
-    gradient_clip_val: Optional[float] = field(default=None, metadata={"gt": 0})  # null: off
-    class_weights: Optional[str] = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
+    monitor: str | None = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
+    early_stopping_patience: int | None = field(default=10, metadata={"gt": 0})  # null: off
+    gradient_clip_val: float | None = field(default=None, metadata={"gt": 0})  # null: off
+    class_weights: str | None = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
     cv_folds: int = _non_negative(0)  # k >= 2: k-fold cross-validation on train + val before the final fit
 
 
@@ -223,10 +224,10 @@ class EvaluateParams:
 
 @dataclass
 class MlflowParams:
-    tracking_uri: Optional[str] = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
+    tracking_uri: str | None = None  # null: sqlite store at the repository root, or $MLFLOW_TRACKING_URI
     experiment_name: str = "default-pipeline"
-    run_name: Optional[str] = None  # null: [DVC experiment name] <model> <params differing from the committed>
-    register_model: Optional[str] = None  # a name: register each evaluated model as a new version of it
+    run_name: str | None = None  # null: [DVC experiment name] <model> <params differing from the committed>
+    register_model: str | None = None  # a name: register each evaluated model as a new version of it
     # How long a tracking server may not answer before the stage gives up (MLflow's retries, bounded to this).
     max_unreachable_s: int = _positive(120)
     system_metrics: bool = True  # MLflow's CPU, memory (and GPU) metrics of the run, sampled while it runs
@@ -240,8 +241,8 @@ class TuneParams:
     study_name: str = "tune"  # also the DVC experiment the best setting is trained as
     # dotted params.yaml key -> {low, high[, log][, step]} (a number or integer key) or {choices: [...]}
     space: dict[str, Any] = field(default_factory=dict)
-    n_trials: Optional[int] = field(default=40, metadata={"gt": 0})  # finished trials of the study, all workers
-    timeout_s: Optional[float] = field(default=None, metadata={"gt": 0})  # per command; null: no time limit
+    n_trials: int | None = field(default=40, metadata={"gt": 0})  # finished trials of the study, all workers
+    timeout_s: float | None = field(default=None, metadata={"gt": 0})  # per command; null: no time limit
     metric: str = _choice("val/loss", *MONITORABLE_METRICS)  # also train.monitor of every trial and the final run
     direction: str = _choice("auto", "auto", "minimize", "maximize")  # auto: minimize a loss, maximize the others
     sampler: str = _choice("tpe", "tpe", "random")
@@ -249,7 +250,7 @@ class TuneParams:
     pruner: str = _choice("median", "median", "hyperband", "none")
     pruner_startup_trials: int = _non_negative(5)  # median: trials finished before any is pruned
     pruner_warmup_epochs: int = _non_negative(2)  # median: epochs of a trial before it may be pruned
-    storage: Optional[str] = None  # null: a journal file at the repository root; postgresql://... to share a study
+    storage: str | None = None  # null: a journal file at the repository root; postgresql://... to share a study
     workers: int = _positive(1)  # tune processes sharing this machine's cores (threads per trial = cores / this)
 
 
@@ -289,9 +290,9 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
         try:
             raw = OmegaConf.merge(raw, _parse_overrides(overrides))
         except OmegaConfBaseException as exc:  # a value of another shape than the file's (a list for a section)
-            raise ParamsError(f"overrides {overrides}: {exc.msg.splitlines()[0]}; give a value of the shape "
+            raise ParamsError(f"overrides {overrides}: {str(exc.msg).splitlines()[0]}; give a value of the shape "
                               "params.yaml has there.") from None
-    return params_from_dict(OmegaConf.to_container(raw), source=str(path))
+    return params_from_dict(_as_dict(raw), source=str(path))
 
 
 def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
@@ -301,7 +302,7 @@ def params_from_dict(data: dict, source: str = PARAMS_FILE) -> Params:
     data = defaults.mark_unset(data)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), data)
-        params: Params = OmegaConf.to_object(merged)
+        params = typing.cast(Params, OmegaConf.to_object(merged))  # a structured config of Params becomes one
     except ValidationError as exc:
         raise ParamsError(_format(source, [_type_problem(exc)])) from None
     except OmegaConfBaseException as exc:
@@ -326,6 +327,24 @@ def resolve_auto(params: Params, kind: str) -> None:
     if filled:
         params.auto_keys = (*params.auto_keys, *filled)  # type: ignore[misc]  # per instance, not per class
         params.defaults_kind = kind  # type: ignore[misc]
+
+
+T = TypeVar("T")
+
+
+def resolved(value: T | None) -> T:
+    """`value` without None, for the type checker: in params from `load_params` an auto key holds its kind's value
+    (`resolve_auto`), and a key `_check_combinations` requires (train.step_size for scheduler: step) is set."""
+    if value is None:
+        raise ValueError("an auto or required params key is still null: params were not loaded by load_params")
+    return value
+
+
+def _as_dict(config: DictConfig | ListConfig) -> dict[Any, Any]:
+    data = OmegaConf.to_container(config)
+    if not isinstance(data, dict):  # a DictConfig always converts to a dict
+        raise TypeError(f"expected a mapping, got {type(data).__name__}")
+    return data
 
 
 def to_flat_dict(params: Params) -> dict[str, Any]:
@@ -415,7 +434,7 @@ def _unknown_keys(schema: type, data: Any, prefix: str) -> list[str]:
             continue
         sub = fields[key].type
         sub_schema = globals().get(sub) if isinstance(sub, str) else sub
-        if dataclasses.is_dataclass(sub_schema):
+        if isinstance(sub_schema, type) and dataclasses.is_dataclass(sub_schema):
             problems += _unknown_keys(sub_schema, value, f"{path}.")
     return problems
 
@@ -454,7 +473,7 @@ def _expected_type(dotted_key: str) -> str:
     for part in dotted_key.split("."):
         name, _, index = part.partition("[")
         hint = typing.get_type_hints(hint)[name]
-        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None (Optional[X])
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if index:
             hint = typing.get_args(hint)[0]
@@ -500,11 +519,11 @@ def _check_combinations(p: Params) -> list[str]:
         problems.append(f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
                         "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
                         "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot.")
-    if any(s <= 0 for s in p.model.mlp.hidden_dims):  # [] is allowed: a linear model on the features
-        problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(p.model.mlp.hidden_dims)}.")
-    if not p.model.cnn.channels or any(s <= 0 for s in p.model.cnn.channels):
-        problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got "
-                        f"{list(p.model.cnn.channels)}.")
+    hidden_dims, channels = resolved(p.model.mlp.hidden_dims), resolved(p.model.cnn.channels)
+    if any(s <= 0 for s in hidden_dims):  # [] is allowed: a linear model on the features
+        problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(hidden_dims)}.")
+    if not channels or any(s <= 0 for s in channels):
+        problems.append(f"model.cnn.channels: needs at least one layer and every size > 0, got {list(channels)}.")
     t = p.model.transformer
     heads = heads_problem(t.d_model, t.n_heads)
     if heads:
@@ -595,10 +614,10 @@ def _check_tune(t: TuneParams) -> list[str]:
     return problems
 
 
-def objective_direction(metric: str, direction: str) -> str:
+def objective_direction(metric: str, direction: str) -> Literal["minimize", "maximize"]:
     """Optuna's direction for tune.direction ('auto' follows the metric, as early stopping does)."""
     if direction != "auto":
-        return direction
+        return typing.cast(Literal["minimize", "maximize"], direction)  # the schema allows only these and auto
     return "minimize" if metric.endswith("loss") else "maximize"
 
 
@@ -660,7 +679,7 @@ def is_integer_key(dotted_key: str) -> bool:
 def _key_exists(dotted_key: str) -> bool:
     schema: Any = Params
     for part in dotted_key.split("."):
-        if not dataclasses.is_dataclass(schema) or part not in _field_names(schema):
+        if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)) or part not in _field_names(schema):
             return False
         schema = typing.get_type_hints(schema)[part]
     return not dataclasses.is_dataclass(schema)
@@ -677,7 +696,7 @@ def _override_problem(data: dict[str, Any], key: str, value: Any) -> str | None:
     candidate = OmegaConf.create(data)
     OmegaConf.update(candidate, key, value, merge=False)
     try:
-        params_from_dict(OmegaConf.to_container(candidate))
+        params_from_dict(_as_dict(candidate))
     except ParamsError as exc:
         return "; ".join(line.strip(" -") for line in str(exc).splitlines()[1:])
     return None

@@ -17,7 +17,7 @@ import torch
 from mlflow.entities import Metric
 from sklearn.model_selection import StratifiedKFold
 
-from pipeline.config import Params
+from pipeline.config import Params, resolved
 from pipeline.datamodule import InMemoryDataset, PreparedDataModule, load_split
 from pipeline.files import write_json
 from pipeline.tracking import PARENT_RUN_TAG
@@ -36,10 +36,10 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
         logger = new_logger(params, meta, parent_run.data.tags["data.digest"],
                             run_name=f"{parent_run.info.run_name} fold{fold}",
                             extra_tags={PARENT_RUN_TAG: parent.run_id, "cv.fold": str(fold)})
-        checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
+        _checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
         trainer = new_trainer(params, [logger], callbacks, checkpoint_dir / f"fold{fold}")
-        data = PreparedDataModule.from_datasets(InMemoryDataset(x[fit_idx], y[fit_idx]),
-                                                InMemoryDataset(x[val_idx], y[val_idx]), params.train.batch_size)
+        data = PreparedDataModule.of_splits(InMemoryDataset(x[fit_idx], y[fit_idx]),
+                                            InMemoryDataset(x[val_idx], y[val_idx]), resolved(params.train.batch_size))
         module = new_module(params, meta, y[fit_idx])
         trainer.fit(module, datamodule=data)
         validated = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]

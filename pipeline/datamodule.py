@@ -8,8 +8,8 @@ under DDP and `seed_everything` still governs the shuffle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -47,7 +47,9 @@ def load_split(prepared_dir: str | Path, split: str) -> InMemoryDataset:
 
 
 def batches(dataset: InMemoryDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=already_batched)
+    # torch types collate_fn's input as a list of samples; with `__getitems__` it gets what that returns
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                      collate_fn=already_batched)  # type: ignore[arg-type]
 
 
 class PreparedDataModule(pl.LightningDataModule):
@@ -58,7 +60,7 @@ class PreparedDataModule(pl.LightningDataModule):
         self.splits: dict[str, InMemoryDataset] = {}
 
     @classmethod
-    def from_datasets(cls, train: InMemoryDataset, val: InMemoryDataset, batch_size: int) -> "PreparedDataModule":
+    def of_splits(cls, train: InMemoryDataset, val: InMemoryDataset, batch_size: int) -> PreparedDataModule:
         """Splits already in memory (cross-validation folds)."""
         data = cls("", batch_size)
         data.splits = {"train": train, "val": val}

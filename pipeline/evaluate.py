@@ -80,7 +80,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             write_json(tmp / METRICS_FILE, evaluation.headline)
             write_json(tmp / PER_CLASS_FILE, evaluation.per_class)
             write_json(tmp / CONFUSION_PLOT_FILE, [{"actual": class_names[a], "predicted": class_names[p]}
-                                                   for a, p in zip(y_true, y_pred)])
+                                                   for a, p in zip(y_true, y_pred, strict=True)])
             (tmp / REPORT_FILE).write_text(evaluation.report)
             fig = confusion_figure(evaluation, class_names)
             fig.savefig(tmp / CONFUSION_PNG, dpi=FIGURE_DPI, bbox_inches="tight")

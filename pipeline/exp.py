@@ -38,7 +38,7 @@ def sweep_values(value: str) -> list[str]:
             current = ""
             continue
         current += char
-    return values + [current]
+    return [*values, current]
 
 
 def overrides_of(args: list[str]) -> list[list[str]]:

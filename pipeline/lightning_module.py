@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -12,7 +12,7 @@ from torch.nn import functional
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from pipeline.config import TrainParams
+from pipeline.config import TrainParams, resolved
 from pipeline.errors import PipelineError
 
 
@@ -21,6 +21,8 @@ class NonFiniteLoss(PipelineError):
 
 
 class Classifier(pl.LightningModule):
+    class_weights: torch.Tensor | None  # a buffer
+
     def __init__(self, net: nn.Module, num_classes: int, params: TrainParams,
                  logged_params: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -92,22 +94,26 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         p = self.params
+        lr, weight_decay = resolved(p.lr), resolved(p.weight_decay)
+        optimizer: torch.optim.Optimizer
         if p.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+            optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=p.momentum, weight_decay=weight_decay)
         elif p.optimizer == "adam":
-            optimizer = torch.optim.Adam(self.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+            optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+            optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
         if p.scheduler == "none":
             return optimizer
+        scheduler: torch.optim.lr_scheduler.LRScheduler
         if p.scheduler == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size, gamma=p.gamma)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=resolved(p.step_size), gamma=p.gamma)
         elif p.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.max_epochs, eta_min=p.min_lr)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=resolved(p.max_epochs),
+                                                                   eta_min=p.min_lr)
         else:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=monitor_mode(p.monitor), factor=p.gamma, patience=p.plateau_patience,
+                optimizer, mode=monitor_mode(resolved(p.monitor)), factor=p.gamma, patience=p.plateau_patience,
                 min_lr=p.min_lr)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": p.monitor}}
@@ -122,5 +128,5 @@ def class_scores(num_classes: int, prefix: str) -> MetricCollection:
     }, prefix=prefix)
 
 
-def monitor_mode(metric: str) -> str:
+def monitor_mode(metric: str) -> Literal["min", "max"]:
     return "min" if metric.endswith("loss") else "max"

@@ -46,7 +46,7 @@ def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, class_names: li
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels,
                                                                      zero_division=0)
     per_class = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
-                 for name, p, r, f, n in zip(class_names, precision, recall, f1, support)]
+                 for name, p, r, f, n in zip(class_names, precision, recall, f1, support, strict=True)]
     return Evaluation(
         headline=headline_metrics(y_true, y_pred, len(class_names)),
         per_class=per_class,

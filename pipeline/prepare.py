@@ -70,7 +70,7 @@ def split_indices(y: np.ndarray, params: DataParams, class_names: list[str], sou
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def raw_example(inputs: object) -> object:
+def raw_example(inputs: Any) -> object:
     """A few raw training inputs, as JSON: the MLflow model's input example and signature come from them."""
     if hasattr(inputs, "to_dict"):
         return json.loads(inputs.to_json(orient="records"))  # NaN -> null, numpy types -> JSON
@@ -93,7 +93,8 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     splits = split_indices(y, params, class_names, params.dataset)
     preprocessor = new_preprocessor(params).fit(take(raw.inputs, splits["train"]))
     digest = hashlib.sha256()
-    with atomic_path(out_dir, PREPARED_FILES) as tmp:  # a failure leaves the previous output (or none), never half of one
+    # A failure leaves the previous output (or none), never half of one.
+    with atomic_path(out_dir, PREPARED_FILES) as tmp:
         tmp.mkdir()
         for name in SPLITS:
             write_split(tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],

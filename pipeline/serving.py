@@ -18,6 +18,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from pipeline.artifacts import EXAMPLE_FILE, PREPROCESSING_FILES, read_meta
 from pipeline.files import read_json
@@ -27,7 +28,7 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
 
-class PipelineModel(mlflow.pyfunc.PythonModel):
+class PipelineModel(PythonModel):
     # No type hints on these two: MLflow would read them as an input schema of its own. MLflow's check for them
     # would only warn, once per process, that they are missing: the signature is given when the model is logged.
     _skip_type_hint_validation = True

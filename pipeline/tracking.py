@@ -21,9 +21,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.artifacts import RUN_FILE
 from pipeline.config import PARAMS_FILE, MlflowParams, Params, params_from_dict, to_flat_dict, used_params

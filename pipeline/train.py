@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import console, defaults, tracking
 from pipeline.artifacts import CV_SUMMARY_FILE, LAST_CHECKPOINT, MODEL_FILE, RUN_FILE, read_meta
-from pipeline.config import Params, ParamsError, check_model_fits_data, load_params, resolve_auto
+from pipeline.config import Params, ParamsError, check_model_fits_data, load_params, resolve_auto, resolved
 from pipeline.errors import run_cli
 from pipeline.files import read_json, write_json
 from pipeline.threads import configure_threads, devices_per_node
@@ -130,7 +130,7 @@ def train(params: Params, prepared_dir: Path, meta: dict[str, Any], run: Trainin
     module = new_module(params, meta, load_split(prepared_dir, "train").y)
     checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
     trainer = new_trainer(params, [run.logger], callbacks + (extra_callbacks or []), checkpoint_dir)
-    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, params.train.batch_size),
+    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size)),
                 ckpt_path=run.resume.checkpoint if run.resume else None)
     return trainer, module, checkpoint
 

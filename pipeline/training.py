@@ -21,7 +21,7 @@ from models.registry import build_model
 from pipeline import console, tracking
 from pipeline.artifacts import BEST_CHECKPOINT_NAME
 from pipeline.checkpoints import AtomicCheckpointIO, RandomStateCheckpoint
-from pipeline.config import Params, config_hash, used_params
+from pipeline.config import Params, config_hash, resolved, used_params
 from pipeline.lightning_module import Classifier, monitor_mode
 
 DEFAULTS_KIND_TAG = "defaults.kind"  # the kind of data whose defaults `auto` took
@@ -66,7 +66,8 @@ def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Class
 
 def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[ModelCheckpoint, list[pl.Callback]]:
     """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
-    monitor, mode = params.train.monitor, monitor_mode(params.train.monitor)
+    monitor = resolved(params.train.monitor)
+    mode = monitor_mode(monitor)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT_NAME, monitor=monitor, mode=mode,
                                  save_last=True, auto_insert_metric_name=False)
     callbacks: list[pl.Callback] = [checkpoint, RandomStateCheckpoint()]  # the module logs the learning rate, as `lr`

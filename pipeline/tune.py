@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import OmegaConf
@@ -41,6 +41,7 @@ from pipeline.config import (
     load_params,
     objective_direction,
     params_from_dict,
+    resolved,
 )
 from pipeline.errors import PipelineError, run_cli
 
@@ -196,7 +197,11 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
 
     tune = params.tune
     client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(params.mlflow.experiment_name).experiment_id
+    experiment = client.get_experiment_by_name(params.mlflow.experiment_name)
+    if experiment is None:  # tracking.ensure_store made it: gone only if deleted since
+        raise PipelineError(f"MLflow experiment '{params.mlflow.experiment_name}' is no longer in {uri} (deleted "
+                            "while tune started?). Run tune again.")
+    experiment_id = experiment.experiment_id
     parent = study_run(client, experiment_id, tune)
     digest = tracking.data_digest(prepared_dir, meta)
     train_labels = load_split(prepared_dir, "train").y
@@ -325,7 +330,7 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
     data = OmegaConf.create(dataclasses.asdict(params))
     for key, value in values.items():
         OmegaConf.update(data, key, value, merge=False)
-    return params_from_dict(OmegaConf.to_container(data))
+    return params_from_dict(cast(dict, OmegaConf.to_container(data)))  # a DictConfig converts to a dict
 
 
 def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, Any], digest: str,
@@ -350,9 +355,9 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
         pl.seed_everything(trial_params.train.seed, workers=True, verbose=False)
         module = new_module(trial_params, meta, train_labels)
         checkpoint, callbacks = new_callbacks(trial_params, Path(checkpoint_dir))
-        trainer = new_trainer(trial_params, [logger], callbacks + [pruning], Path(checkpoint_dir))
+        trainer = new_trainer(trial_params, [logger], [*callbacks, pruning], Path(checkpoint_dir))
         try:
-            trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, trial_params.train.batch_size))
+            trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(trial_params.train.batch_size)))
         except NonFiniteLoss:  # Lightning has ended the run FAILED; for the study it is a hopeless setting
             logger.experiment.set_tag(logger.run_id, STATE_TAG, "diverged")
             print(f"tune: trial {trial.number} diverged (non-finite loss): {values}", flush=True)
@@ -363,7 +368,7 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
             raise KeyboardInterrupt from None  # Optuna then ends the trial as failed, not leaving it running
     state = "pruned" if pruning.pruned_at is not None else "complete"
     logger.experiment.set_tag(logger.run_id, STATE_TAG, state)
-    value = float(checkpoint.best_model_score)
+    value = float(resolved(checkpoint.best_model_score))  # every trial validates at least once
     when = f"at epoch {pruning.pruned_at}" if pruning.pruned_at is not None else f"after {trainer.current_epoch} epochs"
     print(f"tune: trial {trial.number} {state} {when}: best {tune.metric} {value:.4f} with "
           f"{' '.join(f'{k}={v}' for k, v in values.items())}", flush=True)

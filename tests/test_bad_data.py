@@ -10,9 +10,9 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -119,9 +119,9 @@ CASES = [
          {"data.dataset": "t.csv", **TABULAR}, ("t.csv", "'species'", "file lines [4]"), "Fill or drop those rows"),
     Case("single-class", write_csv("t.csv", table([(i, i, "x") for i in range(12)])),
          {"data.dataset": "t.csv", **TABULAR}, ("t.csv",), "at least two classes"),
-    Case("class-with-two-examples", write_csv("t.csv", table(three_classes() + [(1, 1, "w"), (2, 2, "w")])),
+    Case("class-with-two-examples", write_csv("t.csv", table([*three_classes(), (1, 1, "w"), (2, 2, "w")])),
          {"data.dataset": "t.csv", **TABULAR}, ("t.csv", "'w': 2"), "fewer than 3 examples"),
-    Case("class-with-one-example", write_csv("t.csv", table(three_classes() + [(1, 1, "w")])),
+    Case("class-with-one-example", write_csv("t.csv", table([*three_classes(), (1, 1, "w")])),
          {"data.dataset": "t.csv", **TABULAR}, ("t.csv", "'w': 1"), "fewer than 3 examples"),
     Case("text-empty-message", write_csv("sms.tsv", messages() + "ham\t   \n" + messages()),
          {"data.dataset": "sms.tsv", **TEXT}, ("sms.tsv", "[13]"), "empty message"),

@@ -22,7 +22,7 @@ def messages_file(path: Path, n: int = 240, seed: int = 0) -> Path:
     lines = []
     for i in range(n):
         spam = i % 4 == 0
-        words = rng.choice(SPAM_WORDS if spam else HAM_WORDS, size=int(rng.integers(3, 9))).tolist() + ["the"]
+        words = [*rng.choice(SPAM_WORDS if spam else HAM_WORDS, size=int(rng.integers(3, 9))).tolist(), "the"]
         lines.append(f"{'spam' if spam else 'ham'}\t{' '.join(words)} {i}")
     path.write_text("\n".join(lines) + "\n")
     return path

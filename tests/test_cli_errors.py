@@ -181,7 +181,7 @@ def sqlite_store(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("damage, phrase", [
+@pytest.mark.parametrize(("damage", "phrase"), [
     ("empty", "is an empty file (0 bytes), not a database"),
     ("garbage-header", "is not an SQLite database"),
     ("half-truncated", "is damaged (database disk image is malformed)"),

@@ -251,7 +251,7 @@ def test_possible_combination_is_accepted(params_copy: Path, overrides: list[str
     params = load_params(params_copy, overrides=overrides)
     flat = to_flat_dict(params)
     for item in overrides:
-        key, value = item.split("=", 1)
+        key, _value = item.split("=", 1)
         assert key in flat
         assert flat[key] == OmegaConf.select(OmegaConf.from_dotlist([item]), key)
 

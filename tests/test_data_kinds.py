@@ -49,7 +49,7 @@ def assert_stratified(splits: dict, y_all: np.ndarray, num_classes: int, slack: 
 # ---------------------------------------------------------------------------------------------------------------
 # Tabular: built-ins
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, loader", [("breast_cancer", "load_breast_cancer"), ("wine", "load_wine"),
+@pytest.mark.parametrize(("name", "loader"), [("breast_cancer", "load_breast_cancer"), ("wine", "load_wine"),
                                           ("iris", "load_iris")])
 def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
     bunch = getattr(sklearn.datasets, loader)()
@@ -197,7 +197,7 @@ def test_minmax_scaling_puts_training_rows_in_0_1(tmp_path: Path, mixed_csv) -> 
 
 
 def test_tsv_and_parquet_read_the_same_as_csv(tmp_path: Path, mixed_csv) -> None:
-    path, frame = mixed_csv
+    _path, frame = mixed_csv
     frame.to_csv(tmp_path / "animals.tsv", sep="\t", index=False)
     frame.to_parquet(tmp_path / "animals.parquet", index=False)
 
@@ -305,7 +305,7 @@ def write_image_folder(root: Path, classes: list[str], per_class: int = 6, mixed
 NUMERIC_CLASSES = ["0", "1", "2"]
 
 
-@pytest.mark.parametrize("color, channels", [("grayscale", 1), ("rgb", 3)])
+@pytest.mark.parametrize(("color", "channels"), [("grayscale", 1), ("rgb", 3)])
 def test_image_folder_resized_to_size_in_the_colour_mode(tmp_path: Path, color: str, channels: int) -> None:
     write_image_folder(tmp_path / "imgs", NUMERIC_CLASSES)
     out = tmp_path / "prepared"
@@ -373,7 +373,7 @@ def test_npz_of_grey_images(tmp_path: Path) -> None:
         np.testing.assert_allclose(s["x"][:, 0] * std + mean, x[s["index"]], atol=1e-5)
 
 
-@pytest.mark.parametrize("color, channels", [("rgb", 3), ("grayscale", 1)])
+@pytest.mark.parametrize(("color", "channels"), [("rgb", 3), ("grayscale", 1)])
 def test_npz_channels_last(tmp_path: Path, color: str, channels: int) -> None:
     x, y = image_arrays(shape=(6, 7, 3))
     np.savez(tmp_path / "images.npz", x=x, y=y)
@@ -413,7 +413,7 @@ def test_sms_corpus_prepared_as_text(tmp_path: Path) -> None:
     for s in splits.values():
         assert s["x"].dtype == np.uint16 and s["x"].shape[1:] == (20,)
         assert np.array_equal(s["y"], (labels[s["index"]] == "spam").astype(np.int64))
-        for row, raw in zip(s["x"], s["index"]):
+        for row, raw in zip(s["x"], s["index"], strict=True):
             tokens = tokenizer.tokenize(texts[raw])
             expected = [ids.get(t, 1) for t in tokens[:20]]
             expected += [0] * (20 - len(expected))  # padded with PAD (0) at the end
@@ -436,7 +436,7 @@ def small_messages(n: int = 40) -> tuple[list[str], list[str]]:
 
 
 def write_tsv(path: Path, labels: list[str], texts: list[str]) -> None:
-    path.write_text("".join(f"{label}\t{text}\n" for label, text in zip(labels, texts)), encoding="utf-8")
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in zip(labels, texts, strict=True)), encoding="utf-8")
 
 
 def test_vocabulary_comes_from_the_training_split_only(tmp_path: Path) -> None:
@@ -582,7 +582,7 @@ def test_header_file_read_in_chunks_loses_no_row(tmp_path: Path, monkeypatch: py
 
 def test_unquoted_delimiter_in_a_header_file_is_an_error_not_a_cut_message(tmp_path: Path) -> None:
     labels, texts = small_messages()
-    rows = [f"{label},{text}" for label, text in zip(labels, texts)]
+    rows = [f"{label},{text}" for label, text in zip(labels, texts, strict=True)]
     rows[30] = "ham,Hello, how are you"  # the comma should have been quoted
     (tmp_path / "msgs.csv").write_text("category,message\n" + "\n".join(rows) + "\n", encoding="utf-8")
     params = DataParams(dataset="msgs.csv", kind="text",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -119,8 +120,8 @@ def test_run_name_does_not_list_keys_left_auto_on_both_sides(tmp_path: Path, mon
 
 def test_train_refuses_prepared_data_of_another_kind(params_copy: Path) -> None:
     params = load_params(params_copy)  # digits: image defaults
-    with pytest.raises(ParamsError, match="the prepared data is tabular data, but params.yaml's data section "
-                                          "describes image data"):
+    with pytest.raises(ParamsError, match=re.escape("the prepared data is tabular data, but params.yaml's data "
+                                                    "section describes image data")):
         apply_defaults(params, "tabular")
 
 

@@ -8,11 +8,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-from pipeline.metrics import (  # noqa: E402
+from pipeline.metrics import (
     HEADLINE_METRICS,
     HEATMAP_PANEL_INCHES,
     confusion_figure,

@@ -194,7 +194,7 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         name_row = table.find_element(By.XPATH, ".//tr[th[normalize-space(.)='Run Name:']]")
         names = [td.text.strip() for td in name_row.find_elements(By.TAG_NAME, "td")]
         assert names == [expected[run_id][0] for run_id in header_ids], names
-        for run_id, text in zip(header_ids, shown):
+        for run_id, text in zip(header_ids, shown, strict=True):
             accuracy = expected[run_id][1]
             assert shown_matches(text, accuracy), f"{run_id}: UI shows {text!r}, the store has {accuracy}"
 

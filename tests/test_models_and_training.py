@@ -5,19 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from models.registry import REGISTRY, build_model
 from models.cnn import CNN
+from models.registry import REGISTRY, build_model
 from pipeline.config import (
     MODEL_NAMES,
     DataParams,
@@ -75,7 +76,7 @@ def test_cnn_rejects_non_image_input_and_points_to_mlp() -> None:
 
 def test_cnn_rejects_more_blocks_than_the_image_can_halve() -> None:
     hparams = {**dataclasses.asdict(ModelParams().cnn), "channels": [4, 4, 4, 4]}  # 8 -> 4 -> 2 -> 1 -> 0
-    with pytest.raises(ValueError, match="at most 3 entries in model.cnn.channels"):
+    with pytest.raises(ValueError, match=re.escape("at most 3 entries in model.cnn.channels")):
         build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)
     hparams["channels"] = [4, 4, 4]  # 8 -> 1 pixel still works
     assert build_model("cnn", hparams, DIGITS_SHAPE, NUM_CLASSES)(torch.randn(2, *DIGITS_SHAPE)).shape == (2, 10)
@@ -143,7 +144,7 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
-    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
+    data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False)
     (scores,) = trainer.validate(Classifier(net, 3, TrainParams()), datamodule=data, verbose=False)
@@ -168,7 +169,7 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
         objective = module.training_step((x, y), 0)
         assert objective.item() == pytest.approx(functional.cross_entropy(net(x), y, weight=weights).item())
         plain = functional.cross_entropy(net(x), y).item()
-    data = PreparedDataModule.from_datasets(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
+    data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False)
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)
@@ -274,7 +275,7 @@ def test_trained_model_loads_and_classifies_the_test_split(workspace, trained) -
     from pipeline.train import MODEL_FILE
     from pipeline.trained_model import load_trained_model
 
-    net, bundle = load_trained_model(trained.model_dir / MODEL_FILE)
+    net, _bundle = load_trained_model(trained.model_dir / MODEL_FILE)
     assert not net.training
     with np.load(workspace.prepared / "test.npz") as arrays:
         x, y = torch.from_numpy(arrays["x"]), arrays["y"]

@@ -22,8 +22,20 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from pipeline.config import (CNNParams, DataParams, ImageParams, MLPParams, MlflowParams, ModelParams, Params,
-                             RNNParams, TabularParams, TextParams, TrainerParams, TrainParams)
+from pipeline.config import (
+    CNNParams,
+    DataParams,
+    ImageParams,
+    MlflowParams,
+    MLPParams,
+    ModelParams,
+    Params,
+    RNNParams,
+    TabularParams,
+    TextParams,
+    TrainerParams,
+    TrainParams,
+)
 from pipeline.data import DataError
 from pipeline.evaluate import predict_split
 from pipeline.predict import predict
@@ -170,7 +182,8 @@ def test_predict_ids(tabular: Trained, text: Trained, image: Trained) -> None:
     n = len(tabular.test_index)
     assert predict(tabular.test_input, tabular.prepared, tabular.model)["id"].tolist() == [str(i) for i in range(n)]
     lines = text.test_input.read_text(encoding="utf-8").splitlines()
-    assert predict(text.test_input, text.prepared, text.model)["id"].tolist() == [l.split("\t", 1)[1] for l in lines]
+    expected = [line.split("\t", 1)[1] for line in lines]
+    assert predict(text.test_input, text.prepared, text.model)["id"].tolist() == expected
     ids = predict(image.test_input, image.prepared, image.model)["id"].tolist()
     assert ids == [f"test.npz[{i}]" for i in range(len(image.test_index))]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,6 @@ def test_rerun_never_deletes_files_it_did_not_write(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(PipelineError, match="notes.txt"):
+    with pytest.raises(PipelineError, match=re.escape("notes.txt")):
         prepare(DataParams(val_fraction=0.1, test_fraction=0.1), out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -239,7 +239,7 @@ def test_a_run_killed_before_its_first_checkpoint_ends_killed_and_training_start
 @pytest.mark.slow
 def test_a_resumed_final_fit_keeps_the_cross_validation_of_the_interrupted_run(workdir) -> None:
     root = variant_of(workdir, "cv", {"train.cv_folds": 2})
-    env, cmd = stage_environ(root), train_command("ckpt", "model") + ["--cv-metrics", "model/cv_metrics.json"]
+    env, cmd = stage_environ(root), [*train_command("ckpt", "model"), "--cv-metrics", "model/cv_metrics.json"]
     # The folds write under ckpt/cv/; ckpt/last.ckpt appears with the final fit's first epoch.
     killed = kill_after_first_checkpoint(cmd, root, env, signal.SIGKILL, root / "ckpt")
     assert killed.returncode != 0
@@ -329,7 +329,7 @@ def test_an_interrupt_whose_shutdown_fails_is_still_an_interrupt(tmp_path: Path)
     logger = MLFlowLogger(experiment_name="interrupts", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     client = logger.experiment
 
-    with pytest.raises(KeyboardInterrupt), ending_run(logger, tmp_path):
+    with pytest.raises(KeyboardInterrupt), ending_run(logger, tmp_path):  # noqa: PT012
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:

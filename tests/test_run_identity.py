@@ -60,7 +60,8 @@ def test_run_name_is_the_model_and_what_differs_from_the_committed_params(commit
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracking.run_name(load_params(), "image") == "cnn"
     changed = load_params(PARAMS_FILE, ["train.lr=0.01", "train.batch_size=32", "trainer.progress_bar=false"])
-    assert tracking.run_name(changed, "image") == "cnn bs=32 lr=0.01"  # in params.yaml order; display-only keys do not count
+    # In params.yaml order; display-only keys do not count.
+    assert tracking.run_name(changed, "image") == "cnn bs=32 lr=0.01"
     # Another model: its own section compared with the committed one, not listed as a whole.
     assert tracking.run_name(load_params(PARAMS_FILE, ["model.name=mlp"]), "image") == "mlp"
     assert tracking.run_name(load_params(PARAMS_FILE, ["model.name=mlp", "model.mlp.hidden_dims=[64]"]),

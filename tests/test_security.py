@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -107,7 +108,7 @@ def test_the_preprocessor_prepare_writes_loads_and_transforms(prepared_table) ->
     assert x.shape == (1, meta["input_shape"][0])
 
 
-@pytest.mark.parametrize("uri, masked", [
+@pytest.mark.parametrize(("uri", "masked"), [
     ("postgresql+psycopg2://user:PASSWORD@db:5432/mlflow", "postgresql+psycopg2://user:***@db:5432/mlflow"),
     ("http://user:PASSWORD@127.0.0.1:5000", "http://user:***@127.0.0.1:5000"),
     ("https://TOKEN@mlflow.example", "https://***@mlflow.example"),
@@ -171,7 +172,7 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
     assert SECRET not in str(unreachable.value) and "http://user:***@127.0.0.1" in str(unreachable.value)
 
 
-@pytest.mark.parametrize("line, key", [
+@pytest.mark.parametrize(("line", "key"), [
     ("  run_name: null", "mlflow.run_name"),
     ("  experiment_name: digits", "mlflow.experiment_name"),
 ])
@@ -184,7 +185,7 @@ def test_params_reading_the_environment_are_refused(tmp_path: Path, line: str, k
     try:
         with pytest.raises(ParamsError) as refused:
             load_params(tmp_path / "params.yaml")
-        with pytest.raises(ParamsError, match="train.lr: reads an environment variable"):
+        with pytest.raises(ParamsError, match=re.escape("train.lr: reads an environment variable")):
             load_params(REPO / "params.yaml", overrides=["train.lr=${oc.env:AWS_SECRET_ACCESS_KEY}"])
     finally:
         del os.environ["AWS_SECRET_ACCESS_KEY"]

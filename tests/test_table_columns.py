@@ -5,6 +5,7 @@ summary says all of it. The prediction path must apply the same expansion to raw
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,9 @@ def test_the_users_lists_win(tmp_path: Path) -> None:
 
 
 def test_bad_column_lists_name_the_key(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="weight named in data.tabular"):
+    with pytest.raises(DataError, match=re.escape("weight named in data.tabular")):
         prepared(tmp_path, table(), drop=["weight"])
-    with pytest.raises(DataError, match="data.tabular.dates names 'colour'"):
+    with pytest.raises(DataError, match=re.escape("data.tabular.dates names 'colour'")):
         prepared(tmp_path, table(), dates=["colour"])
     with pytest.raises(DataError, match="holds numbers"):
         prepared(tmp_path, table(), dates=["size"])

@@ -9,6 +9,7 @@ must embed each categorical column, the saved model file must rebuild the same n
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -191,5 +192,5 @@ def test_gradients_reach_every_known_category_embedding() -> None:
 
 
 def test_only_the_mlp_reads_embedding_indices() -> None:
-    with pytest.raises(ValueError, match="model.name: mlp"):
+    with pytest.raises(ValueError, match=re.escape("model.name: mlp")):
         build_model("cnn", {}, [5], 2, None, [3, 4])

@@ -56,7 +56,7 @@ def test_a_valid_space_loads_with_its_types(tmp_path):
     assert tune.space["train.batch_size"]["step"] == 16
 
 
-@pytest.mark.parametrize("space, expected", [
+@pytest.mark.parametrize(("space", "expected"), [
     ("{train.lrr: {low: 0.001, high: 0.1}}", "train.lrr: unknown key. Did you mean 'train.lr'?"),
     ("{train.batch_size: {low: 0.5, high: 64}}", "train.batch_size: 0.5 is not an integer"),
     ("{train.optimizer: {low: 1, high: 2}}", "train.optimizer is a string, not a number: give it {choices"),

@@ -13,7 +13,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -127,6 +127,12 @@ def fit_images(x: np.ndarray, params: ImageParams, source: str, expect_channels:
     return np.ascontiguousarray(x)
 
 
+@overload
+def _load_npz(path: Path, need_labels: Literal[True] = ...) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def _load_npz(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
 def _load_npz(path: Path, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
@@ -161,6 +167,7 @@ def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
 
     notes = {} if notes is None else notes
     try:
+        img: Image.Image  # converted or resized copies of the opened ImageFile
         with Image.open(path) as img:
             if img.mode in SIXTEEN_BIT_MODES:  # convert("L") would clip every value above 255 to white
                 img = Image.fromarray(np.asarray(img, dtype=np.float32) / np.float32(SIXTEEN_TO_EIGHT_BIT), "F")
@@ -177,7 +184,7 @@ def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
                 if img.height < size[0] or img.width < size[1]:
                     notes.setdefault(f"are smaller than the model's {size[0]}x{size[1]} pixels and were enlarged",
                                      []).append(path)
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: refused, too large to read safely ({exc}). Shrink the image first.") from None
@@ -194,7 +201,7 @@ class ChannelStandardiser:
         self.params, self.mean, self.std, self.pixel_range = params, mean, std, pixel_range
         self.shape: list[int] | None = None
 
-    def fit(self, x: np.ndarray) -> "ChannelStandardiser":
+    def fit(self, x: np.ndarray) -> ChannelStandardiser:
         if self.pixel_range is None:  # arrays: the range they came in; image files' is known beforehand
             self.pixel_range = [float(x.min()), float(x.max())]
         self.mean = x.mean(axis=(0, 2, 3)).tolist()

@@ -36,7 +36,7 @@ import pandas as pd
 
 from models.specs import UNKNOWN_CATEGORY
 from pipeline.artifacts import PICKLED_PREPROCESSOR_FILE, PREPROCESSOR_FILE
-from pipeline.config import DataParams, TabularParams
+from pipeline.config import DataParams, TabularParams, resolved
 from pipeline.data import DataError, RawData, require_file
 
 # What the fitted ColumnTransformer holds beyond the scikit-learn and numpy types skops trusts by itself (the
@@ -68,7 +68,7 @@ def load_raw(params: DataParams) -> RawData:
         return RawData(select_features(bunch.data, params.tabular, Path(params.dataset)), bunch.target.to_numpy(),
                        [str(c) for c in bunch.target_names])
     t, path = params.tabular, require_file(params.dataset)
-    frame = read_table(path, exact=[t.target, *(t.categorical or [])])
+    frame = read_table(path, exact=[resolved(t.target), *(t.categorical or [])])  # required for a file
     if frame.empty or frame.shape[1] < 2:
         raise DataError(f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
                         "least a feature and a target column (is the delimiter right? .tsv files use tabs).")
@@ -110,7 +110,7 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
 
     parse = pacsv.ParseOptions(delimiter=delimiter)
     # pandas.read_csv's missing-value markers: pyarrow's list lacks "None" and "<NA>"; "" is missing text too.
-    convert = pacsv.ConvertOptions(null_values=pacsv.ConvertOptions().null_values + ["None", "<NA>"],
+    convert = pacsv.ConvertOptions(null_values=[*pacsv.ConvertOptions().null_values, "None", "<NA>"],
                                    strings_can_be_null=True)
     with pacsv.open_csv(path, parse_options=parse, convert_options=convert) as first_block:
         schema = first_block.schema
@@ -123,7 +123,8 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
     read = pacsv.ReadOptions(column_names=names, skip_rows=1)
     # Streamed block by block with the first block's types made compact: the parser holds a few blocks (read_csv
     # holds about the whole file), and no float64 or one-string-per-row copy of the table exists.
-    convert.column_types = {name: _compact_type(field.type, name in exact) for name, field in zip(names, schema)}
+    convert.column_types = {name: _compact_type(field.type, name in exact)
+                            for name, field in zip(names, schema, strict=True)}
     try:
         with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as blocks:
             table = blocks.read_all()
@@ -468,7 +469,7 @@ class TablePreprocessor:
         encoder = next(step for _, step in self.transformer.named_transformers_["categorical"].steps
                        if hasattr(step, "categories_"))
         unseen = {}
-        for column, known in zip(categorical, encoder.categories_):
+        for column, known in zip(categorical, encoder.categories_, strict=True):
             values = _categories_as_text(frame[[column]], [column])[column]
             new = values[values.notna() & ~values.isin(known)]
             if len(new):

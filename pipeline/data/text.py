@@ -18,12 +18,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from pipeline.artifacts import VOCAB_FILE
-from pipeline.config import DataParams, TextParams
+from pipeline.config import DataParams, TextParams, resolved
 from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
 
@@ -67,7 +67,7 @@ def _lines(path: Path) -> Iterator[str]:
     number = blank = 0
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            for number, line in enumerate(f, start=1):
+            for number, line in enumerate(f, start=1):  # noqa: B007 (the line reached, for the error below)
                 for text in line.splitlines():
                     if text.strip():
                         yield text
@@ -86,6 +86,11 @@ class MessageFile:
                  version: tuple[int, int] | None = None):
         self.path, self.params, self.rows, self.total, self.version = path, params, rows, total, version
         self.delimiter = params.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not params.text_column else ",")
+
+    @overload
+    def scan(self, labelled: Literal[True]) -> np.ndarray: ...
+    @overload
+    def scan(self, labelled: bool) -> np.ndarray | None: ...
 
     def scan(self, labelled: bool) -> np.ndarray | None:
         """Read every row once: the labels (stripped, one string object per distinct label) and the row count, with
@@ -170,7 +175,7 @@ class MessageFile:
         read = {"sep": self.delimiter, "dtype": str, "keep_default_na": False, "encoding": "utf-8"}
         try:
             columns = pd.read_csv(self.path, nrows=0, **read).columns
-            wanted = [p.text_column] + ([p.label_column] if labelled else [])
+            wanted = [resolved(p.text_column)] + ([resolved(p.label_column)] if labelled else [])  # set together
             missing = [c for c in wanted if c not in columns]
             if missing:
                 raise DataError(f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
@@ -180,7 +185,7 @@ class MessageFile:
             with pd.read_csv(self.path, chunksize=READ_CHUNK_ROWS, **read) as chunks:
                 for chunk in chunks:
                     labels = chunk[p.label_column] if labelled else [""] * len(chunk)
-                    yield from zip(labels, chunk[p.text_column])
+                    yield from zip(labels, chunk[p.text_column], strict=True)
         except pd.errors.ParserError as exc:
             raise DataError(f"{self.path}: cannot be read as delimited text ({exc}).") from None
         except pd.errors.EmptyDataError:
