@@ -45,8 +45,11 @@ def data_sections(folder: Path) -> dict[str, dict]:
         "wine": {"dataset": "wine"},
         "iris": {"dataset": "iris"},
         "sms_tsv": {"dataset": str(SMS), "kind": "text"},
-        "sms_csv": {"dataset": str(sms_csv(folder)), "kind": "text",
-                    "text": {"text_column": "message", "label_column": "label"}},
+        "sms_csv": {
+            "dataset": str(sms_csv(folder)),
+            "kind": "text",
+            "text": {"text_column": "message", "label_column": "label"},
+        },
     }
 
 
@@ -66,13 +69,27 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     log, seconds = "", {}
-    for stage in (["pipeline.prepare", "--out", "prepared"],
-                  ["pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt",
-                   "--history", "history.csv", "--cv-metrics", "cv.json"],
-                  ["pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"]):
+    for stage in (
+        ["pipeline.prepare", "--out", "prepared"],
+        [
+            "pipeline.train",
+            "--prepared",
+            "prepared",
+            "--out",
+            "model",
+            "--checkpoints",
+            "ckpt",
+            "--history",
+            "history.csv",
+            "--cv-metrics",
+            "cv.json",
+        ],
+        ["pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"],
+    ):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", *stage], cwd=workdir, env=env, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", *stage], cwd=workdir, env=env, capture_output=True, text=True, check=False
+        )
         seconds[stage[0]] = time.perf_counter() - start
         log += done.stdout + done.stderr
         if done.returncode:
@@ -82,12 +99,20 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
     from mlflow import MlflowClient
 
     (run,) = MlflowClient(f"sqlite:///{workdir}/mlflow.db").search_runs(
-        [MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_experiment_by_name("bench").experiment_id])
-    return {"log": log, "model": metrics["f1_macro"], "model_acc": metrics["accuracy"],
-            "per_class": metrics["per_class"], "baseline": baseline["f1_macro"],
-            "baseline_acc": baseline["accuracy"], "baseline_name": run.data.params["baseline.model"],
-            "baseline_s": run.data.metrics["baseline/fit_seconds"], "train_s": seconds["pipeline.train"],
-            "n_test": metrics["n_samples"]}
+        [MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_experiment_by_name("bench").experiment_id]
+    )
+    return {
+        "log": log,
+        "model": metrics["f1_macro"],
+        "model_acc": metrics["accuracy"],
+        "per_class": metrics["per_class"],
+        "baseline": baseline["f1_macro"],
+        "baseline_acc": baseline["accuracy"],
+        "baseline_name": run.data.params["baseline.model"],
+        "baseline_s": run.data.metrics["baseline/fit_seconds"],
+        "train_s": seconds["pipeline.train"],
+        "n_test": metrics["n_samples"],
+    }
 
 
 def main() -> None:
@@ -97,8 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sections = data_sections(Path(tmp))
-        print(f"{'data':<14} {'model':<6} {'acc':>6} {'F1':>6} | {'baseline':<18} {'acc':>6} {'F1':>6} | "
-              f"{'F1 diff':>7} {'test rows':>9} | {'base s':>6} {'train s':>7} {'share':>6}")
+        print(
+            f"{'data':<14} {'model':<6} {'acc':>6} {'F1':>6} | {'baseline':<18} {'acc':>6} {'F1':>6} | "
+            f"{'F1 diff':>7} {'test rows':>9} | {'base s':>6} {'train s':>7} {'share':>6}"
+        )
         for name, data in sections.items():
             if args.only and name not in args.only:
                 continue
@@ -116,10 +143,12 @@ def main() -> None:
                 with np.load(Path(tmp) / name / "prepared" / "test.npz") as test:
                     spam = f1_score(test["y"], base.predicted, pos_label=1)  # classes sorted: ham 0, spam 1
                 extra = f"  spam F1 {r['per_class']['spam']['f1']:.4f} vs {spam:.4f}"
-            print(f"{name:<14} {model:<6} {r['model_acc']:.4f} {r['model']:.4f} | {r['baseline_name']:<18} "
-                  f"{r['baseline_acc']:.4f} {r['baseline']:.4f} | {r['model'] - r['baseline']:+.4f} {r['n_test']:>9} | "
-                  f"{r['baseline_s']:>6.2f} {r['train_s']:>7.1f} {r['baseline_s'] / r['train_s']:>6.1%}{extra}",
-                  flush=True)
+            print(
+                f"{name:<14} {model:<6} {r['model_acc']:.4f} {r['model']:.4f} | {r['baseline_name']:<18} "
+                f"{r['baseline_acc']:.4f} {r['baseline']:.4f} | {r['model'] - r['baseline']:+.4f} {r['n_test']:>9} | "
+                f"{r['baseline_s']:>6.2f} {r['train_s']:>7.1f} {r['baseline_s'] / r['train_s']:>6.1%}{extra}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -45,52 +45,115 @@ DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 RESULTS = ROOT / "bench" / "results" / "choose_defaults.json"
 TIE_DECIMALS = 4
 
-TABLE_COMMON = {"model.name": "mlp", "train.max_epochs": 100, "train.monitor": "val/loss",
-                "train.class_weights": "none", "train.batch_size": 16}
+TABLE_COMMON = {
+    "model.name": "mlp",
+    "train.max_epochs": 100,
+    "train.monitor": "val/loss",
+    "train.class_weights": "none",
+    "train.batch_size": 16,
+}
 CANDIDATES = {
     "tabular": {
-        "linear (mlp [])": {**TABLE_COMMON, "model.mlp.hidden_dims": [], "model.mlp.dropout": 0.0,
-                            "train.lr": 0.01, "train.weight_decay": 0.01},
-        "mlp [64] do0.2 lr0.003": {**TABLE_COMMON, "model.mlp.hidden_dims": [64], "model.mlp.dropout": 0.2,
-                                   "train.lr": 0.003, "train.weight_decay": 0.01},
-        "mlp [256,128] do0.1 lr0.01": {**TABLE_COMMON, "model.mlp.hidden_dims": [256, 128],
-                                       "model.mlp.dropout": 0.1, "train.lr": 0.01, "train.weight_decay": 0.01},
+        "linear (mlp [])": {
+            **TABLE_COMMON,
+            "model.mlp.hidden_dims": [],
+            "model.mlp.dropout": 0.0,
+            "train.lr": 0.01,
+            "train.weight_decay": 0.01,
+        },
+        "mlp [64] do0.2 lr0.003": {
+            **TABLE_COMMON,
+            "model.mlp.hidden_dims": [64],
+            "model.mlp.dropout": 0.2,
+            "train.lr": 0.003,
+            "train.weight_decay": 0.01,
+        },
+        "mlp [256,128] do0.1 lr0.01": {
+            **TABLE_COMMON,
+            "model.mlp.hidden_dims": [256, 128],
+            "model.mlp.dropout": 0.1,
+            "train.lr": 0.01,
+            "train.weight_decay": 0.01,
+        },
     },
     "image": {
-        "cnn [32,64] lr0.003 val/loss": {"model.name": "cnn", "model.cnn.channels": [32, 64], "train.lr": 0.003,
-                                         "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                         "train.max_epochs": 40, "train.monitor": "val/loss",
-                                         "train.class_weights": "none"},
-        "cnn [32,64] lr0.003 val/accuracy": {"model.name": "cnn", "model.cnn.channels": [32, 64], "train.lr": 0.003,
-                                             "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                             "train.max_epochs": 40, "train.monitor": "val/accuracy",
-                                             "train.class_weights": "none"},
-        "mlp [256,128] lr0.003": {"model.name": "mlp", "model.mlp.hidden_dims": [256, 128], "model.mlp.dropout": 0.1,
-                                  "train.lr": 0.003, "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                  "train.max_epochs": 40, "train.monitor": "val/loss",
-                                  "train.class_weights": "none"},
+        "cnn [32,64] lr0.003 val/loss": {
+            "model.name": "cnn",
+            "model.cnn.channels": [32, 64],
+            "train.lr": 0.003,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 40,
+            "train.monitor": "val/loss",
+            "train.class_weights": "none",
+        },
+        "cnn [32,64] lr0.003 val/accuracy": {
+            "model.name": "cnn",
+            "model.cnn.channels": [32, 64],
+            "train.lr": 0.003,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 40,
+            "train.monitor": "val/accuracy",
+            "train.class_weights": "none",
+        },
+        "mlp [256,128] lr0.003": {
+            "model.name": "mlp",
+            "model.mlp.hidden_dims": [256, 128],
+            "model.mlp.dropout": 0.1,
+            "train.lr": 0.003,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 40,
+            "train.monitor": "val/loss",
+            "train.class_weights": "none",
+        },
     },
     "text": {
-        "cnn [128] emb128 lr0.002 val/f1": {"model.name": "cnn", "model.cnn.channels": [128],
-                                            "model.cnn.embedding_dim": 128, "train.lr": 0.002,
-                                            "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                            "train.max_epochs": 15, "train.monitor": "val/f1_macro",
-                                            "train.class_weights": "none"},
-        "cnn [128] emb128 lr0.002 val/f1 balanced": {"model.name": "cnn", "model.cnn.channels": [128],
-                                                     "model.cnn.embedding_dim": 128, "train.lr": 0.002,
-                                                     "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                                     "train.max_epochs": 15, "train.monitor": "val/f1_macro",
-                                                     "train.class_weights": "balanced"},
-        "cnn [128] emb128 lr0.002 val/loss": {"model.name": "cnn", "model.cnn.channels": [128],
-                                              "model.cnn.embedding_dim": 128, "train.lr": 0.002,
-                                              "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                              "train.max_epochs": 15, "train.monitor": "val/loss",
-                                              "train.class_weights": "none"},
-        "cnn [32,64] emb64 lr0.003 val/loss (old)": {"model.name": "cnn", "model.cnn.channels": [32, 64],
-                                                     "model.cnn.embedding_dim": 64, "train.lr": 0.003,
-                                                     "train.weight_decay": 1e-4, "train.batch_size": 64,
-                                                     "train.max_epochs": 40, "train.monitor": "val/loss",
-                                                     "train.class_weights": "none"},
+        "cnn [128] emb128 lr0.002 val/f1": {
+            "model.name": "cnn",
+            "model.cnn.channels": [128],
+            "model.cnn.embedding_dim": 128,
+            "train.lr": 0.002,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 15,
+            "train.monitor": "val/f1_macro",
+            "train.class_weights": "none",
+        },
+        "cnn [128] emb128 lr0.002 val/f1 balanced": {
+            "model.name": "cnn",
+            "model.cnn.channels": [128],
+            "model.cnn.embedding_dim": 128,
+            "train.lr": 0.002,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 15,
+            "train.monitor": "val/f1_macro",
+            "train.class_weights": "balanced",
+        },
+        "cnn [128] emb128 lr0.002 val/loss": {
+            "model.name": "cnn",
+            "model.cnn.channels": [128],
+            "model.cnn.embedding_dim": 128,
+            "train.lr": 0.002,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 15,
+            "train.monitor": "val/loss",
+            "train.class_weights": "none",
+        },
+        "cnn [32,64] emb64 lr0.003 val/loss (old)": {
+            "model.name": "cnn",
+            "model.cnn.channels": [32, 64],
+            "model.cnn.embedding_dim": 64,
+            "train.lr": 0.003,
+            "train.weight_decay": 1e-4,
+            "train.batch_size": 64,
+            "train.max_epochs": 40,
+            "train.monitor": "val/loss",
+            "train.class_weights": "none",
+        },
     },
 }
 
@@ -104,11 +167,20 @@ def synthetic_tables(folder: Path) -> dict[str, dict]:
     import pandas as pd
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(n_samples=600, n_features=10, n_informative=6, n_redundant=2, n_classes=3,
-                               n_clusters_per_class=2, class_sep=1.0, random_state=0)
+    x, y = make_classification(
+        n_samples=600,
+        n_features=10,
+        n_informative=6,
+        n_redundant=2,
+        n_classes=3,
+        n_clusters_per_class=2,
+        class_sep=1.0,
+        random_state=0,
+    )
     a = pd.DataFrame(x, columns=[f"f{i}" for i in range(10)]).assign(label=[f"c{v}" for v in y])
-    x, y = make_classification(n_samples=800, n_features=8, n_informative=4, n_classes=2, weights=[0.8, 0.2],
-                               flip_y=0.02, random_state=1)
+    x, y = make_classification(
+        n_samples=800, n_features=8, n_informative=4, n_classes=2, weights=[0.8, 0.2], flip_y=0.02, random_state=1
+    )
     b = pd.DataFrame(x, columns=[f"f{i}" for i in range(8)])
     b["colour"] = np.where(x[:, 0] + 0.5 * np.random.default_rng(1).normal(size=len(x)) > 0, "red", "blue")
     b = b.assign(label=[f"c{v}" for v in y])
@@ -141,9 +213,11 @@ def synthetic_text(folder: Path) -> dict:
 
     rng = np.random.default_rng(0)
     filler = "the a to and of in is it you for on with that this at be have are was".split()
-    topics = {"sport": "match goal team score win league coach player season ball".split(),
-              "money": "price bank loan cash offer pay credit account deal save".split(),
-              "travel": "flight hotel trip beach ticket train visit city holiday airport".split()}
+    topics = {
+        "sport": "match goal team score win league coach player season ball".split(),
+        "money": "price bank loan cash offer pay credit account deal save".split(),
+        "travel": "flight hotel trip beach ticket train visit city holiday airport".split(),
+    }
     names = list(topics)
     path = folder / "synthetic_topics.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -158,8 +232,12 @@ def synthetic_text(folder: Path) -> dict:
             if rng.random() < 0.05:
                 label = names[rng.integers(3)]
             writer.writerow([label, " ".join(words)])
-    return {"data.dataset": str(path), "data.kind": "text", "data.text.text_column": "message",
-            "data.text.label_column": "label"}
+    return {
+        "data.dataset": str(path),
+        "data.kind": "text",
+        "data.text.text_column": "message",
+        "data.text.label_column": "label",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,8 +245,13 @@ def synthetic_text(folder: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 def make_params(params_file: Path, tmp: Path, experiment: str, settings: dict) -> Params:
     overrides = [f"{key}={value}" for key, value in settings.items()]
-    overrides += [f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"mlflow.experiment_name={experiment}",
-                  "mlflow.run_name=null", "trainer.progress_bar=false", "mlflow.system_metrics=false"]
+    overrides += [
+        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        f"mlflow.experiment_name={experiment}",
+        "mlflow.run_name=null",
+        "trainer.progress_bar=false",
+        "mlflow.system_metrics=false",
+    ]
     return load_params(params_file, overrides=overrides)
 
 
@@ -180,8 +263,11 @@ def score_cv(params: Params, prepared: Path, meta: dict, folder: Path) -> dict:
     parent = new_logger(params, meta, tracking.data_digest(prepared, meta))
     summary = silently(cross_validate, params, prepared, meta, parent, folder)
     parent.experiment.set_terminated(parent.run_id, "FINISHED")
-    return {"score": summary["val/accuracy"]["mean"], "loss": summary["val/loss"]["mean"],
-            "std": summary["val/accuracy"]["std"]}
+    return {
+        "score": summary["val/accuracy"]["mean"],
+        "loss": summary["val/loss"]["mean"],
+        "std": summary["val/accuracy"]["std"],
+    }
 
 
 def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict:
@@ -214,8 +300,10 @@ def run_kind(kind: str, datasets: dict[str, dict], params_file: Path, tmp: Path,
                 result = score_val(params, prepared, folder, "f1_macro" if kind == "text" else "accuracy")
             result["seconds"] = time.perf_counter() - start
             results.setdefault(data_name, {})[cand] = result
-            print(f"  {cand:<44} score {result['score']:.4f}  val/loss {result['loss']:.4f}  "
-                  f"{result['seconds']:.0f} s", flush=True)
+            print(
+                f"  {cand:<44} score {result['score']:.4f}  val/loss {result['loss']:.4f}  {result['seconds']:.0f} s",
+                flush=True,
+            )
     return results
 
 
@@ -230,22 +318,34 @@ def rank(results: dict[str, dict[str, dict]]) -> list[tuple[str, float, float]]:
         for c in candidates:
             positions = [i + 1 for i, other in enumerate(ordered) if keys[other] == keys[c]]
             ranks[c].append(sum(positions) / len(positions))
-    table = [(c, float(np.mean(ranks[c])), float(np.mean([results[d][c]["score"] for d in results])))
-             for c in candidates]
+    table = [
+        (c, float(np.mean(ranks[c])), float(np.mean([results[d][c]["score"] for d in results]))) for c in candidates
+    ]
     return sorted(table, key=lambda row: (row[1], -row[2]))
 
 
 def print_kind(kind: str, results: dict[str, dict[str, dict]]) -> str:
     names = list(results)
     header = f"{'candidate':<44} " + " ".join(f"{n[:16]:>16}" for n in names) + f" {'mean rank':>9} {'mean':>7}"
-    print(f"\n{kind}: " + ("mean fold val/accuracy (k-fold CV on train + val)" if kind == "tabular" else
-                        "val macro F1" if kind == "text" else "val accuracy"))
+    print(
+        f"\n{kind}: "
+        + (
+            "mean fold val/accuracy (k-fold CV on train + val)"
+            if kind == "tabular"
+            else "val macro F1"
+            if kind == "text"
+            else "val accuracy"
+        )
+    )
     print(header)
     print("-" * len(header))
     table = rank(results)
     for cand, mean_rank, mean_score in table:
-        print(f"{cand:<44} " + " ".join(f"{results[n][cand]['score']:>16.4f}" for n in names)
-              + f" {mean_rank:>9.2f} {mean_score:>7.4f}")
+        print(
+            f"{cand:<44} "
+            + " ".join(f"{results[n][cand]['score']:>16.4f}" for n in names)
+            + f" {mean_rank:>9.2f} {mean_score:>7.4f}"
+        )
     print(f"winner: {table[0][0]}")
     return table[0][0]
 
@@ -268,11 +368,12 @@ def main() -> None:
         params_file = tmp / "params.yaml"  # a snapshot: the grid does not see edits made while it runs
         params_file.write_text((ROOT / "params.yaml").read_text())
         datasets = {
-            "tabular": {**{d: {"data.dataset": d} for d in ("breast_cancer", "wine", "iris")},
-                        **synthetic_tables(tmp)},
+            "tabular": {**{d: {"data.dataset": d} for d in ("breast_cancer", "wine", "iris")}, **synthetic_tables(tmp)},
             "image": noisy_digits(tmp),
-            "text": {"sms": {"data.dataset": str(args.sms), "data.kind": "text"},
-                     "synthetic-topics": synthetic_text(tmp)},
+            "text": {
+                "sms": {"data.dataset": str(args.sms), "data.kind": "text"},
+                "synthetic-topics": synthetic_text(tmp),
+            },
         }
         all_results, winners = {}, {}
         for kind in args.only or ["text", "image", "tabular"]:
@@ -281,8 +382,12 @@ def main() -> None:
     print(f"\n{time.perf_counter() - start:.0f} s in all; winners: {winners}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    previous.update({kind: {"results": all_results[kind], "winner": winners[kind],
-                            "settings": CANDIDATES[kind][winners[kind]]} for kind in winners})
+    previous.update(
+        {
+            kind: {"results": all_results[kind], "winner": winners[kind], "settings": CANDIDATES[kind][winners[kind]]}
+            for kind in winners
+        }
+    )
     RESULTS.write_text(json.dumps(previous, indent=1))
 
 

@@ -59,9 +59,16 @@ def worker(args: argparse.Namespace) -> None:
             if trainer.is_global_zero:
                 timed = self.epoch_seconds[1:]  # the first epoch pays for warm-up
                 samples = len(trainer.train_dataloader.dataset) * len(timed)
-                Path(args.result).write_text(json.dumps({
-                    "samples_per_s": samples / sum(timed), "epoch_seconds": self.epoch_seconds,
-                    "world_size": trainer.world_size, "torch_threads": torch.get_num_threads()}))
+                Path(args.result).write_text(
+                    json.dumps(
+                        {
+                            "samples_per_s": samples / sum(timed),
+                            "epoch_seconds": self.epoch_seconds,
+                            "world_size": trainer.world_size,
+                            "torch_threads": torch.get_num_threads(),
+                        }
+                    )
+                )
 
     devices = args.worker
     params = load_params(REPO / "params.yaml")
@@ -76,22 +83,44 @@ def worker(args: argparse.Namespace) -> None:
     fit(params, Path(args.prepared), run_dir / "model", run_dir / "checkpoints", extra_callbacks=[TimedToFile()])
 
 
-def timed_run(args: argparse.Namespace, prepared: Path, tmp: Path, devices: int, global_batch: int,
-              torch_threads: int | None = None) -> dict:
+def timed_run(
+    args: argparse.Namespace,
+    prepared: Path,
+    tmp: Path,
+    devices: int,
+    global_batch: int,
+    torch_threads: int | None = None,
+) -> dict:
     """One run in a fresh process; `torch_threads` pins its thread count (OMP_NUM_THREADS), else torch's default."""
     run_dir = tmp / f"run-{devices}-{global_batch}-{torch_threads}"
     run_dir.mkdir()
     result = run_dir / "result.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(devices), "--prepared", str(prepared),
-           "--run-dir", str(run_dir), "--result", str(result), "--model", args.model, "--epochs", str(args.epochs),
-           "--global-batch", str(global_batch)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(devices),
+        "--prepared",
+        str(prepared),
+        "--run-dir",
+        str(run_dir),
+        "--result",
+        str(result),
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--global-batch",
+        str(global_batch),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_")) and k != "OMP_NUM_THREADS"}
     if torch_threads:
         env["OMP_NUM_THREADS"] = str(torch_threads)
     done = subprocess.run(cmd, check=False, cwd=run_dir, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not result.is_file():
-        sys.exit(f"{devices}-process run failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
-                 f"{done.stderr[-3000:]}")
+        sys.exit(
+            f"{devices}-process run failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return json.loads(result.read_text())
 
 
@@ -99,8 +128,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=4, help="the first is not timed")
-    parser.add_argument("--global-batches", type=int, nargs="+", default=[64, 512],
-                        help="samples per optimizer step over all processes (64: params.yaml's train.batch_size)")
+    parser.add_argument(
+        "--global-batches",
+        type=int,
+        nargs="+",
+        default=[64, 512],
+        help="samples per optimizer step over all processes (64: params.yaml's train.batch_size)",
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--model", default="cnn", help="a models/ family configured in params.yaml")
     # Internal: one training run, launched by main() and relaunched by DDP for the other ranks.
@@ -130,15 +164,21 @@ def main() -> None:
             assert ddp["world_size"] == args.processes and one_thread["torch_threads"] == 1, (ddp, one_thread)
             rows.append((global_batch, single, one_thread, ddp))
 
-    print(f"\nDDP training throughput (global samples/s), {train_rows} training rows of {IMAGE_SHAPE}, model "
-          f"{args.model} (params.yaml), epochs 2-{args.epochs} timed, CPU cores {os.cpu_count()}, gloo")
-    print(f"  global batch | (a) 1 process, torch threads | (b) 1 process, 1 thread | (c) {args.processes} processes "
-          "DDP, threads each | (c)/(a) | (c)/(b)")
+    print(
+        f"\nDDP training throughput (global samples/s), {train_rows} training rows of {IMAGE_SHAPE}, model "
+        f"{args.model} (params.yaml), epochs 2-{args.epochs} timed, CPU cores {os.cpu_count()}, gloo"
+    )
+    print(
+        f"  global batch | (a) 1 process, torch threads | (b) 1 process, 1 thread | (c) {args.processes} processes "
+        "DDP, threads each | (c)/(a) | (c)/(b)"
+    )
     for global_batch, single, one_thread, ddp in rows:
-        print(f"  {global_batch:>12} | {single['samples_per_s']:>18,.0f} ({single['torch_threads']:>2}) "
-              f"| {one_thread['samples_per_s']:>23,.0f} | {ddp['samples_per_s']:>21,.0f} ({ddp['torch_threads']:>2}) "
-              f"| {ddp['samples_per_s'] / single['samples_per_s']:>6.2f}x "
-              f"| {ddp['samples_per_s'] / one_thread['samples_per_s']:>6.2f}x")
+        print(
+            f"  {global_batch:>12} | {single['samples_per_s']:>18,.0f} ({single['torch_threads']:>2}) "
+            f"| {one_thread['samples_per_s']:>23,.0f} | {ddp['samples_per_s']:>21,.0f} ({ddp['torch_threads']:>2}) "
+            f"| {ddp['samples_per_s'] / single['samples_per_s']:>6.2f}x "
+            f"| {ddp['samples_per_s'] / one_thread['samples_per_s']:>6.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def header_csv(tsv: Path, out: Path) -> Path:
 def data_sections(sms: Path, tmp: Path) -> dict[str, dict]:
     return {
         "sms-tsv": {"data.dataset": str(sms), "data.kind": "text"},
-        "sms-csv": {"data.dataset": str(header_csv(sms, tmp / "sms.csv")), "data.kind": "text",
-                    "data.text.text_column": "message", "data.text.label_column": "label"},
+        "sms-csv": {
+            "data.dataset": str(header_csv(sms, tmp / "sms.csv")),
+            "data.kind": "text",
+            "data.text.text_column": "message",
+            "data.text.label_column": "label",
+        },
         "digits": {"data.dataset": "digits"},
         "wine": {"data.dataset": "wine"},
         "iris": {"data.dataset": "iris"},
@@ -67,8 +71,11 @@ def data_sections(sms: Path, tmp: Path) -> dict[str, dict]:
 
 def user_params(tmp: Path, name: str, data: dict) -> Params:
     overrides = [f"{key}={value}" for key, value in data.items()]
-    overrides += [f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"mlflow.experiment_name={name}",
-                  "trainer.progress_bar=false"]  # display only
+    overrides += [
+        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        f"mlflow.experiment_name={name}",
+        "trainer.progress_bar=false",
+    ]  # display only
     return load_params(ROOT / "params.yaml", overrides=overrides)
 
 
@@ -85,8 +92,7 @@ def run_one(tmp: Path, name: str, data: dict) -> dict:
     start = time.perf_counter()
     silently(fit, params, prepared, out / "model", out / "checkpoints")
     seconds = time.perf_counter() - start
-    silently(evaluate, prepared, out / "model", out / "eval", params.evaluate.batch_size,
-             params.mlflow.tracking_uri)
+    silently(evaluate, prepared, out / "model", out / "eval", params.evaluate.batch_size, params.mlflow.tracking_uri)
     y, pred, _ = predict_split(out / "model" / MODEL_FILE, prepared, "test", params.evaluate.batch_size)
     split = {s: dict(np.load(prepared / f"{s}.npz")) for s in ("train", "val", "test")}
     row = {"name": name, "kind": meta["kind"], "chosen": chosen, "seconds": seconds, "test_rows": len(y)}
@@ -95,33 +101,50 @@ def run_one(tmp: Path, name: str, data: dict) -> dict:
         texts = list(load_raw(params.data).inputs)  # the raw messages, in the order `index` refers to
         base = tfidf_svm(texts, split, positive, (1, 2))["test"]
         model = positive_scores(y, pred, positive)
-        row.update(metric="F1(spam)", model=model["f1"], baseline=base["f1"], baseline_name="TF-IDF+LinearSVC",
-                   model_acc=model["accuracy"], baseline_acc=base["accuracy"], met=model["f1"] >= base["f1"])
+        row.update(
+            metric="F1(spam)",
+            model=model["f1"],
+            baseline=base["f1"],
+            baseline_name="TF-IDF+LinearSVC",
+            model_acc=model["accuracy"],
+            baseline_acc=base["accuracy"],
+            met=model["f1"] >= base["f1"],
+        )
     else:
-        logreg = LogisticRegression(max_iter=5000).fit(split["train"]["x"].reshape(len(split["train"]["y"]), -1),
-                                                       split["train"]["y"])
+        logreg = LogisticRegression(max_iter=5000).fit(
+            split["train"]["x"].reshape(len(split["train"]["y"]), -1), split["train"]["y"]
+        )
         base_pred = logreg.predict(split["test"]["x"].reshape(len(y), -1))
         model_acc, base_acc = float(np.mean(pred == y)), float(np.mean(base_pred == y))
         model_err, base_err = int(np.sum(pred != y)), int(np.sum(base_pred != y))
         met = model_acc >= DIGITS_GOAL if name == "digits" else model_err <= base_err + TABLE_SLACK_ROWS
-        row.update(metric="accuracy", model=model_acc, baseline=base_acc, baseline_name="LogisticRegression",
-                   model_acc=model_acc, baseline_acc=base_acc, model_err=model_err, base_err=base_err, met=met)
+        row.update(
+            metric="accuracy",
+            model=model_acc,
+            baseline=base_acc,
+            baseline_name="LogisticRegression",
+            model_acc=model_acc,
+            baseline_acc=base_acc,
+            model_err=model_err,
+            base_err=base_err,
+            met=met,
+        )
     return row
 
 
 def print_rows(rows: list[dict], seconds: float) -> None:
     print(f"\nparams.yaml defaults (data section only) vs a linear baseline, test split ({seconds:.0f} s in all)")
-    header = (f"{'data set':<14} {'metric':<9} {'model':>7} {'baseline':>8} {'diff':>7} {'errors':>9} "
-              f"{'fit s':>6}  goal")
+    header = f"{'data set':<14} {'metric':<9} {'model':>7} {'baseline':>8} {'diff':>7} {'errors':>9} {'fit s':>6}  goal"
     print(header)
     print("-" * len(header))
     for r in rows:
         errors = f"{r['model_err']} vs {r['base_err']}" if "model_err" in r else "-"
-        goal = ("≥ 0.985" if r["name"] == "digits" else "≤ baseline errors + 1" if "model_err" in r
-                else "≥ baseline")
-        print(f"{r['name']:<14} {r['metric']:<9} {r['model']:>7.4f} {r['baseline']:>8.4f} "
-              f"{r['model'] - r['baseline']:>+7.4f} {errors:>9} {r['seconds']:>6.1f}  {goal}: "
-              f"{'met' if r['met'] else 'NOT MET'}")
+        goal = "≥ 0.985" if r["name"] == "digits" else "≤ baseline errors + 1" if "model_err" in r else "≥ baseline"
+        print(
+            f"{r['name']:<14} {r['metric']:<9} {r['model']:>7.4f} {r['baseline']:>8.4f} "
+            f"{r['model'] - r['baseline']:>+7.4f} {errors:>9} {r['seconds']:>6.1f}  {goal}: "
+            f"{'met' if r['met'] else 'NOT MET'}"
+        )
     print("\nbaselines: TF-IDF (word 1-2 grams) + LinearSVC for text, LogisticRegression(max_iter=5000) otherwise")
     for r in rows:
         print(f"  {r['name']}: {r['chosen']}")
@@ -142,8 +165,11 @@ def main() -> None:
                 continue
             rows.append(run_one(tmp, data_name, data))
             r = rows[-1]
-            print(f"{data_name}: {r['metric']} {r['model']:.4f} vs {r['baseline_name']} {r['baseline']:.4f} "
-                  f"({'met' if r['met'] else 'NOT MET'}), fit {r['seconds']:.0f} s", flush=True)
+            print(
+                f"{data_name}: {r['metric']} {r['model']:.4f} vs {r['baseline_name']} {r['baseline']:.4f} "
+                f"({'met' if r['met'] else 'NOT MET'}), fit {r['seconds']:.0f} s",
+                flush=True,
+            )
     print_rows(rows, time.perf_counter() - start)
 
 

@@ -55,16 +55,25 @@ def main() -> None:
             start = time.perf_counter()
             fit(params, tmp / "prepared", tmp / f"model{seed}", tmp / f"ckpt{seed}")
             seconds = time.perf_counter() - start
-            summary = evaluate(tmp / "prepared", tmp / f"model{seed}", tmp / f"eval{seed}",
-                               params.evaluate.batch_size, params.mlflow.tracking_uri)
+            summary = evaluate(
+                tmp / "prepared",
+                tmp / f"model{seed}",
+                tmp / f"eval{seed}",
+                params.evaluate.batch_size,
+                params.mlflow.tracking_uri,
+            )
             results.append((seed, summary["accuracy"], summary["f1_macro"], seconds))
 
-    print(f"\ndigits, model {params.model.name}, test split of {params.data.test_fraction:.0%} "
-          f"(data.seed {params.data.seed})")
+    print(
+        f"\ndigits, model {params.model.name}, test split of {params.data.test_fraction:.0%} "
+        f"(data.seed {params.data.seed})"
+    )
     print(f"  SVC (rbf) baseline         accuracy {baseline:.4f}")
     for seed, acc, f1, seconds in results:
-        print(f"  {params.model.name} train.seed {seed:<6}     accuracy {acc:.4f}  macro F1 {f1:.4f}  "
-              f"fit {seconds:.1f} s   vs baseline {acc - baseline:+.4f}")
+        print(
+            f"  {params.model.name} train.seed {seed:<6}     accuracy {acc:.4f}  macro F1 {f1:.4f}  "
+            f"fit {seconds:.1f} s   vs baseline {acc - baseline:+.4f}"
+        )
     accs = [r[1] for r in results]
     print(f"  mean accuracy {np.mean(accs):.4f} (min {min(accs):.4f}) over {len(accs)} seed(s); goal >= 0.985")
 

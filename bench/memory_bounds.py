@@ -83,12 +83,16 @@ save_trained_model(Path("model/model.pt"), net, name, hparams, meta)
 
 def run_child(args: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of `python *args` in `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     env.pop("DVC_ROOT", None)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, sys.executable, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", LAUNCHER, sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{args[:3]} failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
@@ -100,14 +104,21 @@ def run_child(args: list[str], cwd: Path) -> tuple[float, float]:
 def measure_evaluate(folder: Path, classes: int, samples: int) -> dict:
     ref_wall, ref_mb = run_child(["-c", EVALUATE_CHILD.format(classes=REFERENCE_CLASSES, samples=samples)], folder)
     wall, peak_mb = run_child(["-c", EVALUATE_CHILD.format(classes=classes, samples=samples)], folder)
-    return {"what": f"evaluate, {classes} classes, {samples} samples", "reference": f"{REFERENCE_CLASSES} classes",
-            "wall": wall, "peak_mb": peak_mb, "ref_wall": ref_wall, "ref_mb": ref_mb}
+    return {
+        "what": f"evaluate, {classes} classes, {samples} samples",
+        "reference": f"{REFERENCE_CLASSES} classes",
+        "wall": wall,
+        "peak_mb": peak_mb,
+        "ref_wall": ref_wall,
+        "ref_mb": ref_mb,
+    }
 
 
 def measure_predict(folder: Path, sms: Path, lines: int, model: str) -> dict:
     corpus = [line.split("\t", 1)[1] for line in sms.read_text(encoding="utf-8").splitlines() if "\t" in line]
-    (folder / "train.tsv").write_text("\n".join(sms.read_text(encoding="utf-8").splitlines()[:VOCAB_LINES]) + "\n",
-                                      encoding="utf-8")
+    (folder / "train.tsv").write_text(
+        "\n".join(sms.read_text(encoding="utf-8").splitlines()[:VOCAB_LINES]) + "\n", encoding="utf-8"
+    )
     run_child(["-c", MODEL_CHILD, "train.tsv", model], folder)
     picked = np.random.default_rng(0).integers(0, len(corpus), size=lines)
     messages = [corpus[i][:LINE_CHARS].strip() or "ok" for i in picked]
@@ -122,8 +133,14 @@ def measure_predict(folder: Path, sms: Path, lines: int, model: str) -> dict:
         rows = sum(1 for _ in f) - 1
     assert rows == lines, (rows, lines)
     size_mb = (folder / "lines.txt").stat().st_size / 2**20
-    return {"what": f"predict, {model}, {lines} lines ({size_mb:.1f} MB)", "reference": f"{reference_lines} lines",
-            "wall": wall, "peak_mb": peak_mb, "ref_wall": ref_wall, "ref_mb": ref_mb}
+    return {
+        "what": f"predict, {model}, {lines} lines ({size_mb:.1f} MB)",
+        "reference": f"{reference_lines} lines",
+        "wall": wall,
+        "peak_mb": peak_mb,
+        "ref_wall": ref_wall,
+        "ref_mb": ref_mb,
+    }
 
 
 def main() -> None:
@@ -146,15 +163,19 @@ def main() -> None:
             results.append(measure_predict(folder, args.sms, args.lines, args.model))
 
     print(f"bounds: peak <= {BOUND_MB:.0f} MB and peak <= {BOUND_RATIO} x the reference's peak")
-    print(f"{'measurement':<42} {'seconds':>8} {'peak MB':>8} | {'reference':<14} {'seconds':>8} {'peak MB':>8} "
-          f"{'ratio':>6}  within")
+    print(
+        f"{'measurement':<42} {'seconds':>8} {'peak MB':>8} | {'reference':<14} {'seconds':>8} {'peak MB':>8} "
+        f"{'ratio':>6}  within"
+    )
     failed = False
     for r in results:
         ratio = r["peak_mb"] / r["ref_mb"]
         ok = r["peak_mb"] <= BOUND_MB and ratio <= BOUND_RATIO
         failed |= not ok
-        print(f"{r['what']:<42} {r['wall']:8.1f} {r['peak_mb']:8.0f} | {r['reference']:<14} {r['ref_wall']:8.1f} "
-              f"{r['ref_mb']:8.0f} {ratio:6.2f}  {'yes' if ok else 'NO'}")
+        print(
+            f"{r['what']:<42} {r['wall']:8.1f} {r['peak_mb']:8.0f} | {r['reference']:<14} {r['ref_wall']:8.1f} "
+            f"{r['ref_mb']:8.0f} {ratio:6.2f}  {'yes' if ok else 'NO'}"
+        )
     print(json.dumps(results))
     sys.exit(1 if failed else 0)
 

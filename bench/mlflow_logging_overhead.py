@@ -58,6 +58,7 @@ EXPERIMENT = "bench"
 
 # --- throw-away servers ------------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,8 +69,9 @@ def postgres_bin() -> Path | None:
     """The newest Debian PostgreSQL bin folder holding initdb and pg_ctl."""
     root = Path("/usr/lib/postgresql")
     bins = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file()] if root.is_dir() else []
-    return max(bins, key=lambda p: float(p.parent.name) if p.parent.name.replace(".", "").isdigit() else 0,
-               default=None)
+    return max(
+        bins, key=lambda p: float(p.parent.name) if p.parent.name.replace(".", "").isdigit() else 0, default=None
+    )
 
 
 def as_postgres(cmd: list[str]) -> list[str]:
@@ -78,8 +80,14 @@ def as_postgres(cmd: list[str]) -> list[str]:
 
 
 def run_pg(cmd: list[str], timeout: int = 120) -> None:
-    done = subprocess.run(as_postgres(cmd), check=False, capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"})
+    done = subprocess.run(
+        as_postgres(cmd),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+    )
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -103,19 +111,48 @@ def postgres_cluster() -> Iterator[str]:
             shutil.chown(path, "postgres", "postgres")
     port, started = free_port(), False
     try:
-        run_pg([str(pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                "--no-locale", "--no-sync"])
+        run_pg(
+            [
+                str(pg_bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]
+        )
         # fsync stays on (PostgreSQL's default): commit latency is part of what a real store costs.
-        run_pg([str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-w", "-t",
-                str(PG_START_TIMEOUT_S), "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}", "start"],
-               timeout=PG_START_TIMEOUT_S + 30)
+        run_pg(
+            [
+                str(pg_bin / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "postgres.log"),
+                "-w",
+                "-t",
+                str(PG_START_TIMEOUT_S),
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}",
+                "start",
+            ],
+            timeout=PG_START_TIMEOUT_S + 30,
+        )
         started = True
         run_pg([str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"])
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"  # psycopg2 named: SQLAlchemy 2.1's default
-    finally:                                                             # postgresql:// driver is psycopg 3
+    finally:  # postgresql:// driver is psycopg 3
         if started:
-            subprocess.run(as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           check=False, capture_output=True, timeout=60)
+            subprocess.run(
+                as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                check=False,
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -129,10 +166,30 @@ def mlflow_server(store_uri: str, workdir: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-                                 "--serve-artifacts", "--artifacts-destination", str(workdir / "artifacts"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                store_uri,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(workdir / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -156,6 +213,7 @@ def mlflow_server(store_uri: str, workdir: Path) -> Iterator[str]:
 
 # --- the training step and its logging -------------------------------------------------------------------------
 
+
 class TrainingStep:
     """The project's CNN, AdamW and one fixed synthetic batch: one call = one optimizer step."""
 
@@ -168,8 +226,9 @@ class TrainingStep:
         params = load_params(REPO / "params.yaml")
         torch.manual_seed(0)
         self.net = build_model("cnn", dataclasses.asdict(params.model.cnn), IMAGE_SHAPE, NUM_CLASSES)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=params.train.lr,
-                                           weight_decay=params.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay
+        )
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.x = torch.randn(batch_size, *IMAGE_SHAPE)
         self.y = torch.randint(0, NUM_CLASSES, (batch_size,))
@@ -181,8 +240,11 @@ class TrainingStep:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"train/loss": loss.item(), "train/acc": (logits.argmax(dim=1) == self.y).float().mean().item(),
-                "epoch": 0}
+        return {
+            "train/loss": loss.item(),
+            "train/acc": (logits.argmax(dim=1) == self.y).float().mean().item(),
+            "epoch": 0,
+        }
 
 
 def new_logger(uri: str, synchronous: bool, run_name: str):
@@ -190,15 +252,22 @@ def new_logger(uri: str, synchronous: bool, run_name: str):
     from pytorch_lightning.loggers import MLFlowLogger
 
     # A local store's artifacts beside it (MLflow's default is ./mlartifacts in the working directory).
-    artifacts = Path(uri[len("sqlite:///"):]).with_name("artifacts").as_uri() if uri.startswith("sqlite:") else None
-    logger = MLFlowLogger(experiment_name=EXPERIMENT, run_name=run_name, tracking_uri=uri, log_model=False,
-                          artifact_location=artifacts, synchronous=synchronous)
+    artifacts = Path(uri[len("sqlite:///") :]).with_name("artifacts").as_uri() if uri.startswith("sqlite:") else None
+    logger = MLFlowLogger(
+        experiment_name=EXPERIMENT,
+        run_name=run_name,
+        tracking_uri=uri,
+        log_model=False,
+        artifact_location=artifacts,
+        synchronous=synchronous,
+    )
     assert logger.run_id
     return logger
 
 
-def seconds_per_step(step: TrainingStep, steps: int, uri: str | None, synchronous: bool,
-                     run_name: str) -> tuple[float, float]:
+def seconds_per_step(
+    step: TrainingStep, steps: int, uri: str | None, synchronous: bool, run_name: str
+) -> tuple[float, float]:
     """Wall seconds per step of `steps` steps logging each to `uri` (None: no tracking): in the training loop
     alone, and with the run's end (async: the queue drained) included."""
     logger = new_logger(uri, synchronous, run_name) if uri else None
@@ -240,16 +309,20 @@ def main() -> None:
         stores = {"embedded SQLite": f"sqlite:///{tmp}/mlflow.db"}
         if not args.skip_servers:
             stores["server over SQLite"] = servers.enter_context(
-                mlflow_server(f"sqlite:///{tmp}/server.db", Path(tmp) / "server-sqlite"))
+                mlflow_server(f"sqlite:///{tmp}/server.db", Path(tmp) / "server-sqlite")
+            )
             postgres = servers.enter_context(postgres_cluster())
             stores["server over PostgreSQL"] = servers.enter_context(
-                mlflow_server(postgres, Path(tmp) / "server-postgres"))
+                mlflow_server(postgres, Path(tmp) / "server-postgres")
+            )
         variants: dict[str, Callable[..., tuple[float, float]]] = {
-            "no tracking": functools.partial(seconds_per_step, step, args.steps, None, True)}
+            "no tracking": functools.partial(seconds_per_step, step, args.steps, None, True)
+        }
         for store, uri in stores.items():
             for synchronous in (True, False):
                 variants[f"{store}, {'sync' if synchronous else 'async'}"] = functools.partial(
-                    seconds_per_step, step, args.steps, uri, synchronous)
+                    seconds_per_step, step, args.steps, uri, synchronous
+                )
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
         for repeat in range(args.repeats):  # interleaved, so a burst of load on a shared machine hits all alike
             for name, measure in variants.items():
@@ -259,15 +332,20 @@ def main() -> None:
         return statistics.median(sample[column] for sample in samples[name]) * 1000
 
     reference = median_ms("no tracking", 1)
-    print(f"\nMLflow logging overhead per training step: CNN {IMAGE_SHAPE} batch {args.batch_size}, one log_metrics "
-          f"call (3 metrics) per step, {args.steps} steps x {args.repeats} repeats (median), torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"\nMLflow logging overhead per training step: CNN {IMAGE_SHAPE} batch {args.batch_size}, one log_metrics "
+        f"call (3 metrics) per step, {args.steps} steps x {args.repeats} repeats (median), torch threads "
+        f"{torch.get_num_threads()}"
+    )
     print("  variant                             | ms/step, loop only | ms/step, run ended | overhead ms/step | ratio")
     for name in samples:
         ms = median_ms(name, 1)
-        print(f"  {name:<35} | {median_ms(name, 0):>18.2f} | {ms:>18.2f} | {ms - reference:>16.2f} "
-              f"| {ms / reference:>4.2f}x")
+        print(
+            f"  {name:<35} | {median_ms(name, 0):>18.2f} | {ms:>18.2f} | {ms - reference:>16.2f} "
+            f"| {ms / reference:>4.2f}x"
+        )
     print("  (overhead and ratio: run ended, against no tracking; async logging's queue is drained by then)")
+
 
 if __name__ == "__main__":
     main()

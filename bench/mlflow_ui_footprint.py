@@ -52,11 +52,23 @@ def measure(args: list[str], env_extra: dict[str, str], workdir: Path) -> dict[s
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(env_extra, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         while True:
             if proc.poll() is not None:
@@ -105,8 +117,10 @@ def main() -> None:
         medians[name] = m
         print(f"| {name} | {m['processes']:.0f} | {m['rss_mb']:,.0f} | {m['uss_mb']:,.0f} | {m['ready_s']:.1f} |")
     default, light = medians[next(iter(CONFIGS))], medians[list(CONFIGS)[-1]]
-    print(f"make ui / defaults: processes {light['processes'] / default['processes']:.2f}×, RSS "
-          f"{light['rss_mb'] / default['rss_mb']:.2f}×, USS {light['uss_mb'] / default['uss_mb']:.2f}×")
+    print(
+        f"make ui / defaults: processes {light['processes'] / default['processes']:.2f}×, RSS "
+        f"{light['rss_mb'] / default['rss_mb']:.2f}×, USS {light['uss_mb'] / default['uss_mb']:.2f}×"
+    )
 
 
 if __name__ == "__main__":

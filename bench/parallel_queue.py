@@ -61,8 +61,9 @@ def queue_workers(repo: Path) -> list[psutil.Process]:
 def run_queue(repo: Path, jobs: int, num_threads: int | str, label: str) -> float:
     """Queue EXPERIMENTS experiments, start `jobs` workers, return seconds until all of them are done."""
     for _ in range(EXPERIMENTS):
-        dvc(repo, "exp", "run", "--queue", "-S", f"train.seed={next(seeds)}", "-S",
-            f"trainer.num_threads={num_threads}")
+        dvc(
+            repo, "exp", "run", "--queue", "-S", f"train.seed={next(seeds)}", "-S", f"trainer.num_threads={num_threads}"
+        )
     done_before = exp_refs(repo)
     start = time.perf_counter()
     dvc(repo, "queue", "start", "-j", str(jobs))
@@ -70,8 +71,10 @@ def run_queue(repo: Path, jobs: int, num_threads: int | str, label: str) -> floa
         if not queue_workers(repo) and exp_refs(repo) < done_before + EXPERIMENTS:
             time.sleep(2)  # the last worker may exit a moment before its experiment's ref is written
             if exp_refs(repo) < done_before + EXPERIMENTS:
-                raise SystemExit(f"{label}: experiments failed; see `dvc queue status` / `dvc queue logs` in {repo}\n"
-                                 + dvc(repo, "queue", "status"))
+                raise SystemExit(
+                    f"{label}: experiments failed; see `dvc queue status` / `dvc queue logs` in {repo}\n"
+                    + dvc(repo, "queue", "status")
+                )
         time.sleep(POLL_S)
     elapsed = time.perf_counter() - start
     while queue_workers(repo):  # idle workers linger a few seconds; the next measurement starts without them
@@ -92,15 +95,19 @@ def run_workspace(repo: Path, num_threads: int | str, neighbour: bool) -> float:
 
 
 def table(title: str, rows: dict[str, list[float]], loads: list[float]) -> None:
-    print(f"\n{title} (median of {len(next(iter(rows.values())))} rounds; load average before each round: "
-          f"{', '.join(f'{x:.1f}' for x in loads)}; {psutil.cpu_count()} cores)")
+    print(
+        f"\n{title} (median of {len(next(iter(rows.values())))} rounds; load average before each round: "
+        f"{', '.join(f'{x:.1f}' for x in loads)}; {psutil.cpu_count()} cores)"
+    )
     print("| configuration | wall time (s), per round | median (s) | ratio to the first row, per round (median) |")
     print("| --- | ---: | ---: | ---: |")
     reference = next(iter(rows.values()))
     for name, times in rows.items():
         ratios = [t / r for t, r in zip(times, reference, strict=True)]
-        print(f"| {name} | {', '.join(f'{t:.0f}' for t in times)} | {statistics.median(times):.0f} | "
-              f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}×) |")
+        print(
+            f"| {name} | {', '.join(f'{t:.0f}' for t in times)} | {statistics.median(times):.0f} | "
+            f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}×) |"
+        )
 
 
 def main() -> None:
@@ -121,26 +128,33 @@ def main() -> None:
         run(["git", "add", "-A"], repo)
         run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-qm", "prepared"], repo)
 
-        queue: dict[str, list[float]] = {"-j 1, num_threads auto": [], "-j 2, num_threads auto": [],
-                                         f"-j 2, num_threads {all_cores} (torch's default)": []}
-        neighbour: dict[str, list[float]] = {"alone, num_threads auto": [], "busy neighbour, num_threads auto": [],
-                                             "busy neighbour, num_threads 1": []}
+        queue: dict[str, list[float]] = {
+            "-j 1, num_threads auto": [],
+            "-j 2, num_threads auto": [],
+            f"-j 2, num_threads {all_cores} (torch's default)": [],
+        }
+        neighbour: dict[str, list[float]] = {
+            "alone, num_threads auto": [],
+            "busy neighbour, num_threads auto": [],
+            "busy neighbour, num_threads 1": [],
+        }
         queue_loads, neighbour_loads = [], []
         for r in range(args.rounds):
             queue_loads.append(os.getloadavg()[0])
             order = list(zip(queue, [(1, "auto"), (2, "auto"), (2, all_cores)], strict=True))
-            for name, (jobs, threads) in (order if r % 2 == 0 else order[::-1]):
+            for name, (jobs, threads) in order if r % 2 == 0 else order[::-1]:
                 queue[name].append(run_queue(repo, jobs, threads, name))
                 print(f"round {r + 1}: {name}: {queue[name][-1]:.1f} s", flush=True)
             if args.skip_neighbour:
                 continue
             neighbour_loads.append(os.getloadavg()[0])
             order = list(zip(neighbour, [("auto", False), ("auto", True), (1, True)], strict=True))
-            for name, (threads, busy) in (order if r % 2 == 0 else order[::-1]):
+            for name, (threads, busy) in order if r % 2 == 0 else order[::-1]:
                 neighbour[name].append(run_workspace(repo, threads, busy))
                 print(f"round {r + 1}: {name}: {neighbour[name][-1]:.1f} s", flush=True)
-        table(f"{EXPERIMENTS} queued experiments of the {'fast' if args.fast else 'default'} pipeline", queue,
-              queue_loads)
+        table(
+            f"{EXPERIMENTS} queued experiments of the {'fast' if args.fast else 'default'} pipeline", queue, queue_loads
+        )
         if not args.skip_neighbour:
             table(f"One experiment of the {'fast' if args.fast else 'default'} pipeline", neighbour, neighbour_loads)
     finally:

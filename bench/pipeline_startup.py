@@ -36,8 +36,9 @@ def timed_repro(repo: Path, steps_file: Path) -> tuple[float, dict[str, float]]:
     env = stage_env(PIPELINE_STEP_TIMES=str(steps_file))
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
-    with subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+    with subprocess.Popen(
+        ["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         output = []
         for line in proc.stdout:
             output.append(line)
@@ -75,8 +76,15 @@ def main() -> None:
             shutil.copy(REPO / "params.yaml", repo / "params.yaml")
             steps_file = tmp / f"steps{r}.json"
             total, stages = timed_repro(repo, steps_file)
-            steps = json.loads(steps_file.read_text()) if steps_file.is_file() else {  # a train.py without timer
-                "steps": float("nan"), "step_s": float("nan"), "fit_s": float("nan")}
+            steps = (
+                json.loads(steps_file.read_text())
+                if steps_file.is_file()
+                else {  # a train.py without timer
+                    "steps": float("nan"),
+                    "step_s": float("nan"),
+                    "fit_s": float("nan"),
+                }
+            )
             rows.append({"load": load, "total": total, **stages, **steps})
             print(f"round {r + 1}: {json.dumps({k: round(v, 2) for k, v in rows[-1].items()})}", flush=True)
         noop = median_seconds(["dvc", "repro"], repo)
@@ -88,20 +96,26 @@ def main() -> None:
         return statistics.median(row[key] for row in rows)
 
     loads = ", ".join(f"{row['load']:.1f}" for row in rows)
-    print(f"\nFresh `dvc repro` of the default pipeline, median of {len(rows)} rounds (load average before each: "
-          f"{loads}; {os.cpu_count()} cores)")
+    print(
+        f"\nFresh `dvc repro` of the default pipeline, median of {len(rows)} rounds (load average before each: "
+        f"{loads}; {os.cpu_count()} cores)"
+    )
     print("| part | seconds | share of the whole |")
     print("| --- | ---: | ---: |")
     for key in ["dvc before the first stage", "validate", "prepare", "train", "evaluate"]:
         print(f"| {key} | {med(key):.1f} | {med(key) / med('total'):.0%} |")
     print(f"| whole `dvc repro` | {med('total'):.1f} | 100% |")
     print(f"| inside train: `Trainer.fit` | {med('fit_s'):.1f} | {med('fit_s') / med('total'):.0%} |")
-    print(f"| inside fit: the {med('steps'):.0f} training steps | {med('step_s'):.1f} | "
-          f"{med('step_s') / med('total'):.0%} |")
+    print(
+        f"| inside fit: the {med('steps'):.0f} training steps | {med('step_s'):.1f} | "
+        f"{med('step_s') / med('total'):.0%} |"
+    )
     outside = [(row["total"] - row["step_s"]) / row["total"] for row in rows]
     print(f"Outside the training steps: {', '.join(f'{x:.0%}' for x in outside)} (goal: at most 33%)")
-    print(f"`dvc repro` with nothing changed: {noop:.2f} s (goal ≤ 1 s); `python -m pipeline.validate`: "
-          f"{validate:.2f} s (goal ≤ 0.3 s); medians of 5")
+    print(
+        f"`dvc repro` with nothing changed: {noop:.2f} s (goal ≤ 1 s); `python -m pipeline.validate`: "
+        f"{validate:.2f} s (goal ≤ 0.3 s); medians of 5"
+    )
 
 
 if __name__ == "__main__":

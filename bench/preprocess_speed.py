@@ -42,10 +42,28 @@ GOAL_MEMORY_RATIO = 4.0
 
 # What each kind of prepare imports before its first line of work; the import-only child imports exactly these.
 IMPORTS = {
-    "tabular": ["numpy", "pandas", "pipeline.prepare", "pipeline.data", "pipeline.data.tabular", "pipeline.files",
-                "sklearn.model_selection", "joblib", "pyarrow", "pyarrow.csv", "pyarrow.compute"],
-    "text": ["numpy", "pandas", "pipeline.prepare", "pipeline.data", "pipeline.data.text", "pipeline.files",
-             "sklearn.model_selection"],
+    "tabular": [
+        "numpy",
+        "pandas",
+        "pipeline.prepare",
+        "pipeline.data",
+        "pipeline.data.tabular",
+        "pipeline.files",
+        "sklearn.model_selection",
+        "joblib",
+        "pyarrow",
+        "pyarrow.csv",
+        "pyarrow.compute",
+    ],
+    "text": [
+        "numpy",
+        "pandas",
+        "pipeline.prepare",
+        "pipeline.data",
+        "pipeline.data.text",
+        "pipeline.files",
+        "sklearn.model_selection",
+    ],
 }
 
 CHILD = """
@@ -109,8 +127,13 @@ def run_child(code: str, cwd: Path) -> tuple[dict | None, float, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("DVC_ROOT", None)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, sys.executable, "-c", code], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", LAUNCHER, sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"child failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
@@ -136,9 +159,18 @@ def measure(kind: str, folder: Path, raw: Path) -> dict:
     assert baseline is None and result is not None
     size_mb = raw.stat().st_size / 2**20
     peak_mb, base_mb = peak_kib / 1024, baseline_kib / 1024
-    return {"kind": kind, "seconds": result["seconds"], "wall": wall, "size_mb": size_mb, "peak_mb": peak_mb,
-            "import_mb": base_mb, "ratio": peak_mb / size_mb, "ratio_net": (peak_mb - base_mb) / size_mb,
-            "split_sizes": result["split_sizes"], "input_shape": result["input_shape"]}
+    return {
+        "kind": kind,
+        "seconds": result["seconds"],
+        "wall": wall,
+        "size_mb": size_mb,
+        "peak_mb": peak_mb,
+        "import_mb": base_mb,
+        "ratio": peak_mb / size_mb,
+        "ratio_net": (peak_mb - base_mb) / size_mb,
+        "split_sizes": result["split_sizes"],
+        "input_shape": result["input_shape"],
+    }
 
 
 def load_average() -> str:
@@ -151,8 +183,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000, help="messages of the generated text corpus")
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file")
     parser.add_argument("--only", choices=("tabular", "text"), help="run one of the two")
-    parser.add_argument("--encoding", choices=("onehot", "embedding"), default="onehot",
-                        help="data.tabular.categorical_encoding of the table (%(default)s)")
+    parser.add_argument(
+        "--encoding",
+        choices=("onehot", "embedding"),
+        default="onehot",
+        help="data.tabular.categorical_encoding of the table (%(default)s)",
+    )
     args = parser.parse_args()
 
     results = []
@@ -165,39 +201,59 @@ def main() -> None:
             raw = folder / "table.csv"
             start = time.perf_counter()
             write_table(raw, args.rows)
-            print(f"tabular: wrote {args.rows:,} rows x 20 columns ({raw.stat().st_size / 2**20:.1f} MB) in "
-                  f"{time.perf_counter() - start:.1f} s (not timed)", flush=True)
-            write_params(folder, {"dataset": str(raw), "kind": "tabular",
-                                  "tabular": {"target": "target", "categorical_encoding": args.encoding}})
+            print(
+                f"tabular: wrote {args.rows:,} rows x 20 columns ({raw.stat().st_size / 2**20:.1f} MB) in "
+                f"{time.perf_counter() - start:.1f} s (not timed)",
+                flush=True,
+            )
+            write_params(
+                folder,
+                {
+                    "dataset": str(raw),
+                    "kind": "tabular",
+                    "tabular": {"target": "target", "categorical_encoding": args.encoding},
+                },
+            )
             results.append({**measure("tabular", folder, raw), "rows": args.rows})
         if args.only in (None, "text"):
             folder = tmp / "text"
             folder.mkdir()
             raw = folder / "messages.tsv"
             distinct = write_messages(raw, args.sms, args.messages)
-            print(f"text: wrote {args.messages:,} messages drawn from {distinct:,} SMS lines "
-                  f"({raw.stat().st_size / 2**20:.1f} MB, not timed)", flush=True)
+            print(
+                f"text: wrote {args.messages:,} messages drawn from {distinct:,} SMS lines "
+                f"({raw.stat().st_size / 2**20:.1f} MB, not timed)",
+                flush=True,
+            )
             write_params(folder, {"dataset": str(raw), "kind": "text"})
             results.append({**measure("text", folder, raw), "rows": args.messages})
 
     print(f"\nprepare stage, one fresh process each; load average at end (1/5/15 min): {load_average()}")
-    header = (f"{'data':<8} {'rows':>10} {'raw MB':>7} {'prepare s':>9} {'rows/s':>10} {'peak RSS MB':>11} "
-              f"{'import-only MB':>14} {'peak/raw':>8} {'(peak-import)/raw':>17}  goals (<= {GOAL_SECONDS:.0f} s, "
-              f"<= {GOAL_MEMORY_RATIO:.0f}x raw)")
+    header = (
+        f"{'data':<8} {'rows':>10} {'raw MB':>7} {'prepare s':>9} {'rows/s':>10} {'peak RSS MB':>11} "
+        f"{'import-only MB':>14} {'peak/raw':>8} {'(peak-import)/raw':>17}  goals (<= {GOAL_SECONDS:.0f} s, "
+        f"<= {GOAL_MEMORY_RATIO:.0f}x raw)"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         time_ok = r["seconds"] <= GOAL_SECONDS
         memory_ok = r["ratio"] <= GOAL_MEMORY_RATIO
-        print(f"{r['kind']:<8} {r['rows']:>10,} {r['size_mb']:>7.1f} {r['seconds']:>9.2f} "
-              f"{r['rows'] / r['seconds']:>10,.0f} {r['peak_mb']:>11.0f} {r['import_mb']:>14.0f} "
-              f"{r['ratio']:>7.2f}x {r['ratio_net']:>16.2f}x  time {'met' if time_ok else 'MISSED'}, "
-              f"memory {'met' if memory_ok else 'MISSED'}")
-    print(f"tabular categorical encoding: {args.encoding}; (peak-import)/raw leaves out the import-only process's "
-          "peak, which the goal does not")
+        print(
+            f"{r['kind']:<8} {r['rows']:>10,} {r['size_mb']:>7.1f} {r['seconds']:>9.2f} "
+            f"{r['rows'] / r['seconds']:>10,.0f} {r['peak_mb']:>11.0f} {r['import_mb']:>14.0f} "
+            f"{r['ratio']:>7.2f}x {r['ratio_net']:>16.2f}x  time {'met' if time_ok else 'MISSED'}, "
+            f"memory {'met' if memory_ok else 'MISSED'}"
+        )
+    print(
+        f"tabular categorical encoding: {args.encoding}; (peak-import)/raw leaves out the import-only process's "
+        "peak, which the goal does not"
+    )
     for r in results:
-        print(f"  {r['kind']}: splits {r['split_sizes']}, input shape {r['input_shape']}, child wall time "
-              f"{r['wall']:.1f} s (imports and start-up included)")
+        print(
+            f"  {r['kind']}: splits {r['split_sizes']}, input shape {r['input_shape']}, child wall time "
+            f"{r['wall']:.1f} s (imports and start-up included)"
+        )
 
 
 if __name__ == "__main__":

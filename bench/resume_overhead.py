@@ -80,14 +80,23 @@ def main() -> None:
         root = Path(tmp)
         os.chdir(root)
         prepare(DataParams(), root / "prepared")
-        print(f"digits, {args.epochs} epochs, interrupted at the start of epoch {args.interrupt_at}; "
-              f"median of {args.repeats}; load {os.getloadavg()[0]:.2f}\n")
+        print(
+            f"digits, {args.epochs} epochs, interrupted at the start of epoch {args.interrupt_at}; "
+            f"median of {args.repeats}; load {os.getloadavg()[0]:.2f}\n"
+        )
         print("| network | fresh: to first step | resumed: to first step | resume overhead |")
         print("| --- | ---: | ---: | ---: |")
         for name, overrides in NETWORKS.items():
-            params = load_params(ROOT / "params.yaml", overrides=[
-                *overrides, f"train.max_epochs={args.epochs}", "train.early_stopping_patience=null",
-                "trainer.progress_bar=false", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db"])
+            params = load_params(
+                ROOT / "params.yaml",
+                overrides=[
+                    *overrides,
+                    f"train.max_epochs={args.epochs}",
+                    "train.early_stopping_patience=null",
+                    "trainer.progress_bar=false",
+                    f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+                ],
+            )
             fresh, resumed = [], []
             for _ in range(args.repeats):
                 folder = root / f"ckpt-{len(fresh)}-{name.split()[0]}"

@@ -40,19 +40,27 @@ def weather_table(rows: int, seed: int) -> pd.DataFrame:
     label[(season == "autumn") & (days.month.to_numpy() == 11) & (u > 0.8)] = "fog"
     label[(season == "winter") & (temp < 6) & (u < 0.6)] = "snow"
     label[wind > 14] = "storm"
-    return pd.DataFrame({
-        "record_id": [f"r{i:06d}" for i in rng.permutation(rows)],
-        "date": days.strftime("%Y-%m-%d"),
-        "station": station,
-        "temp": temp.round(1), "humidity": humidity.round(1), "wind": wind.round(1),
-        "observer_note": [f"obs {rng.integers(1_000_000)} {w}" for w in rng.choice(["ok", "late", "n/a"], rows)],
-        "weather": label,
-    })
+    return pd.DataFrame(
+        {
+            "record_id": [f"r{i:06d}" for i in rng.permutation(rows)],
+            "date": days.strftime("%Y-%m-%d"),
+            "station": station,
+            "temp": temp.round(1),
+            "humidity": humidity.round(1),
+            "wind": wind.round(1),
+            "observer_note": [f"obs {rng.integers(1_000_000)} {w}" for w in rng.choice(["ok", "late", "n/a"], rows)],
+            "weather": label,
+        }
+    )
 
 
 def run_pipeline(workdir: Path, csv: Path, drop: list[str] | None, seed: int, **tabular) -> dict:
-    data = {"dataset": str(csv), "kind": "auto", "seed": seed,
-            "tabular": {"target": "weather", "drop": drop, **tabular}}
+    data = {
+        "dataset": str(csv),
+        "kind": "auto",
+        "seed": seed,
+        "tabular": {"target": "weather", "drop": drop, **tabular},
+    }
     return baseline_comparison.run_pipeline(workdir, data, "mlp")
 
 
@@ -60,16 +68,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--before", action="store_true", help="also the MLP with every text column one-hot encoded, "
-                        "date included, as prepare did before dates and IDs were recognised")
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also the MLP with every text column one-hot encoded, "
+        "date included, as prepare did before dates and IDs were recognised",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "weather.csv"
         frame = weather_table(args.rows, seed=0)
         frame.to_csv(csv, index=False)
         print("label counts:", frame["weather"].value_counts().to_dict())
-        print(f"{'seed':>4}  {'MLP':>6}  {'LogReg':>6}  {'diff':>7}  {'MLP, no date':>12}"
-              f"{'  MLP, all one-hot' if args.before else ''}")
+        print(
+            f"{'seed':>4}  {'MLP':>6}  {'LogReg':>6}  {'diff':>7}  {'MLP, no date':>12}"
+            f"{'  MLP, all one-hot' if args.before else ''}"
+        )
         for seed in range(args.seeds):
             with_date = run_pipeline(Path(tmp) / f"s{seed}", csv, None, seed)
             if seed == 0:
@@ -78,11 +92,20 @@ def main() -> None:
             no_date = run_pipeline(Path(tmp) / f"s{seed}-nodate", csv, ["date"], seed)
             before = ""
             if args.before:
-                one_hot = run_pipeline(Path(tmp) / f"s{seed}-before", csv, None, seed, dates=[],
-                                       categorical=["record_id", "date", "station", "observer_note"])
+                one_hot = run_pipeline(
+                    Path(tmp) / f"s{seed}-before",
+                    csv,
+                    None,
+                    seed,
+                    dates=[],
+                    categorical=["record_id", "date", "station", "observer_note"],
+                )
                 before = f"  {one_hot['model']:>16.4f}"
-            print(f"{seed:>4}  {with_date['model']:.4f}  {with_date['baseline']:.4f}  "
-                  f"{with_date['model'] - with_date['baseline']:+.4f}  {no_date['model']:>12.4f}{before}", flush=True)
+            print(
+                f"{seed:>4}  {with_date['model']:.4f}  {with_date['baseline']:.4f}  "
+                f"{with_date['model'] - with_date['baseline']:+.4f}  {no_date['model']:>12.4f}{before}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,15 @@ GRID = {
     "train.batch_size": [16],
 }
 # Tried too, for comparison: the setting bench/accuracy_baselines.py used before (chosen on the validation split).
-EXTRA = [{"model.mlp.hidden_dims": [64], "model.mlp.dropout": 0.2, "train.lr": 0.001, "train.weight_decay": 0.01,
-          "train.batch_size": 64}]
+EXTRA = [
+    {
+        "model.mlp.hidden_dims": [64],
+        "model.mlp.dropout": 0.2,
+        "train.lr": 0.001,
+        "train.weight_decay": 0.01,
+        "train.batch_size": 64,
+    }
+]
 LOGREG_C = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0]
 LOGREG_DEFAULT_C = 1.0
 
@@ -73,25 +80,45 @@ def settings_grid(grid: dict[str, list]) -> list[dict]:
 
 
 def label(settings: dict) -> str:
-    short = {"model.mlp.hidden_dims": "hidden", "model.mlp.dropout": "dropout", "train.lr": "lr",
-             "train.weight_decay": "wd", "train.batch_size": "batch", "data.tabular.scaling": "scaling"}
+    short = {
+        "model.mlp.hidden_dims": "hidden",
+        "model.mlp.dropout": "dropout",
+        "train.lr": "lr",
+        "train.weight_decay": "wd",
+        "train.batch_size": "batch",
+        "data.tabular.scaling": "scaling",
+    }
     return ", ".join(f"{short.get(k, k)} {v}" for k, v in settings.items())
 
 
-def cv_mlp(tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, folds: int, seed: int,
-           split_seed: int) -> dict:
+def cv_mlp(
+    tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, folds: int, seed: int, split_seed: int
+) -> dict:
     """The pipeline's k-fold cross-validation of one setting: mean fold val/accuracy and val/loss."""
     from pipeline.cross_validation import cross_validate
     from pipeline.training import new_logger
 
-    params = make_params(tmp, f"{dataset}-cv", {"data.dataset": dataset, "data.seed": split_seed, **BASE,
-                                                **settings, "train.cv_folds": folds, "train.seed": seed})
+    params = make_params(
+        tmp,
+        f"{dataset}-cv",
+        {
+            "data.dataset": dataset,
+            "data.seed": split_seed,
+            **BASE,
+            **settings,
+            "train.cv_folds": folds,
+            "train.seed": seed,
+        },
+    )
     parent = new_logger(params, meta, tracking.data_digest(prepared, meta))
     name = "-".join(str(v) for v in settings.values()).replace(" ", "")
     summary = silently(cross_validate, params, prepared, meta, parent, tmp / "cv" / f"{split_seed}-{name}-{seed}")
     parent.experiment.set_terminated(parent.run_id, "FINISHED")
-    return {"acc": summary["val/accuracy"]["mean"], "acc_std": summary["val/accuracy"]["std"],
-            "loss": summary["val/loss"]["mean"]}
+    return {
+        "acc": summary["val/accuracy"]["mean"],
+        "acc_std": summary["val/accuracy"]["std"],
+        "loss": summary["val/loss"]["mean"],
+    }
 
 
 def train_val(prepared: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +137,14 @@ def cv_logreg(prepared: Path, folds: int, seed: int) -> dict[float, dict]:
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = {}
     for c in LOGREG_C:
-        result = sk_cross_validate(LogisticRegression(C=c, max_iter=5000), x, y, cv=splitter,
-                                   scoring=("accuracy", "neg_log_loss"))
-        scores[c] = {"acc": float(result["test_accuracy"].mean()), "acc_std": float(result["test_accuracy"].std()),
-                     "loss": float(-result["test_neg_log_loss"].mean())}
+        result = sk_cross_validate(
+            LogisticRegression(C=c, max_iter=5000), x, y, cv=splitter, scoring=("accuracy", "neg_log_loss")
+        )
+        scores[c] = {
+            "acc": float(result["test_accuracy"].mean()),
+            "acc_std": float(result["test_accuracy"].std()),
+            "loss": float(-result["test_neg_log_loss"].mean()),
+        }
     return scores
 
 
@@ -127,9 +158,12 @@ def select(tmp: Path, dataset: str, folds: int, seed: int, split_seed: int | Non
     params = make_params(tmp, dataset, {"data.dataset": dataset, **split})
     prepared = tmp / f"{dataset}_prepared_{params.data.seed}"
     meta = prepare(params.data, prepared)
-    print(f"{dataset}, split data.seed {params.data.seed}: splits {meta['split_sizes']}; {folds}-fold "
-          f"cross-validation on train + val ({meta['split_sizes']['train'] + meta['split_sizes']['val']} rows), "
-          f"fold seed {seed}", flush=True)
+    print(
+        f"{dataset}, split data.seed {params.data.seed}: splits {meta['split_sizes']}; {folds}-fold "
+        f"cross-validation on train + val ({meta['split_sizes']['train'] + meta['split_sizes']['val']} rows), "
+        f"fold seed {seed}",
+        flush=True,
+    )
 
     logreg = cv_logreg(prepared, folds, seed)
     mlp = []
@@ -139,17 +173,30 @@ def select(tmp: Path, dataset: str, folds: int, seed: int, split_seed: int | Non
         t0 = time.perf_counter()
         scores = cv_mlp(tmp, dataset, prepared, meta, settings, folds, seed, params.data.seed)
         mlp.append((settings, scores))
-        print(f"  [{i:>2}/{len(candidates)}] {label(settings):<58} cv acc {scores['acc']:.4f} ± "
-              f"{scores['acc_std']:.4f}, loss {scores['loss']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"dataset": dataset, "prepared": prepared, "meta": meta, "mlp": mlp, "logreg": logreg,
-            "seconds": time.perf_counter() - start, "folds": folds, "split_seed": params.data.seed}
+        print(
+            f"  [{i:>2}/{len(candidates)}] {label(settings):<58} cv acc {scores['acc']:.4f} ± "
+            f"{scores['acc_std']:.4f}, loss {scores['loss']:.4f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return {
+        "dataset": dataset,
+        "prepared": prepared,
+        "meta": meta,
+        "mlp": mlp,
+        "logreg": logreg,
+        "seconds": time.perf_counter() - start,
+        "folds": folds,
+        "split_seed": params.data.seed,
+    }
 
 
 def print_selection(sel: dict) -> tuple[dict, dict, float]:
     chosen, chosen_scores = best(sel["mlp"])
     c, c_scores = best(sorted(sel["logreg"].items()))
-    print(f"\nSelection by {sel['folds']}-fold CV on train + val ({sel['seconds']:.0f} s for {len(sel['mlp'])} MLP "
-          "settings), top 5 MLP settings and LogisticRegression:")
+    print(
+        f"\nSelection by {sel['folds']}-fold CV on train + val ({sel['seconds']:.0f} s for {len(sel['mlp'])} MLP "
+        "settings), top 5 MLP settings and LogisticRegression:"
+    )
     header = f"{'model / setting':<70} {'cv acc':>7} {'± std':>7} {'cv loss':>8}"
     print(header)
     print("-" * len(header))
@@ -158,8 +205,10 @@ def print_selection(sel: dict) -> tuple[dict, dict, float]:
         print(f"{'MLP ' + label(settings):<70} {s['acc']:>7.4f} {s['acc_std']:>7.4f} {s['loss']:>8.4f}")
     for value, s in sorted(sel["logreg"].items()):
         print(f"{f'LogisticRegression C={value:g}':<70} {s['acc']:>7.4f} {s['acc_std']:>7.4f} {s['loss']:>8.4f}")
-    print(f"  chosen MLP: {label(chosen)} (cv acc {chosen_scores['acc']:.4f}); chosen C: {c:g} "
-          f"(cv acc {c_scores['acc']:.4f})")
+    print(
+        f"  chosen MLP: {label(chosen)} (cv acc {chosen_scores['acc']:.4f}); chosen C: {c:g} "
+        f"(cv acc {c_scores['acc']:.4f})"
+    )
     return chosen, chosen_scores, c
 
 
@@ -168,17 +217,23 @@ def test(tmp: Path, sel: dict, chosen: dict, c: float, seeds: list[int]) -> dict
 
     dataset, prepared = sel["dataset"], sel["prepared"]
     train, test_split = (np.load(prepared / f"{name}.npz") for name in ("train", "test"))
-    baselines = {value: LogisticRegression(C=value, max_iter=5000).fit(train["x"], train["y"]).predict(test_split["x"])
-                 for value in (LOGREG_DEFAULT_C, c)}
+    baselines = {
+        value: LogisticRegression(C=value, max_iter=5000).fit(train["x"], train["y"]).predict(test_split["x"])
+        for value in (LOGREG_DEFAULT_C, c)
+    }
     runs = []
     for seed in seeds:
-        params = make_params(tmp, dataset, {"data.dataset": dataset, "data.seed": sel["split_seed"], **BASE, **chosen,
-                                            "train.seed": seed})
+        params = make_params(
+            tmp,
+            dataset,
+            {"data.dataset": dataset, "data.seed": sel["split_seed"], **BASE, **chosen, "train.seed": seed},
+        )
         out = tmp / f"test_{sel['split_seed']}_{seed}"
         summary, seconds = train_and_evaluate(params, prepared, out)
         _, pred, _ = predict_split(out / "model" / MODEL_FILE, prepared, "test", params.evaluate.batch_size)
-        runs.append({"seed": seed, "accuracy": summary["accuracy"], "f1": summary["f1_macro"], "pred": pred,
-                     "seconds": seconds})
+        runs.append(
+            {"seed": seed, "accuracy": summary["accuracy"], "f1": summary["f1_macro"], "pred": pred, "seconds": seconds}
+        )
     return {"y": test_split["y"], "baselines": baselines, "runs": runs, "c": c}
 
 
@@ -194,10 +249,14 @@ def mcnemar(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> tuple[int,
 def print_test(sel: dict, chosen: dict, chosen_cv: dict, result: dict) -> None:
     y, baselines = result["y"], result["baselines"]
     accuracy = {value: float((pred == y).mean()) for value, pred in baselines.items()}
-    print(f"\n{sel['dataset']}, test split ({len(y)} rows): the CV-chosen MLP ({label(chosen)}) vs LogisticRegression "
-          "on the same standardised training split")
-    header = (f"{'model':<32} {'train.seed':>10} {'test acc':>8} {'errors':>6} {'macro F1':>8} {'fit s':>6} "
-              f"{'errors only MLP / only LR(C=1), McNemar p':>42}")
+    print(
+        f"\n{sel['dataset']}, test split ({len(y)} rows): the CV-chosen MLP ({label(chosen)}) vs LogisticRegression "
+        "on the same standardised training split"
+    )
+    header = (
+        f"{'model':<32} {'train.seed':>10} {'test acc':>8} {'errors':>6} {'macro F1':>8} {'fit s':>6} "
+        f"{'errors only MLP / only LR(C=1), McNemar p':>42}"
+    )
     print(header)
     print("-" * len(header))
     for value, pred in baselines.items():
@@ -205,24 +264,32 @@ def print_test(sel: dict, chosen: dict, chosen_cv: dict, result: dict) -> None:
         print(f"{name:<32} {'-':>10} {accuracy[value]:>8.4f} {int((pred != y).sum()):>6} {'-':>8} {'-':>6}")
     for r in result["runs"]:
         only_mlp, only_lr, p = mcnemar(y, r["pred"], baselines[LOGREG_DEFAULT_C])
-        print(f"{'MLP (CV-chosen)':<32} {r['seed']:>10} {r['accuracy']:>8.4f} {int((r['pred'] != y).sum()):>6} "
-              f"{r['f1']:>8.4f} {r['seconds']:>6.1f} {f'{only_mlp} / {only_lr}, p = {p:.2f}':>42}")
+        print(
+            f"{'MLP (CV-chosen)':<32} {r['seed']:>10} {r['accuracy']:>8.4f} {int((r['pred'] != y).sum()):>6} "
+            f"{r['f1']:>8.4f} {r['seconds']:>6.1f} {f'{only_mlp} / {only_lr}, p = {p:.2f}':>42}"
+        )
     accs = [r["accuracy"] for r in result["runs"]]
     mean, low = float(np.mean(accs)), min(accs)
     logreg_cv = sel["logreg"]
-    print(f"  cross-validation on train + val: MLP {chosen_cv['acc']:.4f} vs LogisticRegression C=1 "
-          f"{logreg_cv[LOGREG_DEFAULT_C]['acc']:.4f}, C={result['c']:g} {logreg_cv[result['c']]['acc']:.4f}")
+    print(
+        f"  cross-validation on train + val: MLP {chosen_cv['acc']:.4f} vs LogisticRegression C=1 "
+        f"{logreg_cv[LOGREG_DEFAULT_C]['acc']:.4f}, C={result['c']:g} {logreg_cv[result['c']]['acc']:.4f}"
+    )
     for value in baselines:
-        print(f"  test: MLP mean {mean:.4f}, min {low:.4f} vs LogisticRegression C={value:g} {accuracy[value]:.4f}: "
-              f"goal MLP >= baseline: mean {'met' if mean >= accuracy[value] else 'NOT met'} "
-              f"({mean - accuracy[value]:+.4f}), min {'met' if low >= accuracy[value] else 'NOT met'}")
+        print(
+            f"  test: MLP mean {mean:.4f}, min {low:.4f} vs LogisticRegression C={value:g} {accuracy[value]:.4f}: "
+            f"goal MLP >= baseline: mean {'met' if mean >= accuracy[value] else 'NOT met'} "
+            f"({mean - accuracy[value]:+.4f}), min {'met' if low >= accuracy[value] else 'NOT met'}"
+        )
 
 
 def print_repeated_splits(outcomes: list[tuple[dict, dict, dict]]) -> None:
     """One line per outer split: what CV on its train + val chose and the test accuracies; then the means."""
     print(f"\nNested: selection repeated inside each of {len(outcomes)} train/val/test splits, each tested once")
-    header = (f"{'data.seed':>9} {'test rows':>9} {'MLP chosen by CV on train + val':<58} {'MLP test':>8} "
-              f"{'LR C=1':>7} {'LR C=CV':>7}")
+    header = (
+        f"{'data.seed':>9} {'test rows':>9} {'MLP chosen by CV on train + val':<58} {'MLP test':>8} "
+        f"{'LR C=1':>7} {'LR C=CV':>7}"
+    )
     print(header)
     print("-" * len(header))
     mlp, logreg, logreg_cv = [], [], []
@@ -231,15 +298,21 @@ def print_repeated_splits(outcomes: list[tuple[dict, dict, dict]]) -> None:
         mlp.append(float(np.mean([r["accuracy"] for r in result["runs"]])))
         logreg.append(float((result["baselines"][LOGREG_DEFAULT_C] == y).mean()))
         logreg_cv.append(float((result["baselines"][result["c"]] == y).mean()))
-        print(f"{sel['split_seed']:>9} {len(y):>9} {label(chosen):<58} {mlp[-1]:>8.4f} {logreg[-1]:>7.4f} "
-              f"{logreg_cv[-1]:>7.4f}")
+        print(
+            f"{sel['split_seed']:>9} {len(y):>9} {label(chosen):<58} {mlp[-1]:>8.4f} {logreg[-1]:>7.4f} "
+            f"{logreg_cv[-1]:>7.4f}"
+        )
     wins = sum(m > b for m, b in zip(mlp, logreg, strict=True))
     ties = sum(m == b for m, b in zip(mlp, logreg, strict=True))
-    print(f"  mean test accuracy over the splits: MLP {np.mean(mlp):.4f} ± {np.std(mlp):.4f}, LogisticRegression "
-          f"C=1 {np.mean(logreg):.4f} ± {np.std(logreg):.4f}, C by CV {np.mean(logreg_cv):.4f}")
-    print(f"  MLP vs LogisticRegression C=1 per split: {wins} better, {ties} equal, {len(mlp) - wins - ties} worse; "
-          f"goal MLP >= baseline on the mean: {'met' if np.mean(mlp) >= np.mean(logreg) else 'NOT met'} "
-          f"({np.mean(mlp) - np.mean(logreg):+.4f})")
+    print(
+        f"  mean test accuracy over the splits: MLP {np.mean(mlp):.4f} ± {np.std(mlp):.4f}, LogisticRegression "
+        f"C=1 {np.mean(logreg):.4f} ± {np.std(logreg):.4f}, C by CV {np.mean(logreg_cv):.4f}"
+    )
+    print(
+        f"  MLP vs LogisticRegression C=1 per split: {wins} better, {ties} equal, {len(mlp) - wins - ties} worse; "
+        f"goal MLP >= baseline on the mean: {'met' if np.mean(mlp) >= np.mean(logreg) else 'NOT met'} "
+        f"({np.mean(mlp) - np.mean(logreg):+.4f})"
+    )
 
 
 def main() -> None:
@@ -247,15 +320,28 @@ def main() -> None:
     parser.add_argument("--dataset", default="breast_cancer", choices=("breast_cancer", "wine", "iris"))
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds on train + val")
     parser.add_argument("--cv-seed", type=int, default=42, help="the folds' shuffle and the CV fits' train.seed")
-    parser.add_argument("--test-seeds", type=int, nargs="+", default=[42, 43, 44],
-                        help="train.seed values of the chosen setting's test runs")
+    parser.add_argument(
+        "--test-seeds",
+        type=int,
+        nargs="+",
+        default=[42, 43, 44],
+        help="train.seed values of the chosen setting's test runs",
+    )
     parser.add_argument("--select-only", action="store_true", help="stop before any test score")
-    parser.add_argument("--split-seeds", type=int, nargs="+",
-                        help="repeat everything on these train/val/test splits (data.seed values; default: "
-                             "params.yaml's one split) and summarise the test accuracies over them")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; 1 because these networks are too small to gain from more, and "
-                             "two threads on a busy 2-core machine made one setting's CV up to 25x slower")
+    parser.add_argument(
+        "--split-seeds",
+        type=int,
+        nargs="+",
+        help="repeat everything on these train/val/test splits (data.seed values; default: "
+        "params.yaml's one split) and summarise the test accuracies over them",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 because these networks are too small to gain from more, and "
+        "two threads on a busy 2-core machine made one setting's CV up to 25x slower",
+    )
     args = parser.parse_args()
     quiet()
     for noise in (".*was called before the ``update`` method.*", ".*exists and is not empty.*", ".*Add type hints.*"):
@@ -283,8 +369,10 @@ def main() -> None:
                 print_repeated_splits(outcomes)
         finally:
             os.chdir(cwd)
-    print(f"\n{time.perf_counter() - start:.0f} s in all; load average at end (1/5/15 min): "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"\n{time.perf_counter() - start:.0f} s in all; load average at end (1/5/15 min): "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 if __name__ == "__main__":

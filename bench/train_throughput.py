@@ -92,7 +92,7 @@ def bench_params(args: argparse.Namespace, tmp: Path) -> Params:
 def sliced_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
     perm = torch.randperm(len(y))
     for i in range(0, len(y), batch_size):
-        idx = perm[i:i + batch_size]
+        idx = perm[i : i + batch_size]
         yield x[idx], y[idx]
 
 
@@ -119,10 +119,16 @@ def write_prepared(folder: Path, x: np.ndarray, y: np.ndarray, kind: str) -> Non
     folder.mkdir(parents=True)
     np.savez(folder / "train.npz", x=x[n_val:], y=y[n_val:], index=np.arange(n_val, len(y)))
     np.savez(folder / "val.npz", x=x[:n_val], y=y[:n_val], index=np.arange(n_val))
-    meta = {"dataset": "synthetic", "kind": kind, "class_names": [str(i) for i in range(NUM_CLASSES)],
-            "num_classes": NUM_CLASSES, "input_shape": list(x.shape[1:]),
-            "normalisation": {"mean": [0.0], "std": [1.0]},
-            "split_sizes": {"train": len(y) - n_val, "val": n_val}, "digest": "bench"}
+    meta = {
+        "dataset": "synthetic",
+        "kind": kind,
+        "class_names": [str(i) for i in range(NUM_CLASSES)],
+        "num_classes": NUM_CLASSES,
+        "input_shape": list(x.shape[1:]),
+        "normalisation": {"mean": [0.0], "std": [1.0]},
+        "split_sizes": {"train": len(y) - n_val, "val": n_val},
+        "digest": "bench",
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -138,8 +144,15 @@ def naive_lightning(x: torch.Tensor, y: torch.Tensor, params: Params, tmp: Path)
     net = build_model("mlp", dataclasses.asdict(params.model.mlp), [x.shape[1]], NUM_CLASSES)
     module = Classifier(net, NUM_CLASSES, params.train)
     timer = EpochTimer()
-    trainer = pl.Trainer(max_epochs=params.train.max_epochs, accelerator="cpu", logger=False, callbacks=[timer],
-                         enable_checkpointing=False, default_root_dir=tmp, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=params.train.max_epochs,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        default_root_dir=tmp,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=params.train.batch_size, shuffle=True))
     return timer.throughput
 
@@ -169,14 +182,20 @@ def main() -> None:
             naive = None if args.skip_naive else naive_lightning(x_train, y_train, params, Path(tmp))
         rows.append((batch_size, hand, data_path, ours, naive))
 
-    print(f"\ntraining throughput (samples/s), {args.rows} rows x {args.features} features, MLP {args.hidden_dims}, "
-          f"{args.epochs} epochs, torch threads {torch.get_num_threads()}")
-    print("  batch | (a) hand loop | (d) hand loop, project data path | (b) project path, MLflow on "
-          "| (c) DataLoader(TensorDataset)")
+    print(
+        f"\ntraining throughput (samples/s), {args.rows} rows x {args.features} features, MLP {args.hidden_dims}, "
+        f"{args.epochs} epochs, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "  batch | (a) hand loop | (d) hand loop, project data path | (b) project path, MLflow on "
+        "| (c) DataLoader(TensorDataset)"
+    )
     for batch_size, hand, data_path, ours, naive in rows:
         naive_cell = "skipped" if naive is None else f"{naive:>9,.0f} ({naive / hand:.2f}x)"
-        print(f"  {batch_size:>5} | {hand:>13,.0f} | {data_path:>22,.0f} ({data_path / hand:.2f}x) "
-              f"| {ours:>17,.0f} ({ours / hand:.2f}x) | {naive_cell}")
+        print(
+            f"  {batch_size:>5} | {hand:>13,.0f} | {data_path:>22,.0f} ({data_path / hand:.2f}x) "
+            f"| {ours:>17,.0f} ({ours / hand:.2f}x) | {naive_cell}"
+        )
 
 
 if __name__ == "__main__":

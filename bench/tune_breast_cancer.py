@@ -36,15 +36,29 @@ SPACE = {
     "model.mlp.dropout": {"low": 0.0, "high": 0.5},
     "model.mlp.hidden_dims": {"choices": [[32], [64], [256], [128, 64], [256, 128]]},
 }
-SETTINGS = {"data.dataset": "breast_cancer", "model.name": "mlp", "trainer.progress_bar": False,
-            "mlflow.experiment_name": STUDY, "tune.study_name": STUDY, "tune.space": SPACE, "tune.metric": "val/loss",
-            "tune.pruner": "median", "tune.pruner_startup_trials": 4, "tune.pruner_warmup_epochs": 4}
+SETTINGS = {
+    "data.dataset": "breast_cancer",
+    "model.name": "mlp",
+    "trainer.progress_bar": False,
+    "mlflow.experiment_name": STUDY,
+    "tune.study_name": STUDY,
+    "tune.space": SPACE,
+    "tune.metric": "val/loss",
+    "tune.pruner": "median",
+    "tune.pruner_startup_trials": 4,
+    "tune.pruner_warmup_epochs": 4,
+}
 
 
 def repo_copy(dest: Path) -> None:
     """This repository's tracked and new files as a fresh git repository (DVC's config comes with them)."""
-    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    names = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, names):
         if (ROOT / name).is_file() and not name.startswith(("dvc.lock", "outputs/")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +77,12 @@ def set_params(path: Path, settings: dict) -> None:
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args], cwd=repo,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 def main() -> None:
@@ -80,19 +98,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         repo = Path(tmp) / "repo"
         repo_copy(repo)
-        set_params(repo / "params.yaml", {**SETTINGS, "tune.n_trials": args.trials, "tune.workers": args.workers,
-                                          "tune.timeout_s": args.timeout_s, "train.max_epochs": args.max_epochs})
+        set_params(
+            repo / "params.yaml",
+            {
+                **SETTINGS,
+                "tune.n_trials": args.trials,
+                "tune.workers": args.workers,
+                "tune.timeout_s": args.timeout_s,
+                "train.max_epochs": args.max_epochs,
+            },
+        )
         git(repo, "init", "-q", "-b", "main")
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "breast_cancer study")
 
         start = time.perf_counter()
         subprocess.run(["dvc", "repro", "prepare"], cwd=repo, env=env, check=True, capture_output=True)
-        helpers = [subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--no-final"], cwd=repo, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for _ in range(args.workers - 1)]
-        result = subprocess.run([sys.executable, "-m", "pipeline.tune"], cwd=repo, env=env, capture_output=True,
-                                text=True)
+        helpers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.tune", "--no-final"],
+                cwd=repo,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(args.workers - 1)
+        ]
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.tune"], cwd=repo, env=env, capture_output=True, text=True
+        )
         for helper in helpers:
             helper.wait()
         seconds = time.perf_counter() - start
@@ -115,15 +149,21 @@ def main() -> None:
             test_rows = len(test["y"])
 
     print(f"budget: {args.trials} trials, {args.max_epochs} epochs each at most, timeout {args.timeout_s} s")
-    print(f"study: {len(trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
-          f"{counts['fail']} failed) in {seconds:.0f} s with {args.workers} worker(s), final experiment included; "
-          f"this process saw {len(states)} trials")
+    print(
+        f"study: {len(trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['fail']} failed) in {seconds:.0f} s with {args.workers} worker(s), final experiment included; "
+        f"this process saw {len(states)} trials"
+    )
     print(next(line for line in lines if line.startswith("tune: best trial")))
     print(f"test rows: {test_rows}")
-    print(f"{'tuned MLP (DVC experiment ' + STUDY + ')':<46} test accuracy {test_accuracy:.4f} "
-          f"({round((1 - test_accuracy) * test_rows)} errors)")
-    print(f"{'LogisticRegression(max_iter=5000)':<46} test accuracy {baseline:.4f} "
-          f"({round((1 - baseline) * test_rows)} errors)")
+    print(
+        f"{'tuned MLP (DVC experiment ' + STUDY + ')':<46} test accuracy {test_accuracy:.4f} "
+        f"({round((1 - test_accuracy) * test_rows)} errors)"
+    )
+    print(
+        f"{'LogisticRegression(max_iter=5000)':<46} test accuracy {baseline:.4f} "
+        f"({round((1 - baseline) * test_rows)} errors)"
+    )
     verdict = "met" if test_accuracy >= baseline else "not met"
     print(f"goal tuned MLP >= LogisticRegression: {verdict} ({test_accuracy - baseline:+.4f})")
 

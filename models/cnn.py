@@ -13,9 +13,18 @@ class CNN(nn.Module):
     time, so each filter reports whether its n-gram occurs anywhere. One hidden dense layer leads to the classifier.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, *,
-                 channels: list[int], kernel_size: int, hidden_dim: int, dropout: float,
-                 embedding_dim: int | None = None):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab_size: int | None = None,
+        *,
+        channels: list[int],
+        kernel_size: int,
+        hidden_dim: int,
+        dropout: float,
+        embedding_dim: int | None = None,
+    ):
         super().__init__()
         if vocab_size is None:
             self.embedding = None
@@ -26,8 +35,14 @@ class CNN(nn.Module):
             self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
             self.features, width = _text_features(input_shape, embedding_dim, channels, kernel_size)
         # Flatten is a no-op on text's pooled features; it stays first so image models keep their state_dict keys.
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, hidden_dim), nn.ReLU(),
-                                        nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(width, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, num_classes),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.embedding is None:
@@ -39,34 +54,49 @@ class CNN(nn.Module):
 
 def _image_features(input_shape: tuple[int, ...], channels: list[int], kernel_size: int) -> tuple[nn.Module, int]:
     if len(input_shape) != 3:
-        raise ValueError(f"CNN needs image input (channels, height, width), got shape {input_shape}; "
-                         "use model.name: mlp for tabular data.")
+        raise ValueError(
+            f"CNN needs image input (channels, height, width), got shape {input_shape}; "
+            "use model.name: mlp for tabular data."
+        )
     in_channels, height, width = input_shape
     if min(height, width) < 2 ** len(channels):
-        raise ValueError(f"{len(channels)} conv blocks halve a {height}x{width} image below 1 pixel; "
-                         f"use at most {min(height, width).bit_length() - 1} entries in model.cnn.channels.")
+        raise ValueError(
+            f"{len(channels)} conv blocks halve a {height}x{width} image below 1 pixel; "
+            f"use at most {min(height, width).bit_length() - 1} entries in model.cnn.channels."
+        )
     blocks: list[nn.Module] = []
     for out_channels in channels:
-        blocks += [nn.Conv2d(in_channels, out_channels, kernel_size, padding="same"),
-                   nn.BatchNorm2d(out_channels), nn.ReLU(), nn.MaxPool2d(2)]
+        blocks += [
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding="same"),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         in_channels = out_channels
     flat = in_channels * (height >> len(channels)) * (width >> len(channels))
     return nn.Sequential(*blocks), flat
 
 
-def _text_features(input_shape: tuple[int, ...], embedding_dim: int, channels: list[int],
-                   kernel_size: int) -> tuple[nn.Module, int]:
+def _text_features(
+    input_shape: tuple[int, ...], embedding_dim: int, channels: list[int], kernel_size: int
+) -> tuple[nn.Module, int]:
     if len(input_shape) != 1:
         raise ValueError(f"CNN on text needs input shape (max_len,), got {input_shape}.")
     (max_len,) = input_shape
     if max_len < 2 ** len(channels):
-        raise ValueError(f"{len(channels)} conv blocks halve a {max_len}-token text below 1 token; "
-                         f"use at most {max_len.bit_length() - 1} entries in model.cnn.channels, "
-                         "or a larger data.text.max_len.")
+        raise ValueError(
+            f"{len(channels)} conv blocks halve a {max_len}-token text below 1 token; "
+            f"use at most {max_len.bit_length() - 1} entries in model.cnn.channels, "
+            "or a larger data.text.max_len."
+        )
     blocks: list[nn.Module] = []
     in_channels = embedding_dim
     for out_channels in channels:
-        blocks += [nn.Conv1d(in_channels, out_channels, kernel_size, padding="same"),
-                   nn.BatchNorm1d(out_channels), nn.ReLU(), nn.MaxPool1d(2)]
+        blocks += [
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding="same"),
+            nn.BatchNorm1d(out_channels),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+        ]
         in_channels = out_channels
     return nn.Sequential(*blocks), in_channels

@@ -36,9 +36,17 @@ class MLP(nn.Module):
     padding follows the text.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None,
-                 categorical_cardinalities: list[int] | None = None, *, hidden_dims: list[int], dropout: float,
-                 embedding_dim: int | None = None):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab_size: int | None = None,
+        categorical_cardinalities: list[int] | None = None,
+        *,
+        hidden_dims: list[int],
+        dropout: float,
+        embedding_dim: int | None = None,
+    ):
         super().__init__()
         self.embedding: nn.Embedding | None = None
         self.categorical_embeddings: nn.ModuleList | None = None
@@ -50,14 +58,19 @@ class MLP(nn.Module):
             width = embedding_dim
         elif categorical_cardinalities:
             if embedding_dim is None:
-                raise ValueError("MLP on categorical indices needs model.mlp.embedding_dim, the largest size of a "
-                                 "category's embedding.")
+                raise ValueError(
+                    "MLP on categorical indices needs model.mlp.embedding_dim, the largest size of a "
+                    "category's embedding."
+                )
             if len(input_shape) != 1 or input_shape[0] < len(categorical_cardinalities):
-                raise ValueError(f"MLP: {len(categorical_cardinalities)} categorical columns do not fit rows of "
-                                 f"shape {input_shape}.")
+                raise ValueError(
+                    f"MLP: {len(categorical_cardinalities)} categorical columns do not fit rows of shape {input_shape}."
+                )
             self.numeric_features = input_shape[0] - len(categorical_cardinalities)
-            embeddings = [nn.Embedding(k + 1, category_embedding_dim(k, embedding_dim), padding_idx=UNKNOWN_CATEGORY)
-                          for k in categorical_cardinalities]
+            embeddings = [
+                nn.Embedding(k + 1, category_embedding_dim(k, embedding_dim), padding_idx=UNKNOWN_CATEGORY)
+                for k in categorical_cardinalities
+            ]
             self.categorical_embeddings = nn.ModuleList(embeddings)
             width = self.numeric_features + sum(e.embedding_dim for e in embeddings)
         layers: list[nn.Module] = [nn.Flatten()]
@@ -72,7 +85,12 @@ class MLP(nn.Module):
             x = masked_mean(self.embedding(x), x != PAD_ID)
         elif self.categorical_embeddings is not None:
             # Indices travel as float32 beside the numeric features (exact below 2**24 categories).
-            indices = x[:, self.numeric_features:].long()
-            x = torch.cat([x[:, :self.numeric_features],
-                           *(embed(indices[:, j]) for j, embed in enumerate(self.categorical_embeddings))], dim=1)
+            indices = x[:, self.numeric_features :].long()
+            x = torch.cat(
+                [
+                    x[:, : self.numeric_features],
+                    *(embed(indices[:, j]) for j, embed in enumerate(self.categorical_embeddings)),
+                ],
+                dim=1,
+            )
         return self.layers(x)

@@ -15,8 +15,14 @@ from models.transformer import Transformer
 REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer}
 
 
-def build_model(name: str, hparams: dict[str, Any], input_shape: list[int], num_classes: int,
-                vocab_size: int | None = None, categorical_cardinalities: list[int] | None = None) -> nn.Module:
+def build_model(
+    name: str,
+    hparams: dict[str, Any],
+    input_shape: list[int],
+    num_classes: int,
+    vocab_size: int | None = None,
+    categorical_cardinalities: list[int] | None = None,
+) -> nn.Module:
     data: dict[str, Any] = {"vocab_size": vocab_size}
     if categorical_cardinalities:
         problem = embedding_indices_problem(name)

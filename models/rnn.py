@@ -16,9 +16,19 @@ class RNN(nn.Module):
     one time step. With `bidirectional` the forward and backward final states are concatenated.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, *,
-                 cell: str, hidden_size: int, num_layers: int, bidirectional: bool, dropout: float,
-                 embedding_dim: int | None = None):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab_size: int | None = None,
+        *,
+        cell: str,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+        embedding_dim: int | None = None,
+    ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"model.rnn.cell '{cell}' is not one of {', '.join(CELLS)}.")
@@ -32,11 +42,19 @@ class RNN(nn.Module):
             channels, _height, width = input_shape
             step_size = channels * width
         else:
-            raise ValueError(f"RNN needs sequences (text, or images of shape (channels, height, width)), got shape "
-                             f"{input_shape}; use model.name: mlp for tabular data.")
+            raise ValueError(
+                f"RNN needs sequences (text, or images of shape (channels, height, width)), got shape "
+                f"{input_shape}; use model.name: mlp for tabular data."
+            )
         # PyTorch applies this dropout between stacked layers only, and warns if there is just one.
-        self.rnn = CELLS[cell](step_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                               dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = CELLS[cell](
+            step_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.directions = 2 if bidirectional else 1
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.directions * hidden_size, num_classes))
 
@@ -53,5 +71,5 @@ class RNN(nn.Module):
         _, state = self.rnn(steps)
         hidden = state[0] if isinstance(state, tuple) else state  # an LSTM's state is (hidden, cell)
         # hidden is (layers * directions, batch, hidden_size); the last `directions` rows are the top layer's.
-        last_layer = torch.cat(list(hidden[-self.directions:]), dim=1)
+        last_layer = torch.cat(list(hidden[-self.directions :]), dim=1)
         return self.classifier(last_layer)

@@ -19,8 +19,19 @@ class Transformer(nn.Module):
     outputs at the non-PAD positions. PAD tokens are masked out of attention, so trailing padding changes nothing.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, *,
-                 d_model: int, n_heads: int, num_layers: int, dim_feedforward: int, dropout: float, pooling: str):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab_size: int | None = None,
+        *,
+        d_model: int,
+        n_heads: int,
+        num_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        pooling: str,
+    ):
         super().__init__()
         problem = heads_problem(d_model, n_heads)
         if problem:
@@ -38,20 +49,22 @@ class Transformer(nn.Module):
             self.embed = nn.Linear(channels * width, d_model)
             self.text = False
         else:
-            raise ValueError(f"Transformer needs sequences (text, or images of shape (channels, height, width)), got "
-                             f"shape {input_shape}; use model.name: mlp for tabular data.")
+            raise ValueError(
+                f"Transformer needs sequences (text, or images of shape (channels, height, width)), got "
+                f"shape {input_shape}; use model.name: mlp for tabular data."
+            )
 
         self.pooling = pooling
         if pooling == "cls":
             self.cls_token = nn.Parameter(torch.randn(1, 1, d_model) * INIT_STD)
             seq_len += 1
         self.position = nn.Parameter(torch.randn(1, seq_len, d_model) * INIT_STD)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward, dropout, batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward, dropout, batch_first=True, norm_first=True
+        )
         # Pre-norm layers leave their output un-normalised, hence the final LayerNorm. Nested tensors (a fast path
         # that drops padded positions in eval mode) would make eval outputs differ in shape from training's.
-        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model),
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,7 +84,7 @@ class Transformer(nn.Module):
             padding = padding.clone()
             padding[padding.all(dim=1), 0] = False
         # Slicing lets a text shorter than max_len through, with the same positions it would have when padded.
-        tokens = tokens + self.position[:, :tokens.shape[1]]
+        tokens = tokens + self.position[:, : tokens.shape[1]]
 
         encoded = self.encoder(tokens, src_key_padding_mask=padding)
         pooled = encoded[:, 0] if self.pooling == "cls" else masked_mean(encoded, ~padding)

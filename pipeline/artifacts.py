@@ -47,14 +47,21 @@ CONFUSION_PLOT_FILE = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 REPORT_FILE = "classification_report.txt"
 
+
 def split_file(split: str) -> str:
     return f"{split}.npz"
 
 
 # Every file prepare writes for some kind of data (and the old pickled preprocessor): a rerun may replace these, never
 # anything else in the folder.
-PREPARED_FILES = (*(split_file(split) for split in SPLITS), META_FILE, EXAMPLE_FILE, PREPROCESSOR_FILE,
-                  PICKLED_PREPROCESSOR_FILE, VOCAB_FILE)
+PREPARED_FILES = (
+    *(split_file(split) for split in SPLITS),
+    META_FILE,
+    EXAMPLE_FILE,
+    PREPROCESSOR_FILE,
+    PICKLED_PREPROCESSOR_FILE,
+    VOCAB_FILE,
+)
 # What prediction needs of the prepared folder (not the splits): bundled with the MLflow model.
 PREPROCESSING_FILES = (META_FILE, PREPROCESSOR_FILE, VOCAB_FILE, EXAMPLE_FILE)
 EVAL_FILES = (METRICS_FILE, BASELINE_FILE, PER_CLASS_FILE, CONFUSION_PLOT_FILE, CONFUSION_PNG, REPORT_FILE)
@@ -63,6 +70,7 @@ EVAL_FILES = (METRICS_FILE, BASELINE_FILE, PER_CLASS_FILE, CONFUSION_PLOT_FILE, 
 @dataclass(frozen=True)
 class RunFile:
     """mlflow_run.json: the run train logged and its store (the URI masked)."""
+
     run_id: str
     tracking_uri: str | None
 

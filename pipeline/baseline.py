@@ -67,8 +67,13 @@ def headline_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) ->
     labels = list(range(num_classes))  # a class the test split lacks still counts, as in the model's report
     macro = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     weighted = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "f1_macro": float(macro[2]),
-            "precision_macro": float(macro[0]), "recall_macro": float(macro[1]), "f1_weighted": float(weighted[2])}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1_macro": float(macro[2]),
+        "precision_macro": float(macro[0]),
+        "recall_macro": float(macro[1]),
+        "f1_weighted": float(weighted[2]),
+    }
 
 
 def run(prepared_dir: Path, out_dir: Path, model_name: str, model_f1_macro: float, enabled: bool = True) -> str:
@@ -82,15 +87,17 @@ def run(prepared_dir: Path, out_dir: Path, model_name: str, model_f1_macro: floa
     import mlflow
 
     mlflow.log_param("baseline.model", base.name)
-    mlflow.log_metrics({**{f"baseline/{k}": v for k, v in base.scores.items()},
-                        "baseline/fit_seconds": base.fit_seconds})
-    return (f"{model_name} F1 {model_f1_macro:.3f} vs baseline {base.name} {base.scores['f1_macro']:.3f}, "
-            f"{model_f1_macro - base.scores['f1_macro']:+.3f} (macro F1 on the test split; baseline fitted in "
-            f"{base.fit_seconds:.1f} s)")
+    mlflow.log_metrics(
+        {**{f"baseline/{k}": v for k, v in base.scores.items()}, "baseline/fit_seconds": base.fit_seconds}
+    )
+    return (
+        f"{model_name} F1 {model_f1_macro:.3f} vs baseline {base.name} {base.scores['f1_macro']:.3f}, "
+        f"{model_f1_macro - base.scores['f1_macro']:+.3f} (macro F1 on the test split; baseline fitted in "
+        f"{base.fit_seconds:.1f} s)"
+    )
 
 
-def _linear_baseline(meta: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray,
-                     x_test: np.ndarray) -> np.ndarray:
+def _linear_baseline(meta: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
@@ -103,9 +110,14 @@ def _linear_baseline(meta: dict[str, Any], x_train: np.ndarray, y_train: np.ndar
         from sklearn.preprocessing import OneHotEncoder
 
         numeric = meta["numeric_features"]
-        steps.append(ColumnTransformer([("numeric", "passthrough", list(range(numeric))),
-                                        ("indices", OneHotEncoder(handle_unknown="ignore"),
-                                         list(range(numeric, x_train.shape[1])))]))
+        steps.append(
+            ColumnTransformer(
+                [
+                    ("numeric", "passthrough", list(range(numeric))),
+                    ("indices", OneHotEncoder(handle_unknown="ignore"), list(range(numeric, x_train.shape[1]))),
+                ]
+            )
+        )
     model = make_pipeline(*steps, LogisticRegression(max_iter=LOGISTIC_MAX_ITER))
     return model.fit(x_train, y_train).predict(x_test)
 
@@ -135,8 +147,11 @@ def _text_baseline(prepared_dir: Path, meta: dict[str, Any], train: Any, test: A
         return None
     vocabulary = load_preprocessor(prepared_dir, meta)
     if not np.array_equal(model_input(vocabulary.transform(texts["train"])), model_input(train["x"])):
-        print(f"evaluate: warning: no baseline: {meta['dataset']} has changed since prepare ran; rerun prepare "
-              "(dvc repro) to compare the model with a baseline on the same texts.", file=sys.stderr)
+        print(
+            f"evaluate: warning: no baseline: {meta['dataset']} has changed since prepare ran; rerun prepare "
+            "(dvc repro) to compare the model with a baseline on the same texts.",
+            file=sys.stderr,
+        )
         return None
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LinearSVC())
     return "LinearSVC", model.fit(texts["train"], train["y"]).predict(texts["test"])

@@ -38,9 +38,19 @@ from pipeline.files import TMP_MARK, read_json, write_json
 
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
-TRAINING_CODE = ("pipeline/train.py", "pipeline/training.py", "pipeline/checkpoints.py", "pipeline/datamodule.py",
-                 "pipeline/lightning_module.py", "pipeline/trained_model.py", "pipeline/cross_validation.py",
-                 "pipeline/artifacts.py", "pipeline/threads.py", "pipeline/defaults.py", "models")
+TRAINING_CODE = (
+    "pipeline/train.py",
+    "pipeline/training.py",
+    "pipeline/checkpoints.py",
+    "pipeline/datamodule.py",
+    "pipeline/lightning_module.py",
+    "pipeline/trained_model.py",
+    "pipeline/cross_validation.py",
+    "pipeline/artifacts.py",
+    "pipeline/threads.py",
+    "pipeline/defaults.py",
+    "models",
+)
 # Keys of the declared sections that do not change what is trained.
 NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
@@ -59,8 +69,11 @@ class ResumePoint:
 
 
 def fingerprint(params: Params, data_digest: str) -> str:
-    flat = {k: v for k, v in to_flat_dict(params).items()
-            if k.startswith(FINGERPRINTED_SECTIONS) and k not in NOT_FINGERPRINTED}
+    flat = {
+        k: v
+        for k, v in to_flat_dict(params).items()
+        if k.startswith(FINGERPRINTED_SECTIONS) and k not in NOT_FINGERPRINTED
+    }
     digest = hashlib.sha256(json.dumps({"params": flat, "data": data_digest}, sort_keys=True, default=str).encode())
     root = Path(__file__).resolve().parents[1]
     for entry in TRAINING_CODE:
@@ -82,8 +95,9 @@ def find_resume_point(checkpoint_dir: Path, expected_fingerprint: str, tracking_
     return _resume_decision(checkpoint_dir, expected_fingerprint, tracking_uri)[0]
 
 
-def _resume_decision(checkpoint_dir: Path, expected_fingerprint: str,
-                     tracking_uri: str) -> tuple[ResumePoint | None, str]:
+def _resume_decision(
+    checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str
+) -> tuple[ResumePoint | None, str]:
     """The point to resume from, else None and why not ("" when there is no unfinished attempt to speak of).
 
     Same fingerprint, and the same tracking store: the resumed run carries the interrupted run's metrics over, which
@@ -110,11 +124,15 @@ def _resume_decision(checkpoint_dir: Path, expected_fingerprint: str,
             unreadable.append(checkpoint.name)
             continue
         if unreadable:
-            print(f"train: {last} cannot be read (cut short while being written: a full disk or a kill?); resuming "
-                  f"from {checkpoint} instead.")
+            print(
+                f"train: {last} cannot be read (cut short while being written: a full disk or a kill?); resuming "
+                f"from {checkpoint} instead."
+            )
         return ResumePoint(checkpoint, attempt.get("run_id"), attempt.get("tracking_uri"), *progress), ""
-    return None, (f"its checkpoint(s) {' and '.join(unreadable)} cannot be read (cut short while being written: a "
-                  "full disk or a kill?)")
+    return None, (
+        f"its checkpoint(s) {' and '.join(unreadable)} cannot be read (cut short while being written: a "
+        "full disk or a kill?)"
+    )
 
 
 def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracking_uri: str) -> ResumePoint | None:
@@ -145,13 +163,16 @@ def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracki
     return None
 
 
-def record_attempt(checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str,
-                   finished: bool = False) -> None:
+def record_attempt(
+    checkpoint_dir: Path, fingerprint_: str, run_id: str, tracking_uri: str, finished: bool = False
+) -> None:
     """resume.json; the store's URI masked: the folder is a DVC output, cached and pushed."""
     from pipeline.uris import masked_uri
 
-    write_json(checkpoint_dir / RESUME_FILE, {"fingerprint": fingerprint_, "run_id": run_id,
-                                              "tracking_uri": masked_uri(tracking_uri), "finished": finished})
+    write_json(
+        checkpoint_dir / RESUME_FILE,
+        {"fingerprint": fingerprint_, "run_id": run_id, "tracking_uri": masked_uri(tracking_uri), "finished": finished},
+    )
 
 
 def launched_as_global_zero() -> bool:
@@ -174,14 +195,19 @@ class RandomStateCheckpoint(pl.Callback):
         numpy_state = np.random.get_state(legacy=False)
         numpy_state["state"] = {**numpy_state["state"], "key": torch.from_numpy(numpy_state["state"]["key"].copy())}
         version, internal, gauss = random.getstate()
-        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": [version, list(internal), gauss],
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": numpy_state,
+            "python": [version, list(internal), gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         numpy_state = state["numpy"]
-        np.random.set_state({**numpy_state, "state": {**numpy_state["state"],
-                                                       "key": numpy_state["state"]["key"].numpy()}})
+        np.random.set_state(
+            {**numpy_state, "state": {**numpy_state["state"], "key": numpy_state["state"]["key"].numpy()}}
+        )
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         if state["cuda"] and torch.cuda.is_available():
@@ -213,9 +239,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
             failed_write = exc if isinstance(exc, OSError) else exc.__context__  # torch wraps it in a RuntimeError
             if isinstance(failed_write, OSError):
-                raise PipelineError(f"{path}: the checkpoint could not be written ({failed_write.strerror or exc}); "
-                                    "the previous one is kept. Free disk space, then rerun: training resumes from "
-                                    "it.") from None
+                raise PipelineError(
+                    f"{path}: the checkpoint could not be written ({failed_write.strerror or exc}); "
+                    "the previous one is kept. Free disk space, then rerun: training resumes from "
+                    "it."
+                ) from None
             raise
         _fsync_folder(path.parent)
 

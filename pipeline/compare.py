@@ -32,8 +32,9 @@ GAP = "  "
 def exp_show(dvc_args: list[str]) -> list[dict]:
     dvc = shutil.which("dvc")
     if dvc is None:
-        raise PipelineError("dvc: command not found. Activate the project's environment (make setup; "
-                            ". .venv/bin/activate).")
+        raise PipelineError(
+            "dvc: command not found. Activate the project's environment (make setup; . .venv/bin/activate)."
+        )
     result = subprocess.run([dvc, "exp", "show", "--json", *dvc_args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise PipelineError(f"dvc exp show failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -58,8 +59,12 @@ def row_of(name: str, state: str, data: dict) -> dict[str, Any]:
     params = flatten((data.get("params") or {}).get(PARAMS_FILE, {}).get("data", {}))
     # A queued or running experiment has no metrics of its own yet (DVC may show the workspace's meanwhile).
     metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data", {}) if state in FINISHED else {}
-    return {"name": name, "state": state, "params": params,
-            "metrics": {key: metrics.get(key) for key in HEADLINE_METRICS}}
+    return {
+        "name": name,
+        "state": state,
+        "params": params,
+        "metrics": {key: metrics.get(key) for key in HEADLINE_METRICS},
+    }
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -87,22 +92,34 @@ def table(rows: list[dict], sort_by: str) -> str:
     keys = differing_params(rows)
     rows = sorted(rows, key=lambda r: (r["metrics"][sort_by] is None, -(r["metrics"][sort_by] or 0.0)))
     header = ["experiment", "state", *keys, *HEADLINE_METRICS]
-    body = [[shorten(r["name"]), r["state"], *(param_cell(r["params"], k) for k in keys),
-             *(metric_cell(r["metrics"][m]) for m in HEADLINE_METRICS)] for r in rows]
+    body = [
+        [
+            shorten(r["name"]),
+            r["state"],
+            *(param_cell(r["params"], k) for k in keys),
+            *(metric_cell(r["metrics"][m]) for m in HEADLINE_METRICS),
+        ]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     text_columns = 2 + len(keys)  # left-aligned; metrics right-aligned
 
     def line(values: list[str]) -> str:
-        return GAP.join(v.ljust(w) if i < text_columns else v.rjust(w)
-                        for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+        return GAP.join(
+            v.ljust(w) if i < text_columns else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
-    return "\n".join([line(header), *(line(values) for values in body),
-                      f"(sorted by {sort_by}, best first: test-split scores, for reading; choose settings on "
-                      "validation metrics)"])
+    return "\n".join(
+        [
+            line(header),
+            *(line(values) for values in body),
+            f"(sorted by {sort_by}, best first: test-split scores, for reading; choose settings on validation metrics)",
+        ]
+    )
 
 
 def shorten(name: str) -> str:
-    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
 def param_cell(params: dict[str, Any], key: str) -> str:
@@ -118,10 +135,15 @@ def metric_cell(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sort-by", choices=HEADLINE_METRICS, default=None,
-                        help="headline metric to sort by (default: the one matching train.monitor)")
-    parser.add_argument("dvc_args", nargs="*", help="arguments for `dvc exp show` after --; default "
-                        f"{' '.join(DEFAULT_DVC_ARGS)}")
+    parser.add_argument(
+        "--sort-by",
+        choices=HEADLINE_METRICS,
+        default=None,
+        help="headline metric to sort by (default: the one matching train.monitor)",
+    )
+    parser.add_argument(
+        "dvc_args", nargs="*", help=f"arguments for `dvc exp show` after --; default {' '.join(DEFAULT_DVC_ARGS)}"
+    )
     args = parser.parse_args()
     rows = rows_of(exp_show(args.dvc_args or DEFAULT_DVC_ARGS))
     print(table(rows, args.sort_by or sort_key_for(rows)))

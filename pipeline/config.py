@@ -233,7 +233,6 @@ class MlflowParams:
     system_metrics: bool = True  # MLflow's CPU, memory (and GPU) metrics of the run, sampled while it runs
 
 
-
 @dataclass
 class TuneParams:
     """`python -m pipeline.tune`: an Optuna study over `space`, each trial trained on train and judged on val."""
@@ -290,8 +289,10 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
         try:
             raw = OmegaConf.merge(raw, _parse_overrides(overrides))
         except OmegaConfBaseException as exc:  # a value of another shape than the file's (a list for a section)
-            raise ParamsError(f"overrides {overrides}: {str(exc.msg).splitlines()[0]}; give a value of the shape "
-                              "params.yaml has there.") from None
+            raise ParamsError(
+                f"overrides {overrides}: {str(exc.msg).splitlines()[0]}; give a value of the shape "
+                "params.yaml has there."
+            ) from None
     return params_from_dict(_as_dict(raw), source=str(path))
 
 
@@ -450,9 +451,13 @@ def _environment_lookups(data: Any, prefix: str) -> list[str]:
     if isinstance(data, list):
         return [p for i, value in enumerate(data) for p in _environment_lookups(value, f"{prefix[:-1]}[{i}].")]
     if isinstance(data, str) and _ENV_LOOKUP.search(data):
-        return [(f"{prefix[:-1]}: reads an environment variable (oc.env), whose value would be logged to MLflow "
-                 "as a param; write the value itself. Credentials belong in the environment MLflow reads "
-                 "(MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*), never in params.yaml.")]
+        return [
+            (
+                f"{prefix[:-1]}: reads an environment variable (oc.env), whose value would be logged to MLflow "
+                "as a param; write the value itself. Credentials belong in the environment MLflow reads "
+                "(MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*), never in params.yaml."
+            )
+        ]
     return []
 
 
@@ -463,8 +468,13 @@ def _type_problem(exc: ValidationError) -> str:
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-_EXAMPLES = {"an integer": "10", "a number": "0.001", "true or false": "true", "a string": "adam",
-             "a list of integers": "[32, 64]"}
+_EXAMPLES = {
+    "an integer": "10",
+    "a number": "0.001",
+    "true or false": "true",
+    "a string": "adam",
+    "a list of integers": "[32, 64]",
+}
 
 
 def _expected_type(dotted_key: str) -> str:
@@ -516,9 +526,11 @@ def _check_combinations(p: Params) -> list[str]:
     if p.data.tabular.categorical_encoding == "embedding" and p.trainer.precision in ("16-true", "bf16-true"):
         # The indices travel in the float input; 16-bit floats hold whole numbers exactly only up to 2048 (fp16)
         # or 256 (bf16), so larger category indices would be rounded to a neighbour's.
-        problems.append(f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
-                        "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
-                        "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot.")
+        problems.append(
+            f"trainer.precision: '{p.trainer.precision}' casts the input to 16-bit floats, which round "
+            "the category indices of data.tabular.categorical_encoding: embedding; use 32-true or a "
+            "mixed precision (bf16-mixed, 16-mixed), or categorical_encoding: onehot."
+        )
     hidden_dims, channels = resolved(p.model.mlp.hidden_dims), resolved(p.model.cnn.channels)
     if any(s <= 0 for s in hidden_dims):  # [] is allowed: a linear model on the features
         problems.append(f"model.mlp.hidden_dims: every size must be > 0, got {list(hidden_dims)}.")
@@ -529,16 +541,22 @@ def _check_combinations(p: Params) -> list[str]:
     if heads:
         problems.append(heads)
     if p.train.scheduler == "step" and p.train.step_size is None:
-        problems.append("train.scheduler is 'step' but train.step_size is not set: give the number of epochs "
-                        "between learning-rate decays (e.g. train.step_size: 10).")
+        problems.append(
+            "train.scheduler is 'step' but train.step_size is not set: give the number of epochs "
+            "between learning-rate decays (e.g. train.step_size: 10)."
+        )
     problems += _check_devices(p.trainer)
     problems += _check_num_threads(p.trainer.num_threads)
     if p.trainer.precision in ("16-mixed", "16-true") and p.trainer.accelerator == "cpu":
-        problems.append(f"trainer.precision '{p.trainer.precision}' needs a GPU; on trainer.accelerator 'cpu' use "
-                        "'bf16-mixed' or '32-true'.")
+        problems.append(
+            f"trainer.precision '{p.trainer.precision}' needs a GPU; on trainer.accelerator 'cpu' use "
+            "'bf16-mixed' or '32-true'."
+        )
     if p.train.cv_folds > 1 and (p.trainer.devices not in (1, [0]) or p.trainer.num_nodes > 1):
-        problems.append("train.cv_folds > 1 runs its folds in one process: use trainer.devices 1 and num_nodes 1 "
-                        "with it (cross-validate first, then train on several devices with cv_folds: 0).")
+        problems.append(
+            "train.cv_folds > 1 runs its folds in one process: use trainer.devices 1 and num_nodes 1 "
+            "with it (cross-validate first, then train on several devices with cv_folds: 0)."
+        )
     if p.trainer.num_nodes > 1 and p.trainer.strategy == "auto":
         problems.append("trainer.num_nodes > 1 needs a distributed trainer.strategy: set it to 'ddp'.")
     problems += _check_mlflow(p.mlflow)
@@ -568,9 +586,11 @@ def _check_mlflow(m: MlflowParams) -> list[str]:
             from pipeline.uris import masked_uri
 
             shown = masked_uri(m.tracking_uri)
-            problems.append(f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
-                            "sqlite:///<path>/mlflow.db, a server http://<host>:<port>, a database "
-                            "postgresql://<user>@<host>/<db>, or null for mlflow.db at the repository root.")
+            problems.append(
+                f"mlflow.tracking_uri: '{shown}' is not a tracking store MLflow can open; use "
+                "sqlite:///<path>/mlflow.db, a server http://<host>:<port>, a database "
+                "postgresql://<user>@<host>/<db>, or null for mlflow.db at the repository root."
+            )
     return problems
 
 
@@ -580,37 +600,50 @@ def _check_data(d: DataParams) -> list[str]:
     if d.dataset not in BUILTIN_DATASETS and not d.dataset.strip():
         problems.append("data.dataset is empty: name a built-in (digits, breast_cancer, wine, iris) or a file.")
     if d.dataset in BUILTIN_DATASETS and kind != BUILTIN_DATASETS[d.dataset]:
-        problems.append(f"data.kind is '{d.kind}' but the built-in '{d.dataset}' is {BUILTIN_DATASETS[d.dataset]} "
-                        "data; set data.kind: auto.")
+        problems.append(
+            f"data.kind is '{d.kind}' but the built-in '{d.dataset}' is {BUILTIN_DATASETS[d.dataset]} "
+            "data; set data.kind: auto."
+        )
     if kind == "tabular" and d.dataset not in BUILTIN_DATASETS and not d.tabular.target:
         problems.append(f"data.tabular.target is not set: name the label column of {d.dataset}.")
     if d.image.size is not None and (len(d.image.size) != 2 or min(d.image.size) < 1):
         problems.append(f"data.image.size: {list(d.image.size)} is not [height, width] with both > 0.")
     if kind == "text" and bool(d.text.text_column) != bool(d.text.label_column):
-        problems.append("data.text.text_column and data.text.label_column go together: set both (a file with a "
-                        "header) or neither (no header: label, then text).")
+        problems.append(
+            "data.text.text_column and data.text.label_column go together: set both (a file with a "
+            "header) or neither (no header: label, then text)."
+        )
     if kind == "text" and d.text.text_column and d.text.text_column == d.text.label_column:
-        problems.append(f"data.text.text_column and data.text.label_column are both '{d.text.text_column}': the "
-                        "label must come from a column of its own.")
+        problems.append(
+            f"data.text.text_column and data.text.label_column are both '{d.text.text_column}': the "
+            "label must come from a column of its own."
+        )
     return problems
 
 
 def _check_tune(t: TuneParams) -> list[str]:
     problems = []
     if t.n_trials is None and t.timeout_s is None:
-        problems.append("tune.n_trials and tune.timeout_s are both null: set a number of trials, a time budget "
-                        "in seconds, or both.")
+        problems.append(
+            "tune.n_trials and tune.timeout_s are both null: set a number of trials, a time budget in seconds, or both."
+        )
     if t.direction != "auto" and t.direction != objective_direction(t.metric, "auto"):
         auto = objective_direction(t.metric, "auto")
-        problems.append(f"tune.direction: '{t.direction}' contradicts tune.metric '{t.metric}', which early stopping "
-                        f"and the best checkpoint also follow (as '{auto}'); use auto or {auto}.")
+        problems.append(
+            f"tune.direction: '{t.direction}' contradicts tune.metric '{t.metric}', which early stopping "
+            f"and the best checkpoint also follow (as '{auto}'); use auto or {auto}."
+        )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t.study_name) or ".." in t.study_name:
-        problems.append(f"tune.study_name: '{t.study_name}' is also a DVC experiment name: use letters, digits, "
-                        "'-', '_' and '.', e.g. tune-breast-cancer.")
+        problems.append(
+            f"tune.study_name: '{t.study_name}' is also a DVC experiment name: use letters, digits, "
+            "'-', '_' and '.', e.g. tune-breast-cancer."
+        )
     if t.storage and t.storage.partition(":")[0].split("+")[0] not in ("postgresql", "mysql", "sqlite"):
-        problems.append("tune.storage: not a database URL Optuna can share a study through; use "
-                        "postgresql://<user>@<host>/<db> (the password in PGPASSWORD or ~/.pgpass, not here), or null "
-                        "for a journal file at the repository root.")
+        problems.append(
+            "tune.storage: not a database URL Optuna can share a study through; use "
+            "postgresql://<user>@<host>/<db> (the password in PGPASSWORD or ~/.pgpass, not here), or null "
+            "for a journal file at the repository root."
+        )
     return problems
 
 
@@ -632,16 +665,19 @@ def _check_tune_space(space: dict[str, Any], rest: dict[str, Any]) -> list[str]:
     for key, spec in space.items():
         where = f"tune.space.{key}"
         if key.split(".")[0] not in TUNABLE_SECTIONS:
-            problems.append(f"{where}: only keys under {' and '.join(TUNABLE_SECTIONS)} can be searched (trials "
-                            "share one prepared data set and one trainer set-up).")
+            problems.append(
+                f"{where}: only keys under {' and '.join(TUNABLE_SECTIONS)} can be searched (trials "
+                "share one prepared data set and one trainer set-up)."
+            )
             continue
         if key == "train.monitor":
             problems.append(f"{where}: trials monitor tune.metric; set that instead.")
             continue
-        if not isinstance(spec, dict) or not (set(spec) == {"choices"} or
-                                              {"low", "high"} <= set(spec) <= RANGE_KEYS):
-            problems.append(f"{where}: expected {{low: .., high: ..}} (optionally log: true, step: ..) or "
-                            f"{{choices: [..]}}, got {spec!r}.")
+        if not isinstance(spec, dict) or not (set(spec) == {"choices"} or {"low", "high"} <= set(spec) <= RANGE_KEYS):
+            problems.append(
+                f"{where}: expected {{low: .., high: ..}} (optionally log: true, step: ..) or "
+                f"{{choices: [..]}}, got {spec!r}."
+            )
             continue
         if "choices" in spec:
             values = spec["choices"]
@@ -716,27 +752,32 @@ def _check_devices(t: TrainerParams) -> list[str]:
     if isinstance(devices, bool) or not (
         isinstance(devices, int) or (isinstance(devices, list) and all(isinstance(d, int) for d in devices))
     ):
-        return [f"trainer.devices: {devices!r} is not valid; use a positive number of devices, a list of device "
-                "indices such as [0, 1], or 'auto'."]
+        return [
+            f"trainer.devices: {devices!r} is not valid; use a positive number of devices, a list of device "
+            "indices such as [0, 1], or 'auto'."
+        ]
     count = devices if isinstance(devices, int) else len(devices)
     if count < 1:
         return [f"trainer.devices: {devices!r} asks for no device at all; use 1 or more (or 'auto')."]
     if count > 1 and t.strategy == "auto" and t.accelerator == "cpu":
-        return ["trainer.devices > 1 on the CPU needs trainer.strategy 'ddp' (Lightning would pick ddp_spawn, "
-                "which re-pickles the whole stage per process)."]
+        return [
+            "trainer.devices > 1 on the CPU needs trainer.strategy 'ddp' (Lightning would pick ddp_spawn, "
+            "which re-pickles the whole stage per process)."
+        ]
     return []
 
 
 def _check_num_threads(num_threads: Any) -> list[str]:
-    if num_threads == "auto" or (isinstance(num_threads, int) and not isinstance(num_threads, bool)
-                                 and num_threads >= 1):
+    if num_threads == "auto" or (
+        isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1
+    ):
         return []
-    return [f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
-            "that run at once) or a number of threads of at least 1."]
+    return [
+        f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
+        "that run at once) or a number of threads of at least 1."
+    ]
 
 
 def _format(source: str, problems: list[str]) -> str:
     head = f"{source} is invalid ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
     return "\n".join([head, *(f"  - {p}" for p in problems)])
-
-

@@ -18,8 +18,11 @@ LIBRARY_WARNINGS = (
     (r".*Checkpoint directory .* exists and is not empty.*", UserWarning, ""),  # ours: resumable by design
 )
 # Loggers whose INFO lines are banners: GPU/TPU availability, "Seed set", the litlogger and litmodels tips.
-QUIET_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-                 "lightning_fabric.utilities.rank_zero")
+QUIET_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+)
 # Log lines, by logger and start of message, that only restate a choice the project made.
 DROPPED_LOG_LINES = {
     # The pyfunc wrapper is pickled by design: it only ever loads our own model file, written by train.

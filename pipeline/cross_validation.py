@@ -24,8 +24,9 @@ from pipeline.tracking import PARENT_RUN_TAG
 from pipeline.training import new_callbacks, new_logger, new_module, new_trainer
 
 
-def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], parent: Any,
-                   checkpoint_dir: Path) -> dict[str, dict[str, float]]:
+def cross_validate(
+    params: Params, prepared_dir: Path, meta: dict[str, Any], parent: Any, checkpoint_dir: Path
+) -> dict[str, dict[str, float]]:
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     x, y = torch.cat([train.x, val.x]), torch.cat([train.y, val.y])
     folds = StratifiedKFold(params.train.cv_folds, shuffle=True, random_state=params.train.seed)
@@ -33,23 +34,33 @@ def cross_validate(params: Params, prepared_dir: Path, meta: dict[str, Any], par
     scores = []
     for fold, (fit_idx, val_idx) in enumerate(folds.split(np.zeros(len(y)), y.numpy())):
         pl.seed_everything(params.train.seed, workers=True, verbose=False)
-        logger = new_logger(params, meta, parent_run.data.tags["data.digest"],
-                            run_name=f"{parent_run.info.run_name} fold{fold}",
-                            extra_tags={PARENT_RUN_TAG: parent.run_id, "cv.fold": str(fold)})
+        logger = new_logger(
+            params,
+            meta,
+            parent_run.data.tags["data.digest"],
+            run_name=f"{parent_run.info.run_name} fold{fold}",
+            extra_tags={PARENT_RUN_TAG: parent.run_id, "cv.fold": str(fold)},
+        )
         _checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
         trainer = new_trainer(params, [logger], callbacks, checkpoint_dir / f"fold{fold}")
-        data = PreparedDataModule.of_splits(InMemoryDataset(x[fit_idx], y[fit_idx]),
-                                            InMemoryDataset(x[val_idx], y[val_idx]), resolved(params.train.batch_size))
+        data = PreparedDataModule.of_splits(
+            InMemoryDataset(x[fit_idx], y[fit_idx]),
+            InMemoryDataset(x[val_idx], y[val_idx]),
+            resolved(params.train.batch_size),
+        )
         module = new_module(params, meta, y[fit_idx])
         trainer.fit(module, datamodule=data)
         validated = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]
         scores.append({k: v for k, v in validated.items() if k.startswith("val/")})  # not the logged `step`
 
-    summary = {name: {"mean": float(np.mean([s[name] for s in scores])), "std": float(np.std([s[name] for s in
-                                                                                               scores]))}
-               for name in scores[0]}
-    parent.experiment.log_batch(parent.run_id, metrics=[
-        Metric(name, value, timestamp=0, step=0) for name, value in flat_summary(summary).items()])
+    summary = {
+        name: {"mean": float(np.mean([s[name] for s in scores])), "std": float(np.std([s[name] for s in scores]))}
+        for name in scores[0]
+    }
+    parent.experiment.log_batch(
+        parent.run_id,
+        metrics=[Metric(name, value, timestamp=0, step=0) for name, value in flat_summary(summary).items()],
+    )
     for name, stats in summary.items():
         print(f"cross-validation: {name} {stats['mean']:.4f} ± {stats['std']:.4f} over {len(scores)} folds")
     return summary

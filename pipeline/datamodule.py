@@ -48,8 +48,7 @@ def load_split(prepared_dir: str | Path, split: str) -> InMemoryDataset:
 
 def batches(dataset: InMemoryDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
     # torch types collate_fn's input as a list of samples; with `__getitems__` it gets what that returns
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=already_batched)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=already_batched)  # type: ignore[arg-type]
 
 
 class PreparedDataModule(pl.LightningDataModule):

@@ -54,9 +54,19 @@ BY_KIND: dict[str, dict[str, Any]] = {
 }
 
 # The keys `auto` may resolve: null or left out of params.yaml (model.name: auto) means "chosen per data kind".
-AUTO_KEYS = ("model.name", "model.mlp.hidden_dims", "model.mlp.dropout", "model.cnn.channels",
-             "model.cnn.embedding_dim", "train.batch_size", "train.lr", "train.weight_decay", "train.max_epochs",
-             "train.monitor", "train.class_weights")
+AUTO_KEYS = (
+    "model.name",
+    "model.mlp.hidden_dims",
+    "model.mlp.dropout",
+    "model.cnn.channels",
+    "model.cnn.embedding_dim",
+    "train.batch_size",
+    "train.lr",
+    "train.weight_decay",
+    "train.max_epochs",
+    "train.monitor",
+    "train.class_weights",
+)
 
 
 def mark_unset(data: dict[str, Any]) -> dict[str, Any]:

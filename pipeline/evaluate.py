@@ -54,9 +54,17 @@ def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: 
     return y, probs.argmax(dim=1).numpy(), probs.numpy()
 
 
-def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, uri: str,
-             run_params: dict | None = None, register_as: str | None = None, with_baseline: bool = True,
-             system_metrics: bool = False) -> dict:
+def evaluate(
+    prepared_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+    batch_size: int,
+    uri: str,
+    run_params: dict | None = None,
+    register_as: str | None = None,
+    with_baseline: bool = True,
+    system_metrics: bool = False,
+) -> dict:
     """Evaluate, write the outputs and log them with `run_params` (those the run does not have yet); log the
     pyfunc model and, with `register_as`, register it as a new version with its test metrics as tags. Returns the
     headline metrics."""
@@ -79,14 +87,21 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             tmp.mkdir()
             write_json(tmp / METRICS_FILE, evaluation.headline)
             write_json(tmp / PER_CLASS_FILE, evaluation.per_class)
-            write_json(tmp / CONFUSION_PLOT_FILE, [{"actual": class_names[a], "predicted": class_names[p]}
-                                                   for a, p in zip(y_true, y_pred, strict=True)])
+            write_json(
+                tmp / CONFUSION_PLOT_FILE,
+                [{"actual": class_names[a], "predicted": class_names[p]} for a, p in zip(y_true, y_pred, strict=True)],
+            )
             (tmp / REPORT_FILE).write_text(evaluation.report)
             fig = confusion_figure(evaluation, class_names)
             fig.savefig(tmp / CONFUSION_PNG, dpi=FIGURE_DPI, bbox_inches="tight")
             plt.close(fig)
-            compared = baseline.run(prepared_dir, tmp, run.data.params.get("model.name", "model"),
-                                    evaluation.headline["f1_macro"], enabled=with_baseline)
+            compared = baseline.run(
+                prepared_dir,
+                tmp,
+                run.data.params.get("model.name", "model"),
+                evaluation.headline["f1_macro"],
+                enabled=with_baseline,
+            )
         mlflow.log_params({k: v for k, v in (run_params or {}).items() if k not in run.data.params})
         test_metrics = evaluation.flat_metrics()
         mlflow.log_metrics(test_metrics)
@@ -95,8 +110,10 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             mlflow.log_dict(meta["feature_summary"], "data/feature_summary.json")
         # The UI's compare view offers only files at the artifact root: there it shows the runs' matrices side by side.
         mlflow.log_artifact(str(out_dir / CONFUSION_PNG))
-        mlflow.log_table({column: [row[column] for row in evaluation.per_class] for column in evaluation.per_class[0]},
-                         artifact_file=PER_CLASS_TABLE)
+        mlflow.log_table(
+            {column: [row[column] for row in evaluation.per_class] for column in evaluation.per_class[0]},
+            artifact_file=PER_CLASS_TABLE,
+        )
         from PIL import Image
 
         with Image.open(out_dir / CONFUSION_PNG) as image:  # our own file, just written
@@ -109,8 +126,7 @@ def evaluate(prepared_dir: Path, model_dir: Path, out_dir: Path, batch_size: int
             print(f"evaluate: registered as {register_as} version {version.version}")
         print("evaluate: test " + ", ".join(f"{name} {value:.4f}" for name, value in evaluation.headline.items()))
         print(f"evaluate: {compared}")
-        print(f"evaluate: logged to MLflow run {run.info.run_id}\n"
-              f"evaluate: {tracking.run_url(uri, run.info.run_id)}")
+        print(f"evaluate: logged to MLflow run {run.info.run_id}\nevaluate: {tracking.run_url(uri, run.info.run_id)}")
     return evaluation.headline
 
 
@@ -127,12 +143,20 @@ def main() -> None:
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "evaluate")
     read_run_file(args.model)  # before the store is opened: no trained model, nothing to log to
     configure_threads(params.trainer.num_threads)
-    with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "evaluate",
-                                      "Rerun `dvc repro` once it answers again."):
-        evaluate(args.prepared, args.model, args.out, params.evaluate.batch_size, uri,
-                 run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
-                 register_as=params.mlflow.register_model, with_baseline=params.evaluate.baseline,
-                 system_metrics=params.mlflow.system_metrics)
+    with tracking.outage_ends_clearly(
+        uri, params.mlflow.max_unreachable_s, "evaluate", "Rerun `dvc repro` once it answers again."
+    ):
+        evaluate(
+            args.prepared,
+            args.model,
+            args.out,
+            params.evaluate.batch_size,
+            uri,
+            run_params={k: v for k, v in to_flat_dict(params).items() if k.startswith("evaluate.")},
+            register_as=params.mlflow.register_model,
+            with_baseline=params.evaluate.baseline,
+            system_metrics=params.mlflow.system_metrics,
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def atomic_path(path: str | Path, replaceable: Iterable[str] = ()) -> Iterator[P
     foreign = _foreign_entries(path, set(replaceable))
     if foreign:
         shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise UnsafeOutput(f"{path}: is a folder holding files this command did not write ({shown}); it is left as "
-                           "it is. Name a new or empty folder, or a file path, as the output.")
+        raise UnsafeOutput(
+            f"{path}: is a folder holding files this command did not write ({shown}); it is left as "
+            "it is. Name a new or empty folder, or a file path, as the output."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)) / path.name
@@ -52,8 +54,9 @@ def atomic_path(path: str | Path, replaceable: Iterable[str] = ()) -> Iterator[P
                     shutil.copy2(path / name, tmp / name)
             appeared = _foreign_entries(path, set(replaceable) | {p.name for p in tmp.iterdir()})
             if appeared:  # something appeared in the folder while the command ran
-                raise UnsafeOutput(f"{path}: files appeared in it while this command ran ({', '.join(appeared)});"
-                                   " it is left as it is.")
+                raise UnsafeOutput(
+                    f"{path}: files appeared in it while this command ran ({', '.join(appeared)}); it is left as it is."
+                )
             shutil.rmtree(path)
         elif tmp.is_dir() and (path.exists() or path.is_symlink()):
             path.unlink()  # os.replace cannot put a folder where a file was
@@ -72,7 +75,7 @@ def _foreign_entries(path: Path, replaceable: set[str]) -> list[str]:
 def remove_stale_temporaries(path: Path) -> None:
     """Temporary siblings of `path` whose process is gone (a SIGKILL or power loss mid-write leaves them)."""
     for tmp in path.parent.glob(f".{path.name}{TMP_MARK}*"):
-        pid = tmp.name[len(f".{path.name}{TMP_MARK}"):].split("-", 1)[0]
+        pid = tmp.name[len(f".{path.name}{TMP_MARK}") :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 

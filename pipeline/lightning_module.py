@@ -23,8 +23,14 @@ class NonFiniteLoss(PipelineError):
 class Classifier(pl.LightningModule):
     class_weights: torch.Tensor | None  # a buffer
 
-    def __init__(self, net: nn.Module, num_classes: int, params: TrainParams,
-                 logged_params: dict[str, Any] | None = None, class_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        params: TrainParams,
+        logged_params: dict[str, Any] | None = None,
+        class_weights: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.net, self.params = net, params
         # Lightning hands hparams to the logger itself, once, on global rank zero after the distributed setup.
@@ -47,8 +53,11 @@ class Classifier(pl.LightningModule):
         # per sample, comparable between runs with and without class weights. Per-sample values rather than
         # `weight=len(y)`: with nan_strategy="disable" (no host sync per step) torchmetrics 1.9 ignores weights
         # (Lightning-AI/torchmetrics#3434) and would average the batches unweighted.
-        loss = per_sample.mean() if self.class_weights is None else \
-            functional.cross_entropy(logits, y, weight=self.class_weights)
+        loss = (
+            per_sample.mean()
+            if self.class_weights is None
+            else functional.cross_entropy(logits, y, weight=self.class_weights)
+        )
         getattr(self, f"{split}_loss").update(per_sample.detach())
         getattr(self, f"{split}_scores").update(logits.argmax(dim=1), y)
         return loss
@@ -61,8 +70,12 @@ class Classifier(pl.LightningModule):
         values = {f"{split}/loss": loss.compute(), **scores.compute()}
         self.log_dict({**values, **(extra or {}), "step": float(self.current_epoch)}, sync_dist=True)
         # The progress bar shows the epoch's values, not a running mean of the steps.
-        self.log_dict({k.replace("/", "_"): v for k, v in values.items() if not k.endswith("f1_macro")},
-                      prog_bar=True, logger=False, sync_dist=True)
+        self.log_dict(
+            {k.replace("/", "_"): v for k, v in values.items() if not k.endswith("f1_macro")},
+            prog_bar=True,
+            logger=False,
+            sync_dist=True,
+        )
         loss.reset()
         scores.reset()
 
@@ -73,7 +86,8 @@ class Classifier(pl.LightningModule):
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (batch "
                 f"{batch_idx}). Usual causes: a learning rate too high for this model (train.lr is "
                 f"{self.params.lr}; try 10x lower, or set train.gradient_clip_val), or NaN/Inf in the input data "
-                "(check the raw data and data.tabular.numeric_impute). The MLflow run is marked FAILED.")
+                "(check the raw data and data.tabular.numeric_impute). The MLflow run is marked FAILED."
+            )
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -109,23 +123,33 @@ class Classifier(pl.LightningModule):
         if p.scheduler == "step":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=resolved(p.step_size), gamma=p.gamma)
         elif p.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=resolved(p.max_epochs),
-                                                                   eta_min=p.min_lr)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=resolved(p.max_epochs), eta_min=p.min_lr
+            )
         else:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=monitor_mode(resolved(p.monitor)), factor=p.gamma, patience=p.plateau_patience,
-                min_lr=p.min_lr)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": p.monitor}}
+                optimizer,
+                mode=monitor_mode(resolved(p.monitor)),
+                factor=p.gamma,
+                patience=p.plateau_patience,
+                min_lr=p.min_lr,
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": p.monitor},
+        }
 
 
 def class_scores(num_classes: int, prefix: str) -> MetricCollection:
     """Accuracy and macro F1 (the names of the headline metrics); the collection's compute groups let both share one
     set of per-class counts."""
-    return MetricCollection({
-        "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-        "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-    }, prefix=prefix)
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+        },
+        prefix=prefix,
+    )
 
 
 def monitor_mode(metric: str) -> Literal["min", "max"]:

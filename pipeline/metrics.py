@@ -33,26 +33,35 @@ class Evaluation:
 def headline_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """HEADLINE_METRICS of predictions over classes 0..num_classes-1 (a class never seen scores 0, not NaN)."""
     labels = list(range(num_classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
-                                                               zero_division=0)
-    _, _, f1_weighted, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted",
-                                                           zero_division=0)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "f1_macro": float(f1),
-            "precision_macro": float(precision), "recall_macro": float(recall), "f1_weighted": float(f1_weighted)}
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    _, _, f1_weighted, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="weighted", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1_macro": float(f1),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_weighted": float(f1_weighted),
+    }
 
 
 def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> Evaluation:
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                                     zero_division=0)
-    per_class = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
-                 for name, p, r, f, n in zip(class_names, precision, recall, f1, support, strict=True)]
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(class_names, precision, recall, f1, support, strict=True)
+    ]
     return Evaluation(
         headline=headline_metrics(y_true, y_pred, len(class_names)),
         per_class=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=labels),
-        report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=4,
-                                     zero_division=0),
+        report=classification_report(
+            y_true, y_pred, labels=labels, target_names=class_names, digits=4, zero_division=0
+        ),
     )
 
 
@@ -78,8 +87,10 @@ def confusion_figure(evaluation: Evaluation, class_names: list[str]):
     annotated = n <= MAX_ANNOTATED_CLASSES
     size = max(4.0, 0.35 * n + 1.5) if annotated else HEATMAP_PANEL_INCHES
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, matrix, title, fmt in ((axes[0], evaluation.confusion, "Counts", "d"),
-                                   (axes[1], evaluation.confusion_normalised, "Normalised by actual class", ".2f")):
+    for ax, matrix, title, fmt in (
+        (axes[0], evaluation.confusion, "Counts", "d"),
+        (axes[1], evaluation.confusion_normalised, "Normalised by actual class", ".2f"),
+    ):
         if annotated:
             from sklearn.metrics import ConfusionMatrixDisplay
 

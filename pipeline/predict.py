@@ -26,8 +26,9 @@ DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
 PREDICT_BATCH_ROWS = 8192  # inputs read, preprocessed and written at a time: a few MB whatever the input's length
 
 
-def predict_batches(input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024,
-                    rows: int = PREDICT_BATCH_ROWS) -> Iterator:
+def predict_batches(
+    input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024, rows: int = PREDICT_BATCH_ROWS
+) -> Iterator:
     """DataFrames of at most `rows` predictions (id, predicted, prob_<class>...), in input order."""
     from pipeline.data import DataError, kind_module
 
@@ -38,13 +39,20 @@ def predict_batches(input_path: Path, prepared_dir: Path, model_dir: Path, batch
         yield predictor.predict(inputs, ids, batch_size, source=str(input_path))
         predicted += len(ids)
     if not predicted:
-        raise DataError(f"{input_path}: nothing to predict in it (no rows, messages or images). Give it the inputs "
-                        "to predict, in the training data's form.")
+        raise DataError(
+            f"{input_path}: nothing to predict in it (no rows, messages or images). Give it the inputs "
+            "to predict, in the training data's form."
+        )
     if predictor.unseen:  # predicted all the same (as a missing value), but the user should know
-        counts = ", ".join(f"{column}: {sum(values.values())} ({', '.join(repr(v) for v, _ in values.most_common(3))}"
-                           f"{', ...' if len(values) > 3 else ''})" for column, values in predictor.unseen.items())
-        print(f"predict: warning: {input_path}: categories never seen in training, predicted as if missing: {counts}.",
-              file=sys.stderr)
+        counts = ", ".join(
+            f"{column}: {sum(values.values())} ({', '.join(repr(v) for v, _ in values.most_common(3))}"
+            f"{', ...' if len(values) > 3 else ''})"
+            for column, values in predictor.unseen.items()
+        )
+        print(
+            f"predict: warning: {input_path}: categories never seen in training, predicted as if missing: {counts}.",
+            file=sys.stderr,
+        )
 
 
 def predict(input_path: Path, prepared_dir: Path, model_dir: Path, batch_size: int = 1024):

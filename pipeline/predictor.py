@@ -35,8 +35,9 @@ class Predictor:
             self.unseen.setdefault(column, Counter()).update(values)
         x = self.preprocessor.transform(inputs)
         if list(x.shape[1:]) != list(self.meta["input_shape"]):
-            raise DataError(f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes "
-                            f"{self.meta['input_shape']}.")
+            raise DataError(
+                f"{source}: preprocessed to shape {list(x.shape[1:])}, but the model takes {self.meta['input_shape']}."
+            )
         probs = predict_proba(self.net, torch.from_numpy(model_input(x)), batch_size).numpy()
         table = pd.DataFrame({"id": ids, "predicted": [self.class_names[i] for i in probs.argmax(axis=1)]})
         for i, name in enumerate(self.class_names):

@@ -40,9 +40,11 @@ def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str
     names, index_of_distinct = np.unique(np.asarray(distinct).astype(str), return_inverse=True)
     y = index_of_distinct[codes]
     if len(names) < 2:
-        raise DataError(f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes. "
-                        "Check that the label column is the right one (data.tabular.target, data.text.label_column) "
-                        "or add examples of the other classes.")
+        raise DataError(
+            f"{source}: every row has the label '{names[0]}'; a classifier needs at least two classes. "
+            "Check that the label column is the right one (data.tabular.target, data.text.label_column) "
+            "or add examples of the other classes."
+        )
     return y.astype(np.int64), names.tolist()
 
 
@@ -54,19 +56,22 @@ def split_indices(y: np.ndarray, params: DataParams, class_names: list[str], sou
     counts = np.bincount(y, minlength=len(class_names))
     small = {class_names[i]: int(n) for i, n in enumerate(counts) if n < MIN_PER_CLASS}
     if small:
-        raise DataError(f"{source}: class(es) with fewer than {MIN_PER_CLASS} examples cannot be split into "
-                        f"train/val/test: {small}. Add examples or remove those rows.")
+        raise DataError(
+            f"{source}: class(es) with fewer than {MIN_PER_CLASS} examples cannot be split into "
+            f"train/val/test: {small}. Add examples or remove those rows."
+        )
     everything = np.arange(len(y))
     try:
-        rest, test = train_test_split(everything, test_size=params.test_fraction, stratify=y,
-                                      random_state=params.seed)
+        rest, test = train_test_split(everything, test_size=params.test_fraction, stratify=y, random_state=params.seed)
         # val_fraction is of the whole data set; rescale it to what is left after the test split.
         val_of_rest = params.val_fraction / (1 - params.test_fraction)
         train, val = train_test_split(rest, test_size=val_of_rest, stratify=y[rest], random_state=params.seed)
     except ValueError as exc:  # e.g. a test split smaller than the number of classes
-        raise DataError(f"{source}: {len(y)} rows in {len(class_names)} classes cannot be split with "
-                        f"data.val_fraction {params.val_fraction} and data.test_fraction {params.test_fraction} "
-                        f"({exc}). Use larger fractions or more data.") from None
+        raise DataError(
+            f"{source}: {len(y)} rows in {len(class_names)} classes cannot be split with "
+            f"data.val_fraction {params.val_fraction} and data.test_fraction {params.test_fraction} "
+            f"({exc}). Use larger fractions or more data."
+        ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
@@ -97,8 +102,9 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     with atomic_path(out_dir, PREPARED_FILES) as tmp:
         tmp.mkdir()
         for name in SPLITS:
-            write_split(tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name],
-                        digest)
+            write_split(
+                tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name], digest
+            )
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
         meta = {
@@ -122,17 +128,24 @@ def main() -> None:
     params = load_params().data
     source = Path(params.dataset)
     if source.exists() and not source.resolve().is_relative_to(RAW_DIR.resolve()):
-        print(f"prepare: warning: {source} is outside {RAW_DIR}/, so DVC will not notice when it changes; put it "
-              f"there (`dvc add {RAW_DIR}/{source.name}` for a large file).", file=sys.stderr)
+        print(
+            f"prepare: warning: {source} is outside {RAW_DIR}/, so DVC will not notice when it changes; put it "
+            f"there (`dvc add {RAW_DIR}/{source.name}` for a large file).",
+            file=sys.stderr,
+        )
     try:
         meta = prepare(params, args.out)
     except UnicodeDecodeError as exc:  # a reader that let undecodable bytes through (pyarrow keeps them as bytes)
         from pipeline.data import DataError
 
-        raise DataError(f"{params.dataset}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} in a "
-                        "value). Re-save the file as UTF-8.") from None
-    print(f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
-          f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}")
+        raise DataError(
+            f"{params.dataset}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} in a "
+            "value). Re-save the file as UTF-8."
+        ) from None
+    print(
+        f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
+        f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}"
+    )
     if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
         from pipeline.data.tabular import dropped_warning, summary_lines
 

@@ -32,6 +32,7 @@ class PipelineModel(PythonModel):
     # No type hints on these two: MLflow would read them as an input schema of its own. MLflow's check for them
     # would only warn, once per process, that they are missing: the signature is given when the model is logged.
     _skip_type_hint_validation = True
+
     def load_context(self, context):
         from pipeline.predictor import Predictor
 
@@ -73,8 +74,9 @@ def log_pyfunc_model(prepared_dir: Path, model_dir: Path, name: str = "model") -
 
     meta = read_meta(prepared_dir)
     example = input_example(prepared_dir, meta)
-    output = Predictor(prepared_dir, model_dir, meta).predict(raw_inputs(example, meta), [str(i) for i in
-                                                                                          range(len(example))])
+    output = Predictor(prepared_dir, model_dir, meta).predict(
+        raw_inputs(example, meta), [str(i) for i in range(len(example))]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         preprocessing = Path(tmp) / "preprocessing"
         preprocessing.mkdir()

@@ -71,8 +71,11 @@ def running_experiments(root: Path | None = None) -> int:
         return 1
     root = Path(root or os.environ.get("DVC_ROOT") or os.getcwd())
     exps_dir = os.path.realpath(root / EXPERIMENTS_DIR) + os.sep
-    runners = {pid for pid in (p.name for p in PROC.iterdir() if p.name.isdigit())
-               if _runs_experiment_of(_cmdline(pid), exps_dir)}
+    runners = {
+        pid
+        for pid in (p.name for p in PROC.iterdir() if p.name.isdigit())
+        if _runs_experiment_of(_cmdline(pid), exps_dir)
+    }
     pid: str | None = str(os.getpid())
     while pid and pid not in ("0", "1"):
         if pid in runners:

@@ -44,8 +44,12 @@ CONFIG_HASH_TAG = "config.hash"  # of the whole resolved params.yaml: equal conf
 # MLflow 3 opens an experiment on its GenAI overview unless it is tagged as model training: then on the runs table.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 RUN_NAME_MAX_CHARS = 100
-SHORT_PARAM_NAMES = {"batch_size": "bs", "max_epochs": "epochs", "weight_decay": "wd",
-                     "early_stopping_patience": "patience"}
+SHORT_PARAM_NAMES = {
+    "batch_size": "bs",
+    "max_epochs": "epochs",
+    "weight_decay": "wd",
+    "early_stopping_patience": "patience",
+}
 NOT_IN_RUN_NAMES = ("trainer.progress_bar", "trainer.log_every_n_steps")  # display only: same run either way
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # `make ui` serves the local store there
 UI_WORKFLOW = "workflowType=machine_learning"
@@ -74,7 +78,7 @@ def ensure_store(uri: str, experiment_name: str) -> None:
     processes creating the same experiment, both fail when parallel queue workers (`dvc queue start -j 2`) race.
     """
     check_reachable(uri)
-    lock = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
+    lock = Path(uri[len("sqlite:///") :] + ".lock") if uri.startswith("sqlite:///") else None
     from filelock import FileLock
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -84,20 +88,25 @@ def ensure_store(uri: str, experiment_name: str) -> None:
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:
-                client.create_experiment(experiment_name, artifact_location=artifact_location(uri),
-                                         tags=EXPERIMENT_KIND_TAGS)
+                client.create_experiment(
+                    experiment_name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND_TAGS
+                )
             elif experiment.lifecycle_stage == "active" and not EXPERIMENT_KIND_TAGS.items() <= experiment.tags.items():
                 for key, value in EXPERIMENT_KIND_TAGS.items():  # created before the tag was set
                     client.set_experiment_tag(experiment.experiment_id, key, value)
         except MlflowException as exc:
             reason = exc.message.strip().splitlines()[0]
-            raise PipelineError(f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix "
-                                "mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for "
-                                f"the local store {STORE_FILE} at the repository root.") from None
+            raise PipelineError(
+                f"MLflow tracking store {masked_uri(uri)} cannot be used ({reason}). Fix "
+                "mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI, or leave both unset for "
+                f"the local store {STORE_FILE} at the repository root."
+            ) from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
-        raise PipelineError(f"MLflow experiment '{experiment_name}' is deleted in {masked_uri(uri)}. Restore it "
-                            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set another "
-                            "mlflow.experiment_name in params.yaml.")
+        raise PipelineError(
+            f"MLflow experiment '{experiment_name}' is deleted in {masked_uri(uri)}. Restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set another "
+            "mlflow.experiment_name in params.yaml."
+        )
 
 
 def check_reachable(uri: str) -> None:
@@ -144,13 +153,22 @@ def configure_client(uri: str, max_unreachable_s: int, stage: str) -> float:
     backoff, retries, total = max(schedules, key=lambda s: (s[2] >= 0.75 * max_unreachable_s, s[1], s[2]))
     if masked_uri(uri) != uri:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
-                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff),
-                       "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(RETRY_JITTER_S)})
+    os.environ.update(
+        {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(RETRY_JITTER_S),
+        }
+    )
     retry_log = logging.getLogger("urllib3.connectionpool")  # where urllib3 says it retries
-    retry_log.addHandler(_OutageReport(f"{stage}: MLflow tracking server {masked_uri(uri)} does not answer; "
-                                       f"retrying for up to {total:.0f} s (mlflow.max_unreachable_s = "
-                                       f"{max_unreachable_s}) before giving up.", every_s=max(total, 1.0)))
+    retry_log.addHandler(
+        _OutageReport(
+            f"{stage}: MLflow tracking server {masked_uri(uri)} does not answer; "
+            f"retrying for up to {total:.0f} s (mlflow.max_unreachable_s = "
+            f"{max_unreachable_s}) before giving up.",
+            every_s=max(total, 1.0),
+        )
+    )
     retry_log.propagate = False  # urllib3's own lines, one per retry, say less
     return total
 
@@ -180,9 +198,14 @@ def is_unreachable(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (requests.exceptions.ConnectionError, urllib3.exceptions.MaxRetryError,
-                                urllib3.exceptions.NewConnectionError)) \
-                or "Max retries exceeded" in str(current):  # MlflowException wraps the requests error as text
+        if isinstance(
+            current,
+            (
+                requests.exceptions.ConnectionError,
+                urllib3.exceptions.MaxRetryError,
+                urllib3.exceptions.NewConnectionError,
+            ),
+        ) or "Max retries exceeded" in str(current):  # MlflowException wraps the requests error as text
             return True
         todo += [current.__cause__, current.__context__]
     return False
@@ -196,8 +219,10 @@ def outage_ends_clearly(uri: str, max_unreachable_s: int, activity: str, then: s
     except Exception as exc:
         if not is_unreachable(exc):
             raise
-        raise PipelineError(f"MLflow tracking server {masked_uri(uri)} stopped answering during {activity} and did "
-                            f"not come back within mlflow.max_unreachable_s ({max_unreachable_s} s). {then}") from None
+        raise PipelineError(
+            f"MLflow tracking server {masked_uri(uri)} stopped answering during {activity} and did "
+            f"not come back within mlflow.max_unreachable_s ({max_unreachable_s} s). {then}"
+        ) from None
 
 
 def stop_retrying() -> None:
@@ -223,17 +248,21 @@ def check_local_store(uri: str) -> None:
     traceback, and silently makes a new store in an empty file, which hides that the runs are gone."""
     if not uri.startswith("sqlite:///"):
         return
-    path = Path(uri[len("sqlite:///"):])
+    path = Path(uri[len("sqlite:///") :])
     if not path.is_file():
         return
-    fix = ("Restore it from a backup, or move it aside to start a new store; mlflow.tracking_uri in params.yaml / "
-           "$MLFLOW_TRACKING_URI can also name another store.")
+    fix = (
+        "Restore it from a backup, or move it aside to start a new store; mlflow.tracking_uri in params.yaml / "
+        "$MLFLOW_TRACKING_URI can also name another store."
+    )
     if path.stat().st_size == 0:
         raise PipelineError(f"MLflow tracking store {path} is an empty file (0 bytes), not a database. {fix}")
     with open(path, "rb") as f:
         if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise PipelineError(f"MLflow tracking store {path} is not an SQLite database (it does not start with "
-                                f"SQLite's header). {fix}")
+            raise PipelineError(
+                f"MLflow tracking store {path} is not an SQLite database (it does not start with "
+                f"SQLite's header). {fix}"
+            )
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -255,10 +284,13 @@ def run_name(params: Params, kind: str) -> str:
     so every run would get the same one."""
     if params.mlflow.run_name:
         return params.mlflow.run_name
-    parts = [os.environ.get("DVC_EXP_NAME", ""), params.model.name,
-             *(f"{name}={value}" for name, value in overridden_params(params, kind).items())]
+    parts = [
+        os.environ.get("DVC_EXP_NAME", ""),
+        params.model.name,
+        *(f"{name}={value}" for name, value in overridden_params(params, kind).items()),
+    ]
     name = " ".join(p for p in parts if p)
-    return name if len(name) <= RUN_NAME_MAX_CHARS else name[:RUN_NAME_MAX_CHARS - 1] + "…"
+    return name if len(name) <= RUN_NAME_MAX_CHARS else name[: RUN_NAME_MAX_CHARS - 1] + "…"
 
 
 def overridden_params(params: Params, kind: str) -> dict[str, str]:
@@ -268,9 +300,11 @@ def overridden_params(params: Params, kind: str) -> dict[str, str]:
     committed = committed_params()
     used, reference = used_params(params, kind), to_flat_dict(committed)
     both_auto = set(params.auto_keys) & set(committed.auto_keys)
-    changed = {key: value for key, value in used.items()
-               if key != "model.name" and key not in NOT_IN_RUN_NAMES and key not in both_auto
-               and reference.get(key) != value}
+    changed = {
+        key: value
+        for key, value in used.items()
+        if key != "model.name" and key not in NOT_IN_RUN_NAMES and key not in both_auto and reference.get(key) != value
+    }
     short = {key: SHORT_PARAM_NAMES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1]) for key in changed}
     clashes = {name for name in short.values() if list(short.values()).count(name) > 1}
     return {key if short[key] in clashes else short[key]: _short_value(value) for key, value in changed.items()}
@@ -302,8 +336,11 @@ def run_tags(dataset: str, data_digest: str, model_name: str) -> dict[str, str]:
     if commit:
         tags["git.commit"] = commit
         tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-                     ("DVC_STAGE", "dvc.stage")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+        ("DVC_STAGE", "dvc.stage"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
@@ -335,9 +372,13 @@ def prepared_data_input(prepared_dir: Path, meta: dict[str, Any], digest: str) -
     """The prepared data as an MLflow dataset input (shown on the run's page and searchable)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    dataset = Dataset(name=meta["dataset"], digest=digest, source_type="local",
-                      source=json.dumps({"uri": str(Path(prepared_dir).resolve())}),
-                      profile=json.dumps({"splits": meta["split_sizes"], "kind": meta["kind"]}))
+    dataset = Dataset(
+        name=meta["dataset"],
+        digest=digest,
+        source_type="local",
+        source=json.dumps({"uri": str(Path(prepared_dir).resolve())}),
+        profile=json.dumps({"splits": meta["split_sizes"], "kind": meta["kind"]}),
+    )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
@@ -401,9 +442,11 @@ def continue_run(uri: str, run_id: str, system_metrics: bool = False) -> Iterato
     try:
         existing = mlflow.get_run(run_id)
     except MlflowException:
-        raise PipelineError(f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store "
-                            f"{masked_uri(uri)}. Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train "
-                            "used, or rerun train (dvc repro --force-downstream).") from None
+        raise PipelineError(
+            f"MLflow run {run_id} (named in {RUN_FILE}) is not in the tracking store "
+            f"{masked_uri(uri)}. Point mlflow.tracking_uri / $MLFLOW_TRACKING_URI at the store train "
+            "used, or rerun train (dvc repro --force-downstream)."
+        ) from None
     mlflow.set_experiment(experiment_id=existing.info.experiment_id)  # whatever was active before
     # The handler and the try come first: a signal that lands while the run is being re-opened ends it too.
     in_main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
@@ -462,11 +505,16 @@ def take_over_run(client: Any, interrupted_id: str, run_id: str, up_to_step: int
     interrupted = end_if_running(client, interrupted_id)
     if interrupted is None:
         return
-    history = [m for key in interrupted.data.metrics for m in client.get_metric_history(interrupted_id, key)
-               if m.step < up_to_step]  # the step a resumed run starts at, it logs itself
+    history = [
+        m
+        for key in interrupted.data.metrics
+        for m in client.get_metric_history(interrupted_id, key)
+        if m.step < up_to_step
+    ]  # the step a resumed run starts at, it logs itself
     for start in range(0, len(history), METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])
-    folds = client.search_runs([interrupted.info.experiment_id],
-                               filter_string=f"tags.`{PARENT_RUN_TAG}` = '{interrupted_id}'")
+        client.log_batch(run_id, metrics=history[start : start + METRICS_PER_BATCH])
+    folds = client.search_runs(
+        [interrupted.info.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{interrupted_id}'"
+    )
     for fold in folds:
         client.set_tag(fold.info.run_id, PARENT_RUN_TAG, run_id)

@@ -44,6 +44,7 @@ STOPPED_BECAUSE_TAG = "stopped_because"  # why training ended; metrics best_epoc
 @dataclass
 class TrainingRun:
     """The MLflow run of one training attempt, and what the attempt resumes from (None: a fresh start)."""
+
     logger: MLFlowLogger  # owns the run
     run_id: str  # "" on processes other than global rank zero: only that one talks to MLflow
     uri: str
@@ -53,9 +54,15 @@ class TrainingRun:
     system_metrics: Any  # a monitor sampling into the run, or None
 
 
-def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Path,
-        extra_callbacks: list | None = None, history_file: Path | None = None,
-        cv_metrics_file: Path | None = None) -> str | None:
+def fit(
+    params: Params,
+    prepared_dir: Path,
+    model_dir: Path,
+    checkpoint_dir: Path,
+    extra_callbacks: list | None = None,
+    history_file: Path | None = None,
+    cv_metrics_file: Path | None = None,
+) -> str | None:
     """Train, save the best model and return the MLflow run id (None on ranks other than zero).
 
     `extra_callbacks` are Lightning callbacks added to the stage's own (benchmarks use one to time epochs).
@@ -74,8 +81,20 @@ def fit(params: Params, prepared_dir: Path, model_dir: Path, checkpoint_dir: Pat
         trainer, module, checkpoint = train(params, prepared_dir, meta, run, checkpoint_dir, extra_callbacks)
         if not trainer.is_global_zero:
             return None
-        publish(params, prepared_dir, meta, run, model_dir, checkpoint_dir, trainer, module, checkpoint,
-                history_file, cv_metrics_file, cv_summary)
+        publish(
+            params,
+            prepared_dir,
+            meta,
+            run,
+            model_dir,
+            checkpoint_dir,
+            trainer,
+            module,
+            checkpoint,
+            history_file,
+            cv_metrics_file,
+            cv_summary,
+        )
     return run.run_id
 
 
@@ -89,8 +108,12 @@ def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoi
     digest = tracking.data_digest(prepared_dir, meta)
     attempt = checkpoints.fingerprint(params, meta["digest"])
     resume = checkpoints.resume_or_start_over(checkpoint_dir, attempt, uri)
-    logger = new_logger(params, meta, digest, extra_tags={
-        RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None)
+    logger = new_logger(
+        params,
+        meta,
+        digest,
+        extra_tags={RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None,
+    )
     system_metrics = None
     run_id = (logger.run_id or "") if checkpoints.launched_as_global_zero() else ""  # creates the run
     if run_id:
@@ -102,8 +125,9 @@ def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoi
     return TrainingRun(logger, run_id, uri, digest, attempt, resume, system_metrics)
 
 
-def cross_validation(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun,
-                     checkpoint_dir: Path) -> dict[str, dict[str, float]] | None:
+def cross_validation(
+    params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun, checkpoint_dir: Path
+) -> dict[str, dict[str, float]] | None:
     """With `train.cv_folds` > 1, the folds first, each a nested run under this one; a resumed attempt finished
     them before its final fit began, and reads their summary back."""
     from pipeline.cross_validation import cross_validate
@@ -118,8 +142,14 @@ def cross_validation(params: Params, prepared_dir: Path, meta: dict[str, Any], r
     return summary
 
 
-def train(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun, checkpoint_dir: Path,
-          extra_callbacks: list | None) -> tuple[Any, Any, Any]:
+def train(
+    params: Params,
+    prepared_dir: Path,
+    meta: dict[str, Any],
+    run: TrainingRun,
+    checkpoint_dir: Path,
+    extra_callbacks: list | None,
+) -> tuple[Any, Any, Any]:
     """The model as configured, on the train split: the trainer, the module and its best-checkpoint callback."""
     import pytorch_lightning as pl
 
@@ -130,14 +160,28 @@ def train(params: Params, prepared_dir: Path, meta: dict[str, Any], run: Trainin
     module = new_module(params, meta, load_split(prepared_dir, "train").y)
     checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
     trainer = new_trainer(params, [run.logger], callbacks + (extra_callbacks or []), checkpoint_dir)
-    trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size)),
-                ckpt_path=run.resume.checkpoint if run.resume else None)
+    trainer.fit(
+        module,
+        datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size)),
+        ckpt_path=run.resume.checkpoint if run.resume else None,
+    )
     return trainer, module, checkpoint
 
 
-def publish(params: Params, prepared_dir: Path, meta: dict[str, Any], run: TrainingRun, model_dir: Path,
-            checkpoint_dir: Path, trainer: Any, module: Any, checkpoint: Any, history_file: Path | None,
-            cv_metrics_file: Path | None, cv_summary: dict[str, dict[str, float]] | None) -> None:
+def publish(
+    params: Params,
+    prepared_dir: Path,
+    meta: dict[str, Any],
+    run: TrainingRun,
+    model_dir: Path,
+    checkpoint_dir: Path,
+    trainer: Any,
+    module: Any,
+    checkpoint: Any,
+    history_file: Path | None,
+    cv_metrics_file: Path | None,
+    cv_summary: dict[str, dict[str, float]] | None,
+) -> None:
     """The best epoch's weights as model.pt, the run file, the history and the cross-validation metrics, logged to
     the run; the attempt recorded as finished, so the next `dvc repro` starts over."""
     from pipeline import checkpoints
@@ -166,9 +210,11 @@ def apply_defaults(params: Params, kind: str) -> None:
     ones are resolved already, by params.yaml's data section, which must then describe the same kind)."""
     resolve_auto(params, kind)
     if params.auto_keys and params.defaults_kind != kind:
-        raise ParamsError(f"the prepared data is {kind} data, but params.yaml's data section describes "
-                          f"{params.defaults_kind} data, whose defaults the auto keys took; rerun prepare "
-                          "(`dvc repro`) so that the prepared data matches params.yaml.")
+        raise ParamsError(
+            f"the prepared data is {kind} data, but params.yaml's data section describes "
+            f"{params.defaults_kind} data, whose defaults the auto keys took; rerun prepare "
+            "(`dvc repro`) so that the prepared data matches params.yaml."
+        )
 
 
 @contextmanager
@@ -199,8 +245,12 @@ def ending_run(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
             if interrupted:
                 logger.experiment.set_terminated(logger.run_id, "KILLED")
             last = checkpoint_dir / LAST_CHECKPOINT
-            print(f"train: interrupted; the next `dvc repro` resumes from {last}" if last.is_file() else
-                  "train: interrupted before the first checkpoint; the next `dvc repro` starts over", file=sys.stderr)
+            print(
+                f"train: interrupted; the next `dvc repro` resumes from {last}"
+                if last.is_file()
+                else "train: interrupted before the first checkpoint; the next `dvc repro` starts over",
+                file=sys.stderr,
+            )
         raise KeyboardInterrupt from None
     if owner and logger.run_id:
         logger.experiment.set_terminated(logger.run_id, "FINISHED")
@@ -225,19 +275,27 @@ def log_stopping(logger: Any, params: Params, trainer: Any, best_epoch: int, bes
     stopped_epoch = trainer.current_epoch - 1  # the last epoch run: current_epoch counts those completed
     if stopper is not None and stopper.stopped_epoch:
         reason = getattr(getattr(stopper, "stopping_reason", None), "value", "patience_exhausted")  # Lightning 2.6
-        because = (f"early stopping: {params.train.monitor} did not improve for "
-                   f"{params.train.early_stopping_patience} epochs" if reason == "patience_exhausted"
-                   else f"early stopping: {reason}")
+        because = (
+            f"early stopping: {params.train.monitor} did not improve for {params.train.early_stopping_patience} epochs"
+            if reason == "patience_exhausted"
+            else f"early stopping: {reason}"
+        )
     elif trainer.current_epoch >= params.train.max_epochs:
         because = f"train.max_epochs ({params.train.max_epochs}) reached"
     else:
         because = "stopped by the trainer"
-    logger.experiment.log_batch(logger.run_id, metrics=tracking.metrics_at_step(
-        {"best_epoch": best_epoch, "stopped_epoch": stopped_epoch}, step=stopped_epoch))
+    logger.experiment.log_batch(
+        logger.run_id,
+        metrics=tracking.metrics_at_step(
+            {"best_epoch": best_epoch, "stopped_epoch": stopped_epoch}, step=stopped_epoch
+        ),
+    )
     logger.experiment.set_tag(logger.run_id, STOPPED_BECAUSE_TAG, because)
     score = f" ({params.train.monitor} {float(best_score):.4f})" if best_score is not None else ""
-    print(f"train: best epoch {best_epoch}{score} of {stopped_epoch + 1} run (epochs 0-{stopped_epoch}); "
-          f"stopped: {because}")
+    print(
+        f"train: best epoch {best_epoch}{score} of {stopped_epoch + 1} run (epochs 0-{stopped_epoch}); "
+        f"stopped: {because}"
+    )
 
 
 def write_history(client: Any, run_id: str, history_file: Path) -> None:
@@ -286,8 +344,9 @@ def step_timer(path: Path) -> Any:
 
         def on_fit_end(self, trainer, pl_module) -> None:
             if trainer.is_global_zero:
-                write_json(path, {"steps": self.steps, "step_s": self.step_s,
-                                  "fit_s": time.perf_counter() - self.fit_start})
+                write_json(
+                    path, {"steps": self.steps, "step_s": self.step_s, "fit_s": time.perf_counter() - self.fit_start}
+                )
 
     return StepTimer()
 
@@ -308,17 +367,32 @@ def main() -> None:
     uri = tracking.tracking_uri(params.mlflow)
     tracking.ensure_store(uri, params.mlflow.experiment_name)
     tracking.configure_client(uri, params.mlflow.max_unreachable_s, "train")
-    configure_threads(params.trainer.num_threads,
-                      processes_per_node=devices_per_node(params.trainer.accelerator, params.trainer.devices))
+    configure_threads(
+        params.trainer.num_threads,
+        processes_per_node=devices_per_node(params.trainer.accelerator, params.trainer.devices),
+    )
     timing = os.environ.get(STEP_TIMES_ENV)
-    with tracking.outage_ends_clearly(uri, params.mlflow.max_unreachable_s, "training",
-                                      f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
-                                      "server answers again, `dvc repro` resumes from the last one."):
-        run_id = fit(params, args.prepared, args.out, args.checkpoints, history_file=args.history,
-                     cv_metrics_file=args.cv_metrics, extra_callbacks=[step_timer(Path(timing))] if timing else None)
+    with tracking.outage_ends_clearly(
+        uri,
+        params.mlflow.max_unreachable_s,
+        "training",
+        f"Training stopped; the checkpoints in {args.checkpoints} are kept: once the "
+        "server answers again, `dvc repro` resumes from the last one.",
+    ):
+        run_id = fit(
+            params,
+            args.prepared,
+            args.out,
+            args.checkpoints,
+            history_file=args.history,
+            cv_metrics_file=args.cv_metrics,
+            extra_callbacks=[step_timer(Path(timing))] if timing else None,
+        )
     if run_id:
-        print(f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}\n"
-              f"train: {tracking.run_url(uri, run_id)}")
+        print(
+            f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}\n"
+            f"train: {tracking.run_url(uri, run_id)}"
+        )
 
 
 if __name__ == "__main__":

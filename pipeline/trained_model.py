@@ -14,8 +14,9 @@ from models.registry import build_model
 FORMAT_VERSION = 1
 
 
-def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dict[str, Any],
-                       meta: dict[str, Any]) -> None:
+def save_trained_model(
+    path: Path, net: nn.Module, model_name: str, hparams: dict[str, Any], meta: dict[str, Any]
+) -> None:
     from pipeline.files import atomic_path
 
     bundle = {
@@ -36,8 +37,14 @@ def save_trained_model(path: Path, net: nn.Module, model_name: str, hparams: dic
 
 def load_trained_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     bundle = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_model(bundle["model_name"], bundle["hparams"], bundle["input_shape"], bundle["num_classes"],
-                      bundle["vocab_size"], bundle.get("categorical_cardinalities"))  # absent in older files
+    net = build_model(
+        bundle["model_name"],
+        bundle["hparams"],
+        bundle["input_shape"],
+        bundle["num_classes"],
+        bundle["vocab_size"],
+        bundle.get("categorical_cardinalities"),
+    )  # absent in older files
     net.load_state_dict(bundle["state_dict"])
     net.eval()
     return net, bundle
@@ -47,4 +54,4 @@ def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Ten
     """Class probabilities, batch by batch, in inference mode."""
     net.eval()
     with torch.inference_mode():
-        return torch.cat([net(x[i:i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])
+        return torch.cat([net(x[i : i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])

@@ -32,8 +32,13 @@ def model_hparams(params: Params) -> dict[str, Any]:
     return dataclasses.asdict(getattr(params.model, params.model.name))
 
 
-def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str | None = None,
-               extra_tags: dict[str, str] | None = None) -> MLFlowLogger:
+def new_logger(
+    params: Params,
+    meta: dict[str, Any],
+    digest: str,
+    run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> MLFlowLogger:
     """An MLFlowLogger; it creates its run on global rank zero when first used."""
     uri = tracking.tracking_uri(params.mlflow)
     return MLFlowLogger(
@@ -41,11 +46,14 @@ def new_logger(params: Params, meta: dict[str, Any], digest: str, run_name: str 
         run_name=run_name or tracking.run_name(params, meta["kind"]),
         tracking_uri=uri,
         artifact_location=tracking.artifact_location(uri),
-        tags={**tracking.run_tags(meta["dataset"], digest, params.model.name), **(extra_tags or {}),
-              tracking.CONFIG_HASH_TAG: config_hash(params), **auto_tags(params)},
+        tags={
+            **tracking.run_tags(meta["dataset"], digest, params.model.name),
+            **(extra_tags or {}),
+            tracking.CONFIG_HASH_TAG: config_hash(params),
+            **auto_tags(params),
+        },
         log_model=False,  # model.pt is logged by fit; checkpoints stay DVC outputs
     )
-
 
 
 def auto_tags(params: Params) -> dict[str, str]:
@@ -54,13 +62,21 @@ def auto_tags(params: Params) -> dict[str, str]:
         return {}
     return {DEFAULTS_KIND_TAG: params.defaults_kind, AUTO_KEYS_TAG: ",".join(params.auto_keys)}
 
+
 def new_module(params: Params, meta: dict[str, Any], train_labels: Any) -> Classifier:
-    net = build_model(params.model.name, model_hparams(params), meta["input_shape"], meta["num_classes"],
-                      meta.get("vocab_size"), meta.get("categorical_cardinalities"))
+    net = build_model(
+        params.model.name,
+        model_hparams(params),
+        meta["input_shape"],
+        meta["num_classes"],
+        meta.get("vocab_size"),
+        meta.get("categorical_cardinalities"),
+    )
     # Only what this run reads (evaluate.* may change without retraining; evaluate logs those itself).
     run_params = used_params(params, meta["kind"])
-    weights = balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" \
-        else None
+    weights = (
+        balanced_class_weights(train_labels, meta["num_classes"]) if params.train.class_weights == "balanced" else None
+    )
     return Classifier(net, meta["num_classes"], params.train, logged_params=run_params, class_weights=weights)
 
 
@@ -68,8 +84,14 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[ModelCheckpoint
     """The best-checkpoint callback (returned apart: fit reloads its best weights), plus the others."""
     monitor = resolved(params.train.monitor)
     mode = monitor_mode(monitor)
-    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT_NAME, monitor=monitor, mode=mode,
-                                 save_last=True, auto_insert_metric_name=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=BEST_CHECKPOINT_NAME,
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
     callbacks: list[pl.Callback] = [checkpoint, RandomStateCheckpoint()]  # the module logs the learning rate, as `lr`
     if params.trainer.progress_bar:
         callbacks.append(console.progress_bar())
@@ -81,12 +103,20 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[ModelCheckpoint
 def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) -> pl.Trainer:
     t = params.trainer
     return pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
         precision=t.precision,  # type: ignore[arg-type]  # a str the schema has checked against Lightning's names
-        deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
-        log_every_n_steps=t.log_every_n_steps, max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val, callbacks=[*callbacks, tracking.outage_callback()],
-        logger=loggers, default_root_dir=root_dir, plugins=[AtomicCheckpointIO()],
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar,
+        log_every_n_steps=t.log_every_n_steps,
+        max_epochs=params.train.max_epochs,
+        gradient_clip_val=params.train.gradient_clip_val,
+        callbacks=[*callbacks, tracking.outage_callback()],
+        logger=loggers,
+        default_root_dir=root_dir,
+        plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,  # the network's size is in its MLflow params
     )
 

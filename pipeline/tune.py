@@ -60,16 +60,23 @@ HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 180
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", type=Path, default=Path(PREPARED_DIR), help="the prepare stage's output")
-    parser.add_argument("--no-final", action="store_true",
-                        help="run trials only: no `dvc repro prepare` first, no DVC experiment of the best setting")
+    parser.add_argument(
+        "--no-final",
+        action="store_true",
+        help="run trials only: no `dvc repro prepare` first, no DVC experiment of the best setting",
+    )
     args = parser.parse_args()
     params = load_params()
     if params.trainer.devices not in (1, [0]) or params.trainer.num_nodes > 1:
-        raise PipelineError("tune runs each trial in this one process: set trainer.devices 1 and num_nodes 1 (the "
-                            "final DVC experiment trains with the same trainer settings).")
+        raise PipelineError(
+            "tune runs each trial in this one process: set trainer.devices 1 and num_nodes 1 (the "
+            "final DVC experiment trains with the same trainer settings)."
+        )
     if not params.tune.space:
-        raise PipelineError("tune.space is empty: name the params.yaml keys to search, e.g. "
-                            "train.lr: {low: 1.0e-4, high: 1.0e-1, log: true} (see README, 'Hyperparameter search').")
+        raise PipelineError(
+            "tune.space is empty: name the params.yaml keys to search, e.g. "
+            "train.lr: {low: 1.0e-4, high: 1.0e-1, log: true} (see README, 'Hyperparameter search')."
+        )
     if not args.no_final:
         _run(["dvc", "repro", "prepare"], "dvc repro prepare")
     meta = read_meta(args.prepared)
@@ -84,10 +91,15 @@ def main() -> None:
     study = open_study(params.tune)
     best = run_study(study, params, args.prepared, meta, uri)
     if best is None:
-        raise PipelineError(f"study '{params.tune.study_name}' has no complete trial yet (every trial was pruned "
-                            "or stopped): raise tune.n_trials or tune.timeout_s, or widen tune.space.")
-    print(f"tune: best trial {best.number}: {params.tune.metric} {best.value:.4f} with "
-          f"{' '.join(f'{k}={v}' for k, v in best_values(best, params.tune.space).items())}", flush=True)
+        raise PipelineError(
+            f"study '{params.tune.study_name}' has no complete trial yet (every trial was pruned "
+            "or stopped): raise tune.n_trials or tune.timeout_s, or widen tune.space."
+        )
+    print(
+        f"tune: best trial {best.number}: {params.tune.metric} {best.value:.4f} with "
+        f"{' '.join(f'{k}={v}' for k, v in best_values(best, params.tune.space).items())}",
+        flush=True,
+    )
     if not args.no_final:
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         train_best_as_experiment(params, best_values(best, params.tune.space), finished, uri)
@@ -130,12 +142,16 @@ def open_study(tune: TuneParams) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed here instead
     sampler_seed = tune.seed if tune.workers == 1 else tune.seed + os.getpid()  # workers must not draw alike
-    sampler = (optuna.samplers.TPESampler(seed=sampler_seed) if tune.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=sampler_seed))
+    sampler = (
+        optuna.samplers.TPESampler(seed=sampler_seed)
+        if tune.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=sampler_seed)
+    )
     pruner: Any = optuna.pruners.NopPruner()
     if tune.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                             n_warmup_steps=tune.pruner_warmup_epochs)
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs
+        )
     elif tune.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=1)
     try:
@@ -143,16 +159,26 @@ def open_study(tune: TuneParams) -> Any:
             storage: Any = _database_storage(tune.storage)
         else:
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(tracking.repo_root() / JOURNAL_FILE)))
-        return optuna.create_study(storage=storage, study_name=tune.study_name, sampler=sampler, pruner=pruner,
-                                   direction=objective_direction(tune.metric, tune.direction), load_if_exists=True)
+        return optuna.create_study(
+            storage=storage,
+            study_name=tune.study_name,
+            sampler=sampler,
+            pruner=pruner,
+            direction=objective_direction(tune.metric, tune.direction),
+            load_if_exists=True,
+        )
     except (optuna.exceptions.OptunaError, ValueError, ImportError) as exc:
         reason = _secret_masked(str(exc), tune.storage).strip().splitlines()[0]
-        raise PipelineError(f"Optuna storage {storage_label(tune)} cannot be used for study '{tune.study_name}' "
-                            f"({reason}). Fix tune.storage (or tune.study_name) in params.yaml.") from None
+        raise PipelineError(
+            f"Optuna storage {storage_label(tune)} cannot be used for study '{tune.study_name}' "
+            f"({reason}). Fix tune.storage (or tune.study_name) in params.yaml."
+        ) from None
     except SQLAlchemyError as exc:  # an unreachable or refusing database server
         reason = type(exc).__name__ + ": " + _secret_masked(str(exc), tune.storage).strip().splitlines()[0]
-        raise PipelineError(f"Optuna storage {storage_label(tune)} cannot be reached ({reason}). Check that the "
-                            "database server runs and tune.storage names it.") from None
+        raise PipelineError(
+            f"Optuna storage {storage_label(tune)} cannot be reached ({reason}). Check that the "
+            "database server runs and tune.storage names it."
+        ) from None
 
 
 def _database_storage(url: str, attempts: int = 3) -> Any:
@@ -167,8 +193,7 @@ def _database_storage(url: str, attempts: int = 3) -> Any:
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; said every run
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
-                                                  grace_period=HEARTBEAT_GRACE_S)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
         except SQLAlchemyError:
             if attempt == attempts - 1:
                 raise
@@ -199,8 +224,10 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(params.mlflow.experiment_name)
     if experiment is None:  # tracking.ensure_store made it: gone only if deleted since
-        raise PipelineError(f"MLflow experiment '{params.mlflow.experiment_name}' is no longer in {uri} (deleted "
-                            "while tune started?). Run tune again.")
+        raise PipelineError(
+            f"MLflow experiment '{params.mlflow.experiment_name}' is no longer in {uri} (deleted "
+            "while tune started?). Run tune again."
+        )
     experiment_id = experiment.experiment_id
     parent = study_run(client, experiment_id, tune)
     digest = tracking.data_digest(prepared_dir, meta)
@@ -208,8 +235,9 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     deadline = time.monotonic() + tune.timeout_s if tune.timeout_s else None
     try:
         while budget_left(study, tune.n_trials, deadline):
-            study.optimize(lambda trial: run_trial(trial, params, prepared_dir, meta, digest, train_labels, parent),
-                           n_trials=1)
+            study.optimize(
+                lambda trial: run_trial(trial, params, prepared_dir, meta, digest, train_labels, parent), n_trials=1
+            )
         summarise(client, parent, study, tune)
     except BaseException as exc:
         client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -234,8 +262,11 @@ def study_run(client: Any, experiment_id: str, tune: TuneParams) -> str:
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
-    mine = client.create_run(experiment_id, run_name=tune.study_name, tags={
-        **tags, "tune.metric": tune.metric, "tune.sampler": tune.sampler, "tune.pruner": tune.pruner})
+    mine = client.create_run(
+        experiment_id,
+        run_name=tune.study_name,
+        tags={**tags, "tune.metric": tune.metric, "tune.sampler": tune.sampler, "tune.pruner": tune.pruner},
+    )
     kept = oldest()
     if kept.info.run_id != mine.info.run_id:
         client.set_terminated(mine.info.run_id, "FINISHED")
@@ -259,7 +290,8 @@ def summarise(client: Any, run_id: str, study: Any, tune: TuneParams) -> None:
     if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:
         try:
             importances = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=tune.seed))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=tune.seed)
+            )
         except (RuntimeError, ValueError):  # every complete trial has the same values: nothing to attribute
             importances = {}
     step, now = counts["complete"] + counts["pruned"], int(time.time() * 1000)  # x axis: finished trials
@@ -268,13 +300,21 @@ def summarise(client: Any, run_id: str, study: Any, tune: TuneParams) -> None:
     tags = {}
     if best is not None:
         metrics.append(Metric(f"best/{tune.metric}", best.value, now, step))
-        tags = {"best.trial": str(best.number),
-                **{f"best.{k}": json.dumps(v) for k, v in best_values(best, tune.space).items()}}
+        tags = {
+            "best.trial": str(best.number),
+            **{f"best.{k}": json.dumps(v) for k, v in best_values(best, tune.space).items()},
+        }
     client.log_batch(run_id, metrics=metrics, tags=[_tag(k, v) for k, v in tags.items()])
-    summary = {"study": tune.study_name, "metric": tune.metric, "direction": study.direction.name.lower(),
-               "trials": counts, "importances": importances,
-               "best": None if best is None else {"trial": best.number, "value": best.value,
-                                                  "params": best_values(best, tune.space)}}
+    summary = {
+        "study": tune.study_name,
+        "metric": tune.metric,
+        "direction": study.direction.name.lower(),
+        "trials": counts,
+        "importances": importances,
+        "best": None
+        if best is None
+        else {"trial": best.number, "value": best.value, "params": best_values(best, tune.space)},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -307,11 +347,13 @@ def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
         elif "choices" in spec:
             values[key] = trial.suggest_categorical(key, spec["choices"])
         elif is_integer_key(key):
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step") or 1,
-                                            log=bool(spec.get("log")))
+            values[key] = trial.suggest_int(
+                key, spec["low"], spec["high"], step=spec.get("step") or 1, log=bool(spec.get("log"))
+            )
         else:
-            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                              log=bool(spec.get("log")))
+            values[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log"))
+            )
     return values
 
 
@@ -321,8 +363,7 @@ def best_values(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_json(spec: dict[str, Any]) -> bool:
-    return "choices" in spec and not all(isinstance(c, (bool, int, float, str)) or c is None
-                                         for c in spec["choices"])
+    return "choices" in spec and not all(isinstance(c, (bool, int, float, str)) or c is None for c in spec["choices"])
 
 
 def with_values(params: Params, values: dict[str, Any]) -> Params:
@@ -333,8 +374,15 @@ def with_values(params: Params, values: dict[str, Any]) -> Params:
     return params_from_dict(cast(dict, OmegaConf.to_container(data)))  # a DictConfig converts to a dict
 
 
-def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, Any], digest: str,
-              train_labels: Any, parent_run: str) -> float:
+def run_trial(
+    trial: Any,
+    params: Params,
+    prepared_dir: Path,
+    meta: dict[str, Any],
+    digest: str,
+    train_labels: Any,
+    parent_run: str,
+) -> float:
     """Train with the trial's values; the best epoch's tune.metric on the validation split is the trial's value.
     Its MLflow run ends FINISHED (complete or pruned, tagged so), FAILED when the loss diverged (the trial counts
     as pruned) and KILLED on Ctrl+C."""
@@ -348,8 +396,13 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     tune = params.tune
     values = suggest(trial, tune.space)
     trial_params = with_values(params, {**values, "train.monitor": tune.metric})
-    logger = new_logger(trial_params, meta, digest, run_name=f"{tune.study_name}-trial{trial.number}", extra_tags={
-        tracking.PARENT_RUN_TAG: parent_run, STUDY_TAG: tune.study_name, TRIAL_TAG: str(trial.number)})
+    logger = new_logger(
+        trial_params,
+        meta,
+        digest,
+        run_name=f"{tune.study_name}-trial{trial.number}",
+        extra_tags={tracking.PARENT_RUN_TAG: parent_run, STUDY_TAG: tune.study_name, TRIAL_TAG: str(trial.number)},
+    )
     pruning = new_pruning_callback(trial, tune.metric)
     with tempfile.TemporaryDirectory(prefix="tune-trial-") as checkpoint_dir:  # the trial's checkpoints, then gone
         pl.seed_everything(trial_params.train.seed, workers=True, verbose=False)
@@ -370,8 +423,11 @@ def run_trial(trial: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     logger.experiment.set_tag(logger.run_id, STATE_TAG, state)
     value = float(resolved(checkpoint.best_model_score))  # every trial validates at least once
     when = f"at epoch {pruning.pruned_at}" if pruning.pruned_at is not None else f"after {trainer.current_epoch} epochs"
-    print(f"tune: trial {trial.number} {state} {when}: best {tune.metric} {value:.4f} with "
-          f"{' '.join(f'{k}={v}' for k, v in values.items())}", flush=True)
+    print(
+        f"tune: trial {trial.number} {state} {when}: best {tune.metric} {value:.4f} with "
+        f"{' '.join(f'{k}={v}' for k, v in values.items())}",
+        flush=True,
+    )
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
     logger.experiment.log_metric(logger.run_id, f"tune/{tune.metric}", value)
@@ -418,8 +474,9 @@ def override_value(value: Any) -> str:
 def experiment_name(study_name: str, finished_trials: int) -> str | None:
     """The study's name, or once that is taken (a continued study) `<study>-<finished trials>`; None when both
     are: this state of the study has been trained already. Existing experiments are never overwritten."""
-    listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True, text=True,
-                            check=False)
+    listed = subprocess.run(
+        ["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True, text=True, check=False
+    )
     taken = set(listed.stdout.split())
     return next((n for n in (study_name, f"{study_name}-{finished_trials}") if n not in taken), None)
 
@@ -427,25 +484,29 @@ def experiment_name(study_name: str, finished_trials: int) -> str | None:
 def train_best_as_experiment(params: Params, values: dict[str, Any], finished_trials: int, uri: str) -> None:
     """`python -m pipeline.exp -S ... -n <name>`: validated, then `dvc exp run` trains and evaluates the best
     setting like any experiment (the workspace then holds it, as after any `dvc exp run`)."""
-    sets = [f"{key}={override_value(value)}" for key, value in
-            {**values, "train.monitor": params.tune.metric}.items()]
+    sets = [f"{key}={override_value(value)}" for key, value in {**values, "train.monitor": params.tune.metric}.items()]
     name = experiment_name(params.tune.study_name, finished_trials)
     if name is None:
-        print(f"tune: DVC experiments '{params.tune.study_name}' and '{params.tune.study_name}-{finished_trials}' "
-              "exist already: the study's best after these trials has been trained (see `dvc exp show`).")
+        print(
+            f"tune: DVC experiments '{params.tune.study_name}' and '{params.tune.study_name}-{finished_trials}' "
+            "exist already: the study's best after these trials has been trained (see `dvc exp show`)."
+        )
         return
     print(f"tune: training the best setting as DVC experiment '{name}'", flush=True)
-    _run([sys.executable, "-m", "pipeline.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
-         f"dvc exp run -n {name}")
+    _run(
+        [sys.executable, "-m", "pipeline.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
+        f"dvc exp run -n {name}",
+    )
     final_run = read_run_file(Path(MODEL_DIR)).run_id if Path(MODEL_DIR, RUN_FILE).is_file() else None
     if final_run:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
         client.set_tag(final_run, STUDY_TAG, name)
-        parent = client.search_runs([client.get_run(final_run).info.experiment_id],
-                                    filter_string=f"tags.`{STUDY_TAG}` = '{name}' and tags.`{STORAGE_TAG}` = "
-                                                  f"'{storage_label(params.tune)}'")
+        parent = client.search_runs(
+            [client.get_run(final_run).info.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{name}' and tags.`{STORAGE_TAG}` = '{storage_label(params.tune)}'",
+        )
         for run in parent:
             client.set_tag(run.info.run_id, FINAL_RUN_TAG, final_run)
     print(f"tune: done; compare with `dvc exp show`, the study in MLflow (run '{params.tune.study_name}')", flush=True)
@@ -454,8 +515,10 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], finished_tr
 def _run(cmd: list[str], what: str) -> None:
     result = subprocess.run(cmd, check=False)
     if result.returncode != 0:
-        raise PipelineError(f"{what} failed (exit {result.returncode}, its output is above); fix that and rerun "
-                            "`python -m pipeline.tune`: the study continues where it stopped.")
+        raise PipelineError(
+            f"{what} failed (exit {result.returncode}, its output is above); fix that and rerun "
+            "`python -m pipeline.tune`: the study continues where it stopped."
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Check params.yaml (and optional overrides) against the schema, without importing torch or MLflow.
 
-    python -m pipeline.validate                       # params.yaml in the current directory
-    python -m pipeline.validate -S train.lr=0.01      # as `dvc exp run -S` would set it
-    python -m pipeline.validate --stamp FILE          # as a DVC stage ahead of prepare (see --stamp)
+python -m pipeline.validate                       # params.yaml in the current directory
+python -m pipeline.validate -S train.lr=0.01      # as `dvc exp run -S` would set it
+python -m pipeline.validate --stamp FILE          # as a DVC stage ahead of prepare (see --stamp)
 """
 
 from __future__ import annotations
@@ -21,12 +21,24 @@ STAMP_TEXT = "params.yaml passed python -m pipeline.validate\n"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value, as `dvc exp run -S` does (repeatable)")
-    parser.add_argument("--stamp", type=Path, default=None, metavar="FILE",
-                        help="write FILE (constant content) once the params are valid: as a DVC stage's output "
-                             "that prepare depends on, it makes `dvc repro` stop at a bad params.yaml before DVC "
-                             "deletes the outputs of the stage it would rerun")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value, as `dvc exp run -S` does (repeatable)",
+    )
+    parser.add_argument(
+        "--stamp",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write FILE (constant content) once the params are valid: as a DVC stage's output "
+        "that prepare depends on, it makes `dvc repro` stop at a bad params.yaml before DVC "
+        "deletes the outputs of the stage it would rerun",
+    )
     args = parser.parse_args()
     load_params(args.params, args.overrides)
     if args.stamp:

@@ -34,8 +34,10 @@ def stage_env(**extra: str) -> dict[str, str]:
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=stage_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
-                             f"--- stderr\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
+            f"--- stderr\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -67,18 +69,28 @@ def dvc_lock_md5(repo: Path, out_path: str) -> str:
 
 
 # Small enough to train in seconds on 2 cores, large enough to learn the digits.
-FAST_PARAMS = {"train.max_epochs": 3, "trainer.progress_bar": False, "model.cnn.channels": [8, 16],
-               "model.cnn.hidden_dim": 32}
+FAST_PARAMS = {
+    "train.max_epochs": 3,
+    "trainer.progress_bar": False,
+    "model.cnn.channels": [8, 16],
+    "model.cnn.hidden_dim": 32,
+}
 
 
 def make_repo_copy(dest: Path) -> Path:
     """This repository's tracked and new (not ignored) files, as a fresh git repo with DVC, fast params committed."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         src = REPO / name
-        if src.is_file() and not name.startswith(("dvc.lock", "outputs/eval/metrics.json",
-                                                  "outputs/eval/baseline.json", "outputs/eval/confusion.json")):
+        if src.is_file() and not name.startswith(
+            ("dvc.lock", "outputs/eval/metrics.json", "outputs/eval/baseline.json", "outputs/eval/confusion.json")
+        ):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     edit_params(dest, FAST_PARAMS)
@@ -109,13 +121,33 @@ def mlflow_server(store_uri: str, artifacts: Path, workdir: Path, start_timeout_
     workdir.mkdir(parents=True, exist_ok=True)  # its cwd: nothing it might create lands in a repository
     log = workdir / "mlflow-server.log"
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-           "--serve-artifacts", "--artifacts-destination", str(artifacts),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=stage_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"))
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=stage_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"),
+        )
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:

@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import REPO
 
 PACKAGES = ("pipeline", "models")
-ENTRY_POINTS = {f"pipeline.{name}" for name in ("validate", "prepare", "train", "evaluate", "predict", "exp", "tune",
-                                                 "compare")}
+ENTRY_POINTS = {
+    f"pipeline.{name}" for name in ("validate", "prepare", "train", "evaluate", "predict", "exp", "tune", "compare")
+}
 
 
 def project_modules() -> dict[str, Path]:
@@ -38,7 +39,7 @@ def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: `from . import x` names the package, `from .. import x` the one above
                 parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             # `from pipeline import tracking` imports the module pipeline.tracking; `from pipeline.x import f` x only
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         else:
@@ -80,8 +81,10 @@ def test_no_import_cycle(graph: dict[str, set[str]]) -> None:
 
 
 def test_the_schema_and_the_model_facts_import_no_torch() -> None:
-    code = ("import sys; import models, models.specs, pipeline.config, pipeline.artifacts; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pytorch_lightning')))")
+    code = (
+        "import sys; import models, models.specs, pipeline.config, pipeline.artifacts; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pytorch_lightning')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"

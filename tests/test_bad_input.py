@@ -42,8 +42,13 @@ VOLATILE = (".git/", ".dvc/tmp/")
 
 def exp(*overrides: str, queue: bool = True) -> tuple[str, ...]:
     """`python -m pipeline.exp [--queue] -S ... -S ...`: what README tells users to run instead of dvc exp run."""
-    return (sys.executable, "-m", "pipeline.exp", *(["--queue"] if queue else []),
-            *(arg for item in overrides for arg in ("-S", item)))
+    return (
+        sys.executable,
+        "-m",
+        "pipeline.exp",
+        *(["--queue"] if queue else []),
+        *(arg for item in overrides for arg in ("-S", item)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,6 +67,7 @@ def raw_file(name: str, content: str | bytes) -> Callable[[Path], None]:
         path = repo / "data/raw" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
+
     return write
 
 
@@ -107,10 +113,18 @@ CASES = [
     # Unknown keys, at every level of params.yaml
     Case("unknown-top-level-section", ("trainn",), "Did you mean 'train'?", {"trainn.lr": 0.1}),
     Case("unknown-key-in-section", ("train.lrr",), "Did you mean 'train.lr'?", {"train.lrr": 0.01}, fast=True),
-    Case("unknown-key-in-model-family", ("model.cnn.chanels",), "Did you mean 'model.cnn.channels'?",
-         {"model.cnn.chanels": [8]}),
-    Case("unknown-key-in-data-subsection", ("data.tabular.tagret",), "Did you mean 'data.tabular.target'?",
-         {"data.tabular.tagret": "species"}),
+    Case(
+        "unknown-key-in-model-family",
+        ("model.cnn.chanels",),
+        "Did you mean 'model.cnn.channels'?",
+        {"model.cnn.chanels": [8]},
+    ),
+    Case(
+        "unknown-key-in-data-subsection",
+        ("data.tabular.tagret",),
+        "Did you mean 'data.tabular.target'?",
+        {"data.tabular.tagret": "species"},
+    ),
     Case("section-is-not-a-mapping", ("train",), "expected a section (a mapping)", {"train": 3}),
     Case("yaml-syntax-error", ("params.yaml",), ", column ", text_edit=("  lr: null", "  lr: [null")),
     # Wrong types
@@ -129,65 +143,149 @@ CASES = [
     Case("unknown-model", ("model.name",), "is not one of auto, mlp, cnn, rnn, transformer", {"model.name": "resnet"}),
     Case("unknown-accelerator", ("trainer.accelerator",), "Did you mean 'gpu'?", {"trainer.accelerator": "gpuu"}),
     # Impossible model shapes and combinations
-    Case("heads-do-not-divide-width", ("model.transformer.d_model", "model.transformer.n_heads"),
-         "n_heads can be one of [1, 2, 4, 8, 16]", {"model.transformer.n_heads": 5}, fast=True),
-    Case("step-scheduler-without-step-size", ("train.scheduler", "train.step_size"), "e.g. train.step_size: 10",
-         {"train.scheduler": "step"}),
+    Case(
+        "heads-do-not-divide-width",
+        ("model.transformer.d_model", "model.transformer.n_heads"),
+        "n_heads can be one of [1, 2, 4, 8, 16]",
+        {"model.transformer.n_heads": 5},
+        fast=True,
+    ),
+    Case(
+        "step-scheduler-without-step-size",
+        ("train.scheduler", "train.step_size"),
+        "e.g. train.step_size: 10",
+        {"train.scheduler": "step"},
+    ),
     Case("image-size-not-two-numbers", ("data.image.size",), "[height, width]", {"data.image.size": [8]}),
     Case("kind-contradicts-built-in", ("data.kind",), "set data.kind: auto", {"data.kind": "text"}),
     # Bad split ratios
-    Case("split-leaves-no-training-data", ("data.val_fraction", "data.test_fraction"), "keep their sum below 1",
-         {"data.val_fraction": 0.5, "data.test_fraction": 0.5}, fast=True),
+    Case(
+        "split-leaves-no-training-data",
+        ("data.val_fraction", "data.test_fraction"),
+        "keep their sum below 1",
+        {"data.val_fraction": 0.5, "data.test_fraction": 0.5},
+        fast=True,
+    ),
     Case("split-fraction-above-one", ("data.test_fraction",), "must be less than 1", {"data.test_fraction": 1.5}),
     # Bad device settings
     Case("no-devices", ("trainer.devices",), "use 1 or more", {"trainer.devices": 0}, fast=True),
-    Case("several-cpus-without-ddp", ("trainer.devices", "trainer.strategy"), "needs trainer.strategy 'ddp'",
-         {"trainer.devices": 2}),
-    Case("half-precision-on-cpu", ("trainer.precision",), "use 'bf16-mixed' or '32-true'",
-         {"trainer.precision": "16-mixed"}),
+    Case(
+        "several-cpus-without-ddp",
+        ("trainer.devices", "trainer.strategy"),
+        "needs trainer.strategy 'ddp'",
+        {"trainer.devices": 2},
+    ),
+    Case(
+        "half-precision-on-cpu",
+        ("trainer.precision",),
+        "use 'bf16-mixed' or '32-true'",
+        {"trainer.precision": "16-mixed"},
+    ),
     # Tracking settings MLflow would reject with a traceback
-    Case("empty-experiment-name", ("mlflow.experiment_name",), "name the MLflow experiment",
-         {"mlflow.experiment_name": ""}),
-    Case("tracking-uri-is-a-folder", ("mlflow.tracking_uri",), "use sqlite:///<path>/mlflow.db",
-         {"mlflow.tracking_uri": "outputs/mlruns"}),
+    Case(
+        "empty-experiment-name",
+        ("mlflow.experiment_name",),
+        "name the MLflow experiment",
+        {"mlflow.experiment_name": ""},
+    ),
+    Case(
+        "tracking-uri-is-a-folder",
+        ("mlflow.tracking_uri",),
+        "use sqlite:///<path>/mlflow.db",
+        {"mlflow.tracking_uri": "outputs/mlruns"},
+    ),
     # -S overrides: rejected before DVC queues or runs anything
-    Case("override-unknown-key", ("train.lrr",), "Did you mean 'train.lr'?", command=exp("train.lrr=0.1"),
-         fast=True),
+    Case("override-unknown-key", ("train.lrr",), "Did you mean 'train.lr'?", command=exp("train.lrr=0.1"), fast=True),
     Case("override-sweep-with-a-wrong-type", ("train.lr",), "Write a number", command=exp("train.lr=0.01,fast")),
-    Case("override-sweep-with-an-unknown-model", ("model.name",), "Did you mean 'cnn'?",
-         command=exp("model.name=mlp,cnnn", "train.lr=0.001,0.01")),
+    Case(
+        "override-sweep-with-an-unknown-model",
+        ("model.name",),
+        "Did you mean 'cnn'?",
+        command=exp("model.name=mlp,cnnn", "train.lr=0.001,0.01"),
+    ),
     Case("override-without-value", ("train.lr",), "expected key=value, e.g.", command=exp("train.lr")),
-    Case("override-bad-split", ("data.val_fraction",), "keep their sum below 1",
-         command=exp("data.val_fraction=0.9")),
+    Case("override-bad-split", ("data.val_fraction",), "keep their sum below 1", command=exp("data.val_fraction=0.9")),
     Case("override-hydra-append-unknown-key", ("train.foo",), "Valid keys here: seed,", command=exp("+train.foo=1")),
-    Case("override-run-at-once-no-devices", ("trainer.devices",), "use 1 or more",
-         command=exp("trainer.devices=0", queue=False)),
+    Case(
+        "override-run-at-once-no-devices",
+        ("trainer.devices",),
+        "use 1 or more",
+        command=exp("trainer.devices=0", queue=False),
+    ),
     # Data files
-    Case("data-file-missing", ("data/raw/nowhere.csv", "data.dataset"), "add the file there",
-         {"data.dataset": "data/raw/nowhere.csv", **TABLE}, fast=True),
-    Case("data-file-empty", ("data/raw/empty.csv",), "Write the data into it",
-         {"data.dataset": "data/raw/empty.csv", **TABLE}, files=raw_file("empty.csv", "")),
-    Case("data-wrong-delimiter", ("data/raw/semi.csv",), "is the delimiter right?",
-         {"data.dataset": "data/raw/semi.csv", **TABLE}, files=raw_file("semi.csv", table(three_classes(), sep=";"))),
-    Case("data-missing-target-column", ("data/raw/t.csv", "data.tabular.target", "'label'"), "Columns: a, b, species",
-         {"data.dataset": "data/raw/t.csv", "data.tabular.target": "label"},
-         files=raw_file("t.csv", table(three_classes())), fast=True),
-    Case("data-single-class", ("data/raw/t.csv",), "add examples of the other classes",
-         {"data.dataset": "data/raw/t.csv", **TABLE}, files=raw_file("t.csv", table([(i, i, "x") for i in range(12)]))),
-    Case("data-nan-target", ("data/raw/t.csv", "'species'"), "Fill or drop those rows",
-         {"data.dataset": "data/raw/t.csv", **TABLE},
-         files=raw_file("t.csv", table(three_classes()).replace(",z\n", ",\n", 1))),
-    Case("data-text-not-utf8", ("data/raw/sms.tsv",), "Re-save the file as UTF-8",
-         {"data.dataset": "data/raw/sms.tsv", "data.kind": "text"},
-         files=raw_file("sms.tsv", messages().encode() + "ham\tcafé crème\n".encode("latin-1")), fast=True),
-    Case("data-table-not-utf8", ("data/raw/t.csv",), "Re-save the file as UTF-8",
-         {"data.dataset": "data/raw/t.csv", **TABLE},
-         files=raw_file("t.csv", table(three_classes()).replace(",x\n", ",caf\xe9\n").encode("latin-1"))),
-    Case("data-corrupt-image", ("data/raw/imgs/dog/x.png",), "Remove or replace the file",
-         {"data.dataset": "data/raw/imgs", "data.image.size": [8, 8]}, files=image_folder_with_a_corrupt_file,
-         fast=True),
-    Case("data-corrupt-npz", ("data/raw/images.npz",), "numpy.savez(path, x=images, y=labels)",
-         {"data.dataset": "data/raw/images.npz"}, files=raw_file("images.npz", b"PK\x03\x04 cut short")),
+    Case(
+        "data-file-missing",
+        ("data/raw/nowhere.csv", "data.dataset"),
+        "add the file there",
+        {"data.dataset": "data/raw/nowhere.csv", **TABLE},
+        fast=True,
+    ),
+    Case(
+        "data-file-empty",
+        ("data/raw/empty.csv",),
+        "Write the data into it",
+        {"data.dataset": "data/raw/empty.csv", **TABLE},
+        files=raw_file("empty.csv", ""),
+    ),
+    Case(
+        "data-wrong-delimiter",
+        ("data/raw/semi.csv",),
+        "is the delimiter right?",
+        {"data.dataset": "data/raw/semi.csv", **TABLE},
+        files=raw_file("semi.csv", table(three_classes(), sep=";")),
+    ),
+    Case(
+        "data-missing-target-column",
+        ("data/raw/t.csv", "data.tabular.target", "'label'"),
+        "Columns: a, b, species",
+        {"data.dataset": "data/raw/t.csv", "data.tabular.target": "label"},
+        files=raw_file("t.csv", table(three_classes())),
+        fast=True,
+    ),
+    Case(
+        "data-single-class",
+        ("data/raw/t.csv",),
+        "add examples of the other classes",
+        {"data.dataset": "data/raw/t.csv", **TABLE},
+        files=raw_file("t.csv", table([(i, i, "x") for i in range(12)])),
+    ),
+    Case(
+        "data-nan-target",
+        ("data/raw/t.csv", "'species'"),
+        "Fill or drop those rows",
+        {"data.dataset": "data/raw/t.csv", **TABLE},
+        files=raw_file("t.csv", table(three_classes()).replace(",z\n", ",\n", 1)),
+    ),
+    Case(
+        "data-text-not-utf8",
+        ("data/raw/sms.tsv",),
+        "Re-save the file as UTF-8",
+        {"data.dataset": "data/raw/sms.tsv", "data.kind": "text"},
+        files=raw_file("sms.tsv", messages().encode() + "ham\tcafé crème\n".encode("latin-1")),
+        fast=True,
+    ),
+    Case(
+        "data-table-not-utf8",
+        ("data/raw/t.csv",),
+        "Re-save the file as UTF-8",
+        {"data.dataset": "data/raw/t.csv", **TABLE},
+        files=raw_file("t.csv", table(three_classes()).replace(",x\n", ",caf\xe9\n").encode("latin-1")),
+    ),
+    Case(
+        "data-corrupt-image",
+        ("data/raw/imgs/dog/x.png",),
+        "Remove or replace the file",
+        {"data.dataset": "data/raw/imgs", "data.image.size": [8, 8]},
+        files=image_folder_with_a_corrupt_file,
+        fast=True,
+    ),
+    Case(
+        "data-corrupt-npz",
+        ("data/raw/images.npz",),
+        "numpy.savez(path, x=images, y=labels)",
+        {"data.dataset": "data/raw/images.npz"},
+        files=raw_file("images.npz", b"PK\x03\x04 cut short"),
+    ),
 ]
 
 
@@ -229,8 +327,11 @@ def snapshot(repo: Path) -> dict[str, str]:
 
 
 def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
-    return {"removed": sorted(before.keys() - after.keys()), "added": sorted(after.keys() - before.keys()),
-            "modified": sorted(k for k in before.keys() & after.keys() if before[k] != after[k])}
+    return {
+        "removed": sorted(before.keys() - after.keys()),
+        "added": sorted(after.keys() - before.keys()),
+        "modified": sorted(k for k in before.keys() & after.keys() if before[k] != after[k]),
+    }
 
 
 def put_back(pipeline: Pipeline, changed: dict[str, list[str]]) -> None:
@@ -338,8 +439,11 @@ def test_debug_flag_shows_the_traceback(pipeline: Pipeline) -> None:
 def test_enough_cases_for_issue_5() -> None:
     assert len(CASES) >= 25
     assert len({c.id for c in CASES}) == len(CASES)
-    kinds = {"params.yaml": [c for c in CASES if not c.through_exp and not c.id.startswith("data-")],
-             "-S": [c for c in CASES if c.through_exp], "data": [c for c in CASES if c.id.startswith("data-")]}
+    kinds = {
+        "params.yaml": [c for c in CASES if not c.through_exp and not c.id.startswith("data-")],
+        "-S": [c for c in CASES if c.through_exp],
+        "data": [c for c in CASES if c.id.startswith("data-")],
+    }
     assert all(kinds.values()) and all(any(c.fast for c in group) for group in kinds.values())
 
 

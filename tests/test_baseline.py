@@ -64,8 +64,9 @@ def test_table_baseline_with_either_categorical_encoding(tmp_path: Path, encodin
     size = rng.normal(size=300)
     label = np.where(np.isin(colour, ["red", "blue"]) ^ (size > 1.5), "a", "b")
     pd.DataFrame({"colour": colour, "size": size, "label": label}).to_csv(tmp_path / "t.csv", index=False)
-    params = DataParams(dataset=str(tmp_path / "t.csv"),
-                        tabular=TabularParams(target="label", categorical_encoding=encoding))
+    params = DataParams(
+        dataset=str(tmp_path / "t.csv"), tabular=TabularParams(target="label", categorical_encoding=encoding)
+    )
     prepare(params, tmp_path / "prepared")
     fitted = baseline.fit_and_score(tmp_path / "prepared")
     assert fitted is not None and fitted.name == "LogisticRegression"

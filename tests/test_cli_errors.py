@@ -44,8 +44,14 @@ def stage(name: str, cwd: Path, *args: str, timeout: float = 120, **env: str) ->
     # Even a stage that got as far as MLflow would only ever touch a store inside the temporary folder.
     environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd}/mlflow.db"
     environ.update(env)
-    return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *(args or STAGE_ARGS[name])], cwd=cwd,
-                          env=environ, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{name}", *(args or STAGE_ARGS[name])],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def replace_in_params(workdir: Path, old: str, new: str) -> None:
@@ -140,10 +146,23 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
     from mlflow.tracking import MlflowClient
 
     run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
-    edit_params(workdir, {"model.name": "mlp", "train.lr": 1.0e30, "train.optimizer": "sgd", "train.max_epochs": 5,
-                          "train.scheduler": "none", "trainer.progress_bar": False})
-    result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",
-                  "--checkpoints", "ckpt"], workdir, check=False, PYTHONPATH=str(REPO))
+    edit_params(
+        workdir,
+        {
+            "model.name": "mlp",
+            "train.lr": 1.0e30,
+            "train.optimizer": "sgd",
+            "train.max_epochs": 5,
+            "train.scheduler": "none",
+            "trainer.progress_bar": False,
+        },
+    )
+    result = run(
+        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        workdir,
+        check=False,
+        PYTHONPATH=str(REPO),
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "training loss is nan" in result.stderr or "training loss is inf" in result.stderr
     assert "at epoch 0, step" in result.stderr and "train.lr" in result.stderr
@@ -157,16 +176,25 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
 def test_credentials_in_the_environment_are_never_logged(workdir: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    secrets = {"AWS_SECRET_ACCESS_KEY": "aws-secret-4f1c", "AWS_ACCESS_KEY_ID": "AKIA-secret-77",
-               "MLFLOW_TRACKING_TOKEN": "mlflow-token-9d2e", "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-31"}
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-4f1c",
+        "AWS_ACCESS_KEY_ID": "AKIA-secret-77",
+        "MLFLOW_TRACKING_TOKEN": "mlflow-token-9d2e",
+        "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-31",
+    }
     run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
     edit_params(workdir, {"model.name": "mlp", "train.max_epochs": 1, "trainer.progress_bar": False})
-    run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints",
-         "ckpt"], workdir, PYTHONPATH=str(REPO), **secrets)
+    run(
+        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        workdir,
+        PYTHONPATH=str(REPO),
+        **secrets,
+    )
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     (logged,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    recorded = " ".join([*logged.data.params.values(), *logged.data.tags.values(), *logged.data.params,
-                         *logged.data.tags])
+    recorded = " ".join(
+        [*logged.data.params.values(), *logged.data.tags.values(), *logged.data.params, *logged.data.tags]
+    )
     for name, value in secrets.items():
         assert value not in recorded and name not in recorded
 
@@ -181,17 +209,24 @@ def sqlite_store(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize(("damage", "phrase"), [
-    ("empty", "is an empty file (0 bytes), not a database"),
-    ("garbage-header", "is not an SQLite database"),
-    ("half-truncated", "is damaged (database disk image is malformed)"),
-])
-def test_damaged_tracking_store_exits_2_and_is_left_as_it_was(workdir: Path, prepared_once: Path, damage: str,
-                                                             phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "phrase"),
+    [
+        ("empty", "is an empty file (0 bytes), not a database"),
+        ("garbage-header", "is not an SQLite database"),
+        ("half-truncated", "is damaged (database disk image is malformed)"),
+    ],
+)
+def test_damaged_tracking_store_exits_2_and_is_left_as_it_was(
+    workdir: Path, prepared_once: Path, damage: str, phrase: str
+) -> None:
     shutil.copytree(prepared_once, workdir / "prepared")
     good = sqlite_store(workdir / "good.db")
-    bad = {"empty": b"", "garbage-header": b"not a database at all " * 64 + good[2048:],
-           "half-truncated": good[:len(good) // 2]}[damage]
+    bad = {
+        "empty": b"",
+        "garbage-header": b"not a database at all " * 64 + good[2048:],
+        "half-truncated": good[: len(good) // 2],
+    }[damage]
     (workdir / "mlflow.db").write_bytes(bad)
 
     result = stage("train", workdir)

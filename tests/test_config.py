@@ -89,8 +89,9 @@ def test_to_flat_dict_uses_dotted_keys_for_every_leaf() -> None:
 
 
 def test_overrides_are_applied_on_top_of_the_file(params_copy: Path) -> None:
-    params = load_params(params_copy, overrides=["train.lr=0.5", "model.name=mlp", "model.mlp.hidden_dims=[7]",
-                                                 "trainer.devices=auto"])
+    params = load_params(
+        params_copy, overrides=["train.lr=0.5", "model.name=mlp", "model.mlp.hidden_dims=[7]", "trainer.devices=auto"]
+    )
     assert params.train.lr == 0.5
     assert params.model.name == "mlp"
     assert params.model.mlp.hidden_dims == [7]
@@ -112,7 +113,8 @@ def test_overrides_are_applied_on_top_of_the_file(params_copy: Path) -> None:
     ],
 )
 def test_unknown_key_is_named_with_its_full_path_and_the_closest_valid_key(
-        params_copy: Path, override: str, names: str, suggestion: str) -> None:
+    params_copy: Path, override: str, names: str, suggestion: str
+) -> None:
     with pytest.raises(ParamsError) as info:
         load_params(params_copy, overrides=[override])
     message = str(info.value)
@@ -159,8 +161,9 @@ def test_section_that_is_not_a_mapping() -> None:
         ("train.step_size=2.5", "train.step_size", "2.5", "an integer"),
     ],
 )
-def test_wrong_type_names_key_value_and_expected_type(params_copy: Path, override: str, key: str, value: str,
-                                                      expected: str) -> None:
+def test_wrong_type_names_key_value_and_expected_type(
+    params_copy: Path, override: str, key: str, value: str, expected: str
+) -> None:
     with pytest.raises(ParamsError) as info:
         load_params(params_copy, overrides=[override])
     [problem] = _problems(str(info.value))
@@ -219,11 +222,12 @@ def test_bad_value_is_explained(params_copy: Path, override: str, fragment: str)
         (["model.cnn.channels=[]"], "model.cnn.channels: needs at least one layer"),
         (["model.cnn.channels=[32,0]"], "model.cnn.channels: needs at least one layer and every size > 0"),
         (["trainer.num_nodes=2"], "trainer.num_nodes > 1 needs a distributed trainer.strategy"),
-        (["data.tabular.categorical_encoding=embedding", "trainer.precision=bf16-true"],
-         "round the category indices"),
+        (["data.tabular.categorical_encoding=embedding", "trainer.precision=bf16-true"], "round the category indices"),
         (["data.kind=text", "data.text.text_column=message"], "text_column and data.text.label_column go together"),
-        (["data.kind=text", "data.text.text_column=message", "data.text.label_column=message"],
-         "the label must come from a column of its own"),
+        (
+            ["data.kind=text", "data.text.text_column=message", "data.text.label_column=message"],
+            "the label must come from a column of its own",
+        ),
     ],
 )
 def test_impossible_combination_is_rejected(params_copy: Path, overrides: list[str], fragment: str) -> None:
@@ -258,8 +262,7 @@ def test_possible_combination_is_accepted(params_copy: Path, overrides: list[str
 
 def test_several_problems_are_all_listed() -> None:
     with pytest.raises(ParamsError) as info:
-        params_from_dict({"train": {"optimizer": "adm", "scheduler": "step", "lr": 0},
-                          "trainer": {"devices": 0}})
+        params_from_dict({"train": {"optimizer": "adm", "scheduler": "step", "lr": 0}, "trainer": {"devices": 0}})
     message = str(info.value)
     assert "(4 problems)" in message.splitlines()[0]
     assert len(_problems(message)) == 4
@@ -307,15 +310,22 @@ def _env() -> dict[str, str]:
 
 
 def test_validate_cli_accepts_the_repository_params() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.validate"], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.validate"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "params.yaml: OK" in result.stdout
 
 
 def test_validate_cli_rejects_a_bad_override_cleanly() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.validate", "-S", "train.lrr=1"], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.validate", "-S", "train.lrr=1"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "train.lrr: unknown key" in result.stderr
     assert "Did you mean 'train.lr'?" in result.stderr
@@ -331,8 +341,9 @@ def test_validate_does_not_import_heavy_libraries() -> None:
         "heavy = ('torch', 'pytorch_lightning', 'lightning', 'mlflow', 'sklearn')\n"
         "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "params.yaml: OK" in result.stdout
     assert "HEAVY=\n" in result.stdout, result.stdout
@@ -364,8 +375,14 @@ def test_every_sweep_combination_is_validated() -> None:
 
 def test_exp_command_rejects_a_typo_before_dvc_runs(tmp_path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    result = subprocess.run([sys.executable, "-m", "pipeline.exp", "--queue", "-S", "train.lrr=0.1"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.exp", "--queue", "-S", "train.lrr=0.1"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "train.lrr: unknown key. Did you mean 'train.lr'?" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / ".dvc").exists()

@@ -31,11 +31,15 @@ def test_folds_are_nested_runs_and_the_parent_gets_mean_and_std(tmp_path, monkey
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     prepare(DataParams(dataset="wine"), tmp_path / "prepared")
     params = Params(
-        data=DataParams(dataset="wine"), model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[16])),
+        data=DataParams(dataset="wine"),
+        model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[16])),
         train=TrainParams(cv_folds=3, max_epochs=3, batch_size=16, lr=0.01, early_stopping_patience=None),
-        trainer=TrainerParams(progress_bar=False), mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv"))
-    parent_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt",
-                    cv_metrics_file=tmp_path / "cv.json")
+        trainer=TrainerParams(progress_bar=False),
+        mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv"),
+    )
+    parent_id = fit(
+        params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt", cv_metrics_file=tmp_path / "cv.json"
+    )
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cv").experiment_id])
@@ -52,10 +56,12 @@ def test_folds_are_nested_runs_and_the_parent_gets_mean_and_std(tmp_path, monkey
     summary = json.loads((tmp_path / "cv.json").read_text())
     assert summary["cv/folds"] == 3
     assert summary["cv/val/accuracy_mean"] == pytest.approx(np.mean(fold_acc), abs=1e-6)
-    assert set(summary) == {"cv/folds"} | {f"cv/val/{m}_{s}" for m in ("loss", "accuracy", "f1_macro")
-                                           for s in ("mean", "std")}
+    assert set(summary) == {"cv/folds"} | {
+        f"cv/val/{m}_{s}" for m in ("loss", "accuracy", "f1_macro") for s in ("mean", "std")
+    }
     assert {k: v for k, v in parent.data.metrics.items() if k.startswith("cv/")} == pytest.approx(
-        {k: v for k, v in summary.items() if k != "cv/folds"})
+        {k: v for k, v in summary.items() if k != "cv/folds"}
+    )
     # The final model was still trained as configured, into the parent run.
     assert len(client.get_metric_history(parent_id, "val/loss")) == 3
     assert (tmp_path / "model" / "model.pt").is_file()
@@ -77,9 +83,13 @@ def test_a_failing_fold_leaves_no_run_running(tmp_path, monkeypatch):
         broken = dict(arrays)
     broken["y"] = broken["y"] + 10  # not a class index: CrossEntropyLoss raises
     np.savez(prepared / "val.npz", **broken)
-    params = Params(data=DataParams(dataset="wine"), model=ModelParams(name="mlp"),
-                    train=TrainParams(cv_folds=2, max_epochs=1), trainer=TrainerParams(progress_bar=False),
-                    mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv-fail"))
+    params = Params(
+        data=DataParams(dataset="wine"),
+        model=ModelParams(name="mlp"),
+        train=TrainParams(cv_folds=2, max_epochs=1),
+        trainer=TrainerParams(progress_bar=False),
+        mlflow=MlflowParams(tracking_uri=uri, experiment_name="cv-fail"),
+    )
     with pytest.raises(Exception):  # noqa: B017, PT011 (torch raises IndexError or RuntimeError by device)
         fit(params, prepared, tmp_path / "model", tmp_path / "ckpt")
     client = MlflowClient(uri)

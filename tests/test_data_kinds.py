@@ -49,8 +49,9 @@ def assert_stratified(splits: dict, y_all: np.ndarray, num_classes: int, slack: 
 # ---------------------------------------------------------------------------------------------------------------
 # Tabular: built-ins
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "loader"), [("breast_cancer", "load_breast_cancer"), ("wine", "load_wine"),
-                                          ("iris", "load_iris")])
+@pytest.mark.parametrize(
+    ("name", "loader"), [("breast_cancer", "load_breast_cancer"), ("wine", "load_wine"), ("iris", "load_iris")]
+)
 def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
     bunch = getattr(sklearn.datasets, loader)()
     out = tmp_path / "prepared"
@@ -65,8 +66,7 @@ def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
 
     splits = load_splits(out)
     assert sum(len(s["y"]) for s in splits.values()) == len(bunch.target)
-    assert np.array_equal(np.sort(np.concatenate([s["index"] for s in splits.values()])),
-                          np.arange(len(bunch.target)))
+    assert np.array_equal(np.sort(np.concatenate([s["index"] for s in splits.values()])), np.arange(len(bunch.target)))
     for s in splits.values():
         assert s["x"].dtype == np.float32 and s["x"].shape[1:] == (bunch.data.shape[1],)
         assert np.array_equal(s["y"], bunch.target[s["index"]])
@@ -84,13 +84,15 @@ def test_tabular_builtin(tmp_path: Path, name: str, loader: str) -> None:
 def mixed_frame(n: int = 90, seed: int = 0) -> pd.DataFrame:
     """Numeric columns with NaN, a text column with a missing value, a boolean column and a string target."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "height": rng.normal(170, 10, n).round(2),
-        "weight": rng.normal(70, 5, n).round(2),
-        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
-        "member": rng.choice([True, False], n),
-        "species": np.tile(["setosa", "versicolor", "virginica"], n // 3),
-    })
+    frame = pd.DataFrame(
+        {
+            "height": rng.normal(170, 10, n).round(2),
+            "weight": rng.normal(70, 5, n).round(2),
+            "colour": rng.choice(["red", "green", "blue"], n).astype(object),
+            "member": rng.choice([True, False], n),
+            "species": np.tile(["setosa", "versicolor", "virginica"], n // 3),
+        }
+    )
     frame.loc[[3, 40], "height"] = np.nan
     frame.loc[10, "weight"] = np.nan
     frame.loc[5, "colour"] = None
@@ -224,16 +226,27 @@ def test_csv_reads_as_pandas_read_csv_does(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     numbers_then_text, ints_then_float = np.arange(n).astype(object), np.arange(n).astype(object)
     numbers_then_text[n - 5], ints_then_float[n - 5] = "x", "2.5"
-    frame = pd.DataFrame({"a": rng.normal(size=n).round(3), "then_text": numbers_then_text,
-                          "then_float": ints_then_float, "b": rng.choice(["u", "v", "None", "", "NA", "<NA>"], n),
-                          "a2": rng.integers(-3, 3, n), "flag": rng.choice(["True", "False", ""], n),
-                          "big": rng.integers(0, 2**40, n), "empty": [""] * n})
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=n).round(3),
+            "then_text": numbers_then_text,
+            "then_float": ints_then_float,
+            "b": rng.choice(["u", "v", "None", "", "NA", "<NA>"], n),
+            "a2": rng.integers(-3, 3, n),
+            "flag": rng.choice(["True", "False", ""], n),
+            "big": rng.integers(0, 2**40, n),
+            "empty": [""] * n,
+        }
+    )
     (tmp_path / "t.csv").write_text(frame.to_csv(index=False).replace("then_text", "", 1))
 
     ours = read_table(tmp_path / "t.csv", exact=["then_float"])
     theirs = pd.read_csv(tmp_path / "t.csv", engine="pyarrow")
-    assert list(ours.columns) == list(theirs.columns) == ["a", "Unnamed: 1", "then_float", "b", "a2", "flag", "big",
-                                                          "empty"]
+    assert (
+        list(ours.columns)
+        == list(theirs.columns)
+        == ["a", "Unnamed: 1", "then_float", "b", "a2", "flag", "big", "empty"]
+    )
     assert ours["a"].dtype == ours["empty"].dtype == np.float32  # float features: float32
     assert ours["then_float"].dtype == np.float64  # exact columns keep their values
     assert ours["a2"].dtype == ours["big"].dtype == np.int64  # integers as pandas reads them
@@ -267,8 +280,11 @@ def test_parquet_index_is_restored_as_pandas_does(tmp_path: Path, mixed_csv) -> 
 
 
 def test_table_that_is_not_utf8_names_the_column(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_bytes(b"a,b,species\n" + b"".join(b"%d,ok,%s\n" % (i, b"xyz"[i % 3:i % 3 + 1])
-                                                                     for i in range(12)) + b"1,caf\xe9,x\n")
+    (tmp_path / "t.csv").write_bytes(
+        b"a,b,species\n"
+        + b"".join(b"%d,ok,%s\n" % (i, b"xyz"[i % 3 : i % 3 + 1]) for i in range(12))
+        + b"1,caf\xe9,x\n"
+    )
     with pytest.raises(DataError, match=r"t\.csv: not UTF-8 text \(column\(s\) b hold"):
         prepare(tabular_params("t.csv"), tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
@@ -284,8 +300,9 @@ def test_float_labels_keep_their_exact_text(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------------------------
-def write_image_folder(root: Path, classes: list[str], per_class: int = 6, mixed_sizes: bool = True,
-                       seed: int = 0) -> list[tuple[Path, str]]:
+def write_image_folder(
+    root: Path, classes: list[str], per_class: int = 6, mixed_sizes: bool = True, seed: int = 0
+) -> list[tuple[Path, str]]:
     """RGB PNGs, each class a different dominant colour; sizes differ unless mixed_sizes is False."""
     rng = np.random.default_rng(seed)
     files = []
@@ -520,8 +537,29 @@ def test_tokenizer_options() -> None:
 
     url = "see http://example.com/x?a=1 and www.test.org now"
     assert tokens(url) == ["see", "and", "now"]
-    assert tokens(url, strip_urls=False) == ["see", "http", ":", "/", "/", "example", ".", "com", "/", "x", "?", "a",
-                                            "=", "1", "and", "www", ".", "test", ".", "org", "now"]
+    assert tokens(url, strip_urls=False) == [
+        "see",
+        "http",
+        ":",
+        "/",
+        "/",
+        "example",
+        ".",
+        "com",
+        "/",
+        "x",
+        "?",
+        "a",
+        "=",
+        "1",
+        "and",
+        "www",
+        ".",
+        "test",
+        ".",
+        "org",
+        "now",
+    ]
 
     assert tokens("call 08001234 now 4 u") == ["call", "08001234", "now", "4", "u"]
     assert tokens("call 08001234 now 4 u", strip_numbers=True) == ["call", "now", "u"]
@@ -544,7 +582,7 @@ def test_char_tokenizer_through_prepare(tmp_path: Path) -> None:
     assert " " in vocab and set("hello") <= set(vocab)
     x = load_splits(out)["train"]
     first_text = texts[x["index"][0]]
-    assert x["x"][0].tolist()[:len(first_text)] == [vocab.index(c) for c in first_text[:40]]
+    assert x["x"][0].tolist()[: len(first_text)] == [vocab.index(c) for c in first_text[:40]]
 
 
 def test_csv_with_header_text_and_label_columns(tmp_path: Path) -> None:
@@ -552,8 +590,10 @@ def test_csv_with_header_text_and_label_columns(tmp_path: Path) -> None:
     frame = pd.DataFrame({"id": range(len(texts)), "message": [t + ", ok" for t in texts], "category": labels})
     frame.to_csv(tmp_path / "msgs.csv", index=False)
     out = tmp_path / "prepared"
-    meta = prepare(DataParams(dataset="msgs.csv", kind="text",
-                              text=TextParams(text_column="message", label_column="category")), out)
+    meta = prepare(
+        DataParams(dataset="msgs.csv", kind="text", text=TextParams(text_column="message", label_column="category")),
+        out,
+    )
     assert meta["kind"] == "text"
     assert meta["class_names"] == ["ham", "spam"]
     assert sum(meta["split_sizes"].values()) == len(texts)
@@ -569,8 +609,9 @@ def test_header_file_read_in_chunks_loses_no_row(tmp_path: Path, monkeypatch: py
 
     labels, texts = small_messages()
     pd.DataFrame({"message": texts, "category": labels}).to_csv(tmp_path / "msgs.csv", index=False)
-    params = DataParams(dataset="msgs.csv", kind="text",
-                        text=TextParams(text_column="message", label_column="category"))
+    params = DataParams(
+        dataset="msgs.csv", kind="text", text=TextParams(text_column="message", label_column="category")
+    )
     prepare(params, tmp_path / "whole")
     monkeypatch.setattr(text, "READ_CHUNK_ROWS", 7)  # 40 rows: six chunks, the last one short
     prepare(params, tmp_path / "chunked")
@@ -585,8 +626,9 @@ def test_unquoted_delimiter_in_a_header_file_is_an_error_not_a_cut_message(tmp_p
     rows = [f"{label},{text}" for label, text in zip(labels, texts, strict=True)]
     rows[30] = "ham,Hello, how are you"  # the comma should have been quoted
     (tmp_path / "msgs.csv").write_text("category,message\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    params = DataParams(dataset="msgs.csv", kind="text",
-                        text=TextParams(text_column="message", label_column="category"))
+    params = DataParams(
+        dataset="msgs.csv", kind="text", text=TextParams(text_column="message", label_column="category")
+    )
     with pytest.raises(DataError, match=r"msgs.csv: cannot be read as delimited text.*Expected 2 fields"):
         prepare(params, tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()

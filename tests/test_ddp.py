@@ -17,8 +17,11 @@ def test_two_process_ddp_gives_one_run(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, {**FAST_PARAMS, "trainer.devices": 2, "trainer.strategy": "ddp"})
     run(["python", "-m", "pipeline.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
-    result = run(["python", "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints",
-                  "ckpt"], tmp_path, PYTHONPATH=str(REPO))
+    result = run(
+        ["python", "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        tmp_path,
+        PYTHONPATH=str(REPO),
+    )
     assert "MEMBER: 2/2" in result.stdout + result.stderr  # two processes really joined the gloo group
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -49,12 +52,31 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+    ]
     stage = ["-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"]
-    nodes = [subprocess.Popen([*torchrun, "--node-rank", str(rank), *stage], cwd=tmp_path,
-                              env=stage_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [*torchrun, "--node-rank", str(rank), *stage],
+            cwd=tmp_path,
+            env=stage_env(PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
@@ -84,13 +106,20 @@ def train_and_evaluate(workdir, prepared, changes: dict) -> tuple[dict, str]:
     """The train and evaluate stage commands, as dvc.yaml runs them, in `workdir`; evaluate's metrics and the logs."""
     workdir.mkdir()
     shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
-    edit_params(workdir, {**FAST_PARAMS, "train.max_epochs": DIGITS_EPOCHS,
-                          "train.early_stopping_patience": None, **changes})
+    edit_params(
+        workdir, {**FAST_PARAMS, "train.max_epochs": DIGITS_EPOCHS, "train.early_stopping_patience": None, **changes}
+    )
     shutil.copytree(prepared, workdir / "prepared")  # one prepare output, so both runs see the very same splits
-    trained = run(["python", "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints",
-                   "ckpt"], workdir, PYTHONPATH=str(REPO))
-    run(["python", "-m", "pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"], workdir,
-        PYTHONPATH=str(REPO))
+    trained = run(
+        ["python", "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        workdir,
+        PYTHONPATH=str(REPO),
+    )
+    run(
+        ["python", "-m", "pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"],
+        workdir,
+        PYTHONPATH=str(REPO),
+    )
     return json.loads((workdir / "eval" / "metrics.json").read_text()), trained.stdout + trained.stderr
 
 
@@ -104,11 +133,18 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     run(["python", "-m", "pipeline.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
-    single, _ = train_and_evaluate(tmp_path / "single", tmp_path / "prepared",
-                                   {"trainer.devices": 1, "train.batch_size": GLOBAL_BATCH})
-    ddp, ddp_log = train_and_evaluate(tmp_path / "ddp", tmp_path / "prepared",
-                                      {"trainer.devices": DDP_PROCESSES, "trainer.strategy": "ddp",
-                                       "train.batch_size": GLOBAL_BATCH // DDP_PROCESSES})
+    single, _ = train_and_evaluate(
+        tmp_path / "single", tmp_path / "prepared", {"trainer.devices": 1, "train.batch_size": GLOBAL_BATCH}
+    )
+    ddp, ddp_log = train_and_evaluate(
+        tmp_path / "ddp",
+        tmp_path / "prepared",
+        {
+            "trainer.devices": DDP_PROCESSES,
+            "trainer.strategy": "ddp",
+            "train.batch_size": GLOBAL_BATCH // DDP_PROCESSES,
+        },
+    )
     assert f"MEMBER: {DDP_PROCESSES}/{DDP_PROCESSES}" in ddp_log  # both processes really joined the gloo group
     assert abs(ddp["accuracy"] - single["accuracy"]) <= TEST_ACCURACY_TOLERANCE, (single, ddp)
     assert min(ddp["accuracy"], single["accuracy"]) > 0.9  # both learnt digits, not both failed alike
@@ -120,8 +156,10 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     assert len(val) % DDP_PROCESSES == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'ddp'}/mlflow.db")
     (mlrun,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    history = {key: {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, key)}
-               for key in ("val/loss", "val/accuracy", "val/f1_macro")}
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, key)}
+        for key in ("val/loss", "val/accuracy", "val/f1_macro")
+    }
     assert len(history["val/accuracy"]) == DIGITS_EPOCHS  # once per epoch, by rank zero only
     # model.pt holds the best checkpoint's weights: the epoch of lowest logged val/loss (train.monitor).
     best_step = min(history["val/loss"], key=history["val/loss"].get)

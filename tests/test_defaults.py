@@ -18,8 +18,11 @@ from pipeline.train import apply_defaults, fit
 from pipeline.training import AUTO_KEYS_TAG, DEFAULTS_KIND_TAG
 from tests.conftest import REPO
 
-KIND_DATA = {"image": {"dataset": "digits"}, "tabular": {"dataset": "iris"},
-             "text": {"dataset": "data/raw/messages.tsv", "kind": "text"}}
+KIND_DATA = {
+    "image": {"dataset": "digits"},
+    "tabular": {"dataset": "iris"},
+    "text": {"dataset": "data/raw/messages.tsv", "kind": "text"},
+}
 
 
 @pytest.fixture
@@ -80,8 +83,7 @@ def test_an_override_wins_and_null_or_auto_brings_the_default_back(params_copy: 
         (["model.mlp.hidden_dims=[8,0]"], "model.mlp.hidden_dims: every size must be > 0"),
     ],
 )
-def test_the_schema_refuses_a_bad_value_of_an_auto_key(params_copy: Path, overrides: list[str],
-                                                       fragment: str) -> None:
+def test_the_schema_refuses_a_bad_value_of_an_auto_key(params_copy: Path, overrides: list[str], fragment: str) -> None:
     with pytest.raises(ParamsError) as info:
         load_params(params_copy, overrides)
     assert fragment in str(info.value)
@@ -97,8 +99,14 @@ def test_the_summary_line_names_the_choice_and_the_values() -> None:
 
 def test_resolved_values_are_fingerprinted_like_written_ones(params_copy: Path) -> None:
     auto = load_params(params_copy, ["data.dataset=iris"])
-    written = load_params(params_copy, ["data.dataset=iris", "model.name=mlp",
-                                        *(f"{k}={v}" for k, v in BY_KIND["tabular"].items() if k != "model.name")])
+    written = load_params(
+        params_copy,
+        [
+            "data.dataset=iris",
+            "model.name=mlp",
+            *(f"{k}={v}" for k, v in BY_KIND["tabular"].items() if k != "model.name"),
+        ],
+    )
     assert written.auto_keys != auto.auto_keys
     assert checkpoints.fingerprint(auto, "d") == checkpoints.fingerprint(written, "d")
     assert checkpoints.fingerprint(auto, "d") != checkpoints.fingerprint(load_params(params_copy), "d")
@@ -106,22 +114,29 @@ def test_resolved_values_are_fingerprinted_like_written_ones(params_copy: Path) 
 
 def test_run_name_does_not_list_keys_left_auto_on_both_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / PARAMS_FILE).write_text((REPO / PARAMS_FILE).read_text())
-    for cmd in (["git", "init", "-q"], ["git", "add", PARAMS_FILE],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", PARAMS_FILE],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"],
+    ):
         subprocess.run(cmd, cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
     for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         monkeypatch.delenv(name, raising=False)
     # lr, batch size, epochs... differ from digits' but were left auto on both sides: not what the user changed.
     assert tracking.run_name(load_params(PARAMS_FILE, ["data.dataset=iris"]), "tabular") == "mlp dataset=iris"
-    assert tracking.run_name(load_params(PARAMS_FILE, ["data.dataset=iris", "train.lr=0.05"]),
-                             "tabular") == "mlp dataset=iris lr=0.05"
+    assert (
+        tracking.run_name(load_params(PARAMS_FILE, ["data.dataset=iris", "train.lr=0.05"]), "tabular")
+        == "mlp dataset=iris lr=0.05"
+    )
 
 
 def test_train_refuses_prepared_data_of_another_kind(params_copy: Path) -> None:
     params = load_params(params_copy)  # digits: image defaults
-    with pytest.raises(ParamsError, match=re.escape("the prepared data is tabular data, but params.yaml's data "
-                                                    "section describes image data")):
+    with pytest.raises(
+        ParamsError,
+        match=re.escape("the prepared data is tabular data, but params.yaml's data section describes image data"),
+    ):
         apply_defaults(params, "tabular")
 
 
@@ -129,14 +144,21 @@ def test_train_prints_and_logs_the_choice(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    params = params_from_dict({"data": {"dataset": "iris"}, "train": {"max_epochs": 2},
-                               "trainer": {"progress_bar": False},
-                               "mlflow": {"tracking_uri": uri, "experiment_name": "auto", "system_metrics": False}})
+    params = params_from_dict(
+        {
+            "data": {"dataset": "iris"},
+            "train": {"max_epochs": 2},
+            "trainer": {"progress_bar": False},
+            "mlflow": {"tracking_uri": uri, "experiment_name": "auto", "system_metrics": False},
+        }
+    )
     prepare(params.data, tmp_path / "prepared")
     run_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt")
 
-    assert "train: model.name auto -> mlp (tabular defaults: hidden_dims [256, 128], dropout 0.1, batch_size 16, " \
-           "lr 0.01, weight_decay 0.01, monitor val/loss, class_weights none)" in capsys.readouterr().out
+    assert (
+        "train: model.name auto -> mlp (tabular defaults: hidden_dims [256, 128], dropout 0.1, batch_size 16, "
+        "lr 0.01, weight_decay 0.01, monitor val/loss, class_weights none)" in capsys.readouterr().out
+    )
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags[DEFAULTS_KIND_TAG] == "tabular"
     assert set(run.data.tags[AUTO_KEYS_TAG].split(",")) == set(AUTO_KEYS) - {"train.max_epochs"}

@@ -32,8 +32,10 @@ def exp_metrics(repo) -> dict[str, dict]:
             for revision in exp["revs"]:
                 data = revision["data"]
                 metrics = data["metrics"]["outputs/eval/metrics.json"]["data"]
-                found[revision["name"]] = {"params": data["params"]["params.yaml"]["data"],
-                                           "accuracy": metrics["accuracy"]}
+                found[revision["name"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "accuracy": metrics["accuracy"],
+                }
     return found
 
 

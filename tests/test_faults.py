@@ -62,8 +62,14 @@ def fake_checkpoint(path: Path, epoch: int) -> None:
 
 # name: (last.ckpt, best.ckpt, fingerprint of this run, store of this run) -> resumed from, message
 RESUME_CASES = {
-    "last cut short, best readable": (b"cut", 1, "fp", "same", checkpoints.BEST_CHECKPOINT,
-                                      "last.ckpt cannot be read (cut short while being written"),
+    "last cut short, best readable": (
+        b"cut",
+        1,
+        "fp",
+        "same",
+        checkpoints.BEST_CHECKPOINT,
+        "last.ckpt cannot be read (cut short while being written",
+    ),
     "both cut short": (b"cut", b"cut", "fp", "same", None, "its checkpoint(s) last.ckpt and best.ckpt cannot be read"),
     "params changed": (2, 1, "other", "same", None, "its params, prepared data or training code differ"),
     "store changed": (2, 1, "fp", "other", None, "it was tracked in another MLflow store"),
@@ -113,9 +119,12 @@ def test_a_training_whose_last_checkpoint_was_cut_short_resumes_from_the_best(tm
     last = ckpt / checkpoints.LAST_CHECKPOINT
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
 
-    result = run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model",
-                  "--checkpoints", "ckpt"], root, PYTHONPATH=str(REPO),
-                 MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+    result = run(
+        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        root,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
+    )
 
     assert "last.ckpt cannot be read" in result.stdout and "resuming from" in result.stdout
     assert "params, prepared data" not in result.stdout
@@ -141,8 +150,12 @@ def stage_environ(root: Path) -> dict[str, str]:
 
 
 def train(root: Path) -> None:
-    run([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints",
-         "ckpt"], root, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+    run(
+        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        root,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
+    )
 
 
 def run_status(root: Path, run_id: str) -> str:
@@ -163,8 +176,15 @@ def signal_evaluate_while_it_holds_the_run(root: Path, run_id: str, sig: signal.
     log = root / f"evaluate-{sig.name}.log"
     for _ in range(3):
         with log.open("w") as out:
-            proc = subprocess.Popen(cmd, cwd=root, env=stage_environ(root), stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=interruptible)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=root,
+                env=stage_environ(root),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=interruptible,
+            )
         deadline = time.monotonic() + SIGNAL_TIMEOUT_S
         try:
             while run_status(root, run_id) != "RUNNING":
@@ -187,8 +207,11 @@ def signal_evaluate_while_it_holds_the_run(root: Path, run_id: str, sig: signal.
 
 
 # signal to evaluate -> its exit status, the run's status after it; SIGKILL last: it retrains.
-EVALUATE_SIGNALS = {"SIGINT": (signal.SIGINT, 130, "KILLED"), "SIGTERM": (signal.SIGTERM, 130, "KILLED"),
-                    "SIGKILL": (signal.SIGKILL, -signal.SIGKILL, "RUNNING")}
+EVALUATE_SIGNALS = {
+    "SIGINT": (signal.SIGINT, 130, "KILLED"),
+    "SIGTERM": (signal.SIGTERM, 130, "KILLED"),
+    "SIGKILL": (signal.SIGKILL, -signal.SIGKILL, "RUNNING"),
+}
 
 
 @pytest.mark.parametrize("case", EVALUATE_SIGNALS.values(), ids=EVALUATE_SIGNALS.keys())
@@ -211,18 +234,41 @@ def test_tracking_server_gone_during_training_ends_with_one_message_in_bounded_t
     root.mkdir()
     shutil.copyfile(REPO / "params.yaml", root / "params.yaml")
     max_unreachable_s = 10
-    edit_params(root, {**TINY, "train.max_epochs": 300, "train.batch_size": 8, "train.early_stopping_patience": None,
-                       "mlflow.max_unreachable_s": max_unreachable_s})
+    edit_params(
+        root,
+        {
+            **TINY,
+            "train.max_epochs": 300,
+            "train.batch_size": 8,
+            "train.early_stopping_patience": None,
+            "mlflow.max_unreachable_s": max_unreachable_s,
+        },
+    )
     prepare(DataParams(), root / "prepared")
     last = root / "ckpt" / checkpoints.LAST_CHECKPOINT
     with contextlib.ExitStack() as server:
-        uri = server.enter_context(mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
-                                                 tmp_path / "server"))
+        uri = server.enter_context(
+            mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server")
+        )
         log = root / "train.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out",
-                                     "model", "--checkpoints", "ckpt"], cwd=root, stdout=subprocess.DEVNULL,
-                                    stderr=out, env=stage_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri))
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.train",
+                    "--prepared",
+                    "prepared",
+                    "--out",
+                    "model",
+                    "--checkpoints",
+                    "ckpt",
+                ],
+                cwd=root,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                env=stage_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri),
+            )
         try:
             deadline = time.monotonic() + SIGNAL_TIMEOUT_S
             while not (last.is_file() and checkpoints.checkpoint_progress(last)[0] >= 2):

@@ -30,9 +30,7 @@ Y_PRED = np.array([0, 0, 1, 2, 1, 1, 0, 2, 2, 2])
 #   actual cat -> predicted cat, cat, dog, fox  => [2, 1, 1]
 #   actual dog -> predicted dog, dog, cat       => [1, 2, 0]
 #   actual fox -> predicted fox, fox, fox       => [0, 0, 3]
-CONFUSION = [[2, 1, 1],
-             [1, 2, 0],
-             [0, 0, 3]]
+CONFUSION = [[2, 1, 1], [1, 2, 0], [0, 0, 3]]
 # Accuracy: diagonal 2 + 2 + 3 = 7 of 10.
 ACCURACY = 0.7
 # Precision = diagonal / column total; column totals are 3, 3, 4.
@@ -81,9 +79,15 @@ def test_per_class_scores(evaluation) -> None:
 
 
 def test_headline_metrics(evaluation) -> None:
-    assert evaluation.headline == pytest.approx({
-        "accuracy": ACCURACY, "f1_macro": MACRO["f1"], "precision_macro": MACRO["precision"],
-        "recall_macro": MACRO["recall"], "f1_weighted": WEIGHTED["f1"]})
+    assert evaluation.headline == pytest.approx(
+        {
+            "accuracy": ACCURACY,
+            "f1_macro": MACRO["f1"],
+            "precision_macro": MACRO["precision"],
+            "recall_macro": MACRO["recall"],
+            "f1_weighted": WEIGHTED["f1"],
+        }
+    )
     assert list(evaluation.headline) == list(HEADLINE_METRICS)
     # The same numbers from labels and predictions alone (what a baseline model's evaluation calls).
     assert headline_metrics(Y_TRUE, Y_PRED, len(NAMES)) == evaluation.headline

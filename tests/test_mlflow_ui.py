@@ -31,8 +31,12 @@ PAGE_TIMEOUT_S = 60
 def ui_server(repo_copy: Path, tmp_path: Path):
     """`mlflow server` on repo_copy/mlflow.db. The runs' artifact URIs are file:// paths under repo_copy/mlartifacts,
     which the server reads directly; proxied uploads (new experiments only) go to the same folder."""
-    with mlflow_server(f"sqlite:///{repo_copy}/mlflow.db", repo_copy / "mlartifacts", tmp_path / "mlflow-server",
-                       SERVER_START_TIMEOUT_S) as base:
+    with mlflow_server(
+        f"sqlite:///{repo_copy}/mlflow.db",
+        repo_copy / "mlartifacts",
+        tmp_path / "mlflow-server",
+        SERVER_START_TIMEOUT_S,
+    ) as base:
         yield base
 
 
@@ -43,12 +47,22 @@ def browser(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1600,1400", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1600,1400",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
+    driver = webdriver.Chrome(
+        service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
     try:
         yield driver
     finally:
@@ -145,8 +159,10 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         try:
             links = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(run_links)
         except TimeoutException:
-            pytest.fail("the experiment page did not list both runs; it shows:\n"
-                        + driver.find_element(By.TAG_NAME, "body").text[:3000])
+            pytest.fail(
+                "the experiment page did not list both runs; it shows:\n"
+                + driver.find_element(By.TAG_NAME, "body").text[:3000]
+            )
         for run_id, (name, _) in expected.items():
             assert name in links[run_id], (run_id, name, links[run_id])
         assert "/runs" in driver.current_url and "overview" not in driver.current_url, driver.current_url
@@ -165,12 +181,16 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         try:
             ticks = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(x_ticks)
         except TimeoutException:
-            pytest.fail("no metric chart with an x axis up to the last epoch; the page shows:\n"
-                        + driver.find_element(By.TAG_NAME, "body").text[:3000])
+            pytest.fail(
+                "no metric chart with an x axis up to the last epoch; the page shows:\n"
+                + driver.find_element(By.TAG_NAME, "body").text[:3000]
+            )
         assert max(ticks) <= last_epoch, ticks
         driver.execute_script(  # the per-epoch charts in view, below the test metrics' bars
             "const t = [...document.querySelectorAll('.xtick text')].find(t => t.textContent === arguments[0]);"
-            "t.scrollIntoView({block: 'center'});", str(last_epoch))
+            "t.scrollIntoView({block: 'center'});",
+            str(last_epoch),
+        )
         save_screenshot(driver, tmp_path, "mlflow_metric_charts.png")
 
         # The compare view of the two runs (the route the UI's own Compare button opens).
@@ -184,8 +204,10 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         try:
             shown = WebDriverWait(driver, PAGE_TIMEOUT_S, poll_frequency=0.25).until(accuracy_cells)
         except TimeoutException:
-            pytest.fail("the compare view did not show test/accuracy for two runs; it shows:\n"
-                        + driver.find_element(By.TAG_NAME, "body").text[-3000:])
+            pytest.fail(
+                "the compare view did not show test/accuracy for two runs; it shows:\n"
+                + driver.find_element(By.TAG_NAME, "body").text[-3000:]
+            )
 
         # Columns follow the "Run ID:" header; each shows its run's name and its test/accuracy.
         table = driver.find_element(By.CSS_SELECTOR, "table.mlflow-compare-run-table")
@@ -204,8 +226,11 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
                 if switch.get_attribute("aria-checked") != "true":
                     switch.click()
         WebDriverWait(driver, 10, poll_frequency=0.1).until(
-            lambda drv: drv.find_elements(By.XPATH, "//table//*[normalize-space(text())='train.lr']")
-            and not drv.find_elements(By.XPATH, "//table//*[normalize-space(text())='train.seed']"))
+            lambda drv: (
+                drv.find_elements(By.XPATH, "//table//*[normalize-space(text())='train.lr']")
+                and not drv.find_elements(By.XPATH, "//table//*[normalize-space(text())='train.seed']")
+            )
+        )
         label = driver.find_element(By.XPATH, "//a[normalize-space(text())='test/accuracy']")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", label)
         WebDriverWait(driver, 10, poll_frequency=0.1).until(accuracy_cells)
@@ -223,7 +248,8 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
             boxes = drv.execute_script(
                 "return [...document.querySelectorAll('img')].filter(i => i.src.startsWith('blob:') && i.complete"
                 " && i.naturalWidth > 0 && i.getBoundingClientRect().width > 100)"
-                ".map(i => [i.src, Math.round(i.getBoundingClientRect().left)])")
+                ".map(i => [i.src, Math.round(i.getBoundingClientRect().left)])"
+            )
             return boxes if len({src for src, _ in boxes}) == 2 else False
 
         try:

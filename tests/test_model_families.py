@@ -40,10 +40,15 @@ TRANSFORMER_SMALL = TransformerParams(d_model=16, n_heads=2, num_layers=2, dim_f
 VARIANTS = {
     "mlp": ("mlp", MLPParams(hidden_dims=[32, 16], dropout=0.1, embedding_dim=16)),
     "cnn": ("cnn", CNNParams(channels=[8, 16], kernel_size=3, hidden_dim=32, dropout=0.1, embedding_dim=16)),
-    **{f"rnn-{cell}-{'bi' if bi else 'uni'}": ("rnn", dataclasses.replace(RNN_SMALL, cell=cell, bidirectional=bi))
-       for cell in ("lstm", "gru") for bi in (True, False)},
-    **{f"transformer-{pooling}": ("transformer", dataclasses.replace(TRANSFORMER_SMALL, pooling=pooling))
-       for pooling in ("cls", "mean")},
+    **{
+        f"rnn-{cell}-{'bi' if bi else 'uni'}": ("rnn", dataclasses.replace(RNN_SMALL, cell=cell, bidirectional=bi))
+        for cell in ("lstm", "gru")
+        for bi in (True, False)
+    },
+    **{
+        f"transformer-{pooling}": ("transformer", dataclasses.replace(TRANSFORMER_SMALL, pooling=pooling))
+        for pooling in ("cls", "mean")
+    },
 }
 SEQUENCE_INPUTS = ("grey-image", "rgb-image", "text")
 SUPPORTED = {"mlp": tuple(INPUTS), "cnn": SEQUENCE_INPUTS, "rnn": SEQUENCE_INPUTS, "transformer": SEQUENCE_INPUTS}
@@ -54,8 +59,9 @@ CASE_IDS = [f"{variant}-{kind}" for variant, kind in CASES]
 def build(variant: str, kind: str, **overrides) -> nn.Module:
     name, params = VARIANTS[variant]
     input_shape, vocab_size = INPUTS[kind]
-    return build_model(name, dataclasses.asdict(dataclasses.replace(params, **overrides)), input_shape, NUM_CLASSES,
-                       vocab_size)
+    return build_model(
+        name, dataclasses.asdict(dataclasses.replace(params, **overrides)), input_shape, NUM_CLASSES, vocab_size
+    )
 
 
 def pad(rows: list[list[int]], length: int) -> torch.Tensor:

@@ -86,16 +86,30 @@ def test_cnn_rejects_more_blocks_than_the_image_can_halve() -> None:
 # Optimisers and schedulers
 # ---------------------------------------------------------------------------------------------------------------
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULERS = {"none": None, "step": torch.optim.lr_scheduler.StepLR,
-              "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
-              "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
+SCHEDULERS = {
+    "none": None,
+    "step": torch.optim.lr_scheduler.StepLR,
+    "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+    "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
+}
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_configure_optimizers(optimizer: str, scheduler: str) -> None:
-    params = TrainParams(optimizer=optimizer, scheduler=scheduler, lr=0.02, weight_decay=0.001, momentum=0.5,
-                         step_size=3, gamma=0.5, max_epochs=7, min_lr=1e-5, plateau_patience=2, monitor="val/accuracy")
+    params = TrainParams(
+        optimizer=optimizer,
+        scheduler=scheduler,
+        lr=0.02,
+        weight_decay=0.001,
+        momentum=0.5,
+        step_size=3,
+        gamma=0.5,
+        max_epochs=7,
+        min_lr=1e-5,
+        plateau_patience=2,
+        monitor="val/accuracy",
+    )
     net = build_model("mlp", {"hidden_dims": [8], "dropout": 0.0}, DIGITS_SHAPE, NUM_CLASSES)
     module = Classifier(net, NUM_CLASSES, params)
 
@@ -145,8 +159,13 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
     data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     (scores,) = trainer.validate(Classifier(net, 3, TrainParams()), datamodule=data, verbose=False)
     with torch.no_grad():
         expected = functional.cross_entropy(net(x), y).item()
@@ -170,8 +189,13 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
         assert objective.item() == pytest.approx(functional.cross_entropy(net(x), y, weight=weights).item())
         plain = functional.cross_entropy(net(x), y).item()
     data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)
     assert scores["val/loss"] == pytest.approx(plain, rel=1e-6)
 
@@ -189,8 +213,10 @@ def sandbox(root: Path) -> Iterator[None]:
     import mlflow
 
     saved_env = dict(os.environ)
-    deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "PIPELINE_DEBUG"):
@@ -206,13 +232,28 @@ def sandbox(root: Path) -> Iterator[None]:
 
 
 def shrunk_params(uri: str, experiment: str, run_name: str):
-    return load_params(REPO / "params.yaml", overrides=[
-        f"train.max_epochs={MAX_EPOCHS}", "train.scheduler=cosine", "train.optimizer=adamw", "train.lr=0.003",
-        "train.batch_size=64", "train.monitor=val/loss", "train.early_stopping_patience=10",
-        "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
-        "trainer.precision=32-true", "model.name=mlp", "model.mlp.hidden_dims=[32]",
-        f"mlflow.tracking_uri={uri}", f"mlflow.experiment_name={experiment}", f"mlflow.run_name={run_name}",
-    ])
+    return load_params(
+        REPO / "params.yaml",
+        overrides=[
+            f"train.max_epochs={MAX_EPOCHS}",
+            "train.scheduler=cosine",
+            "train.optimizer=adamw",
+            "train.lr=0.003",
+            "train.batch_size=64",
+            "train.monitor=val/loss",
+            "train.early_stopping_patience=10",
+            "trainer.progress_bar=false",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.strategy=auto",
+            "trainer.precision=32-true",
+            "model.name=mlp",
+            "model.mlp.hidden_dims=[32]",
+            f"mlflow.tracking_uri={uri}",
+            f"mlflow.experiment_name={experiment}",
+            f"mlflow.run_name={run_name}",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +305,7 @@ def test_model_file_holds_the_best_checkpoint_weights(trained) -> None:
     from pipeline.artifacts import BEST_CHECKPOINT, MODEL_FILE
 
     best = torch.load(trained.ckpt_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=True)
-    expected = {k[len("net."):]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
+    expected = {k[len("net.") :]: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     saved = torch.load(trained.model_dir / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
     assert saved.keys() == expected.keys()
     for key in saved:
@@ -307,8 +348,10 @@ def test_fit_run_is_finished_with_params_tags_and_artifacts(workspace, trained) 
     assert run.data.tags["data.dataset"] == "digits"
     assert run.data.tags["data.digest"] == workspace.meta["digest"]
     assert run.data.tags["model.name"] == "mlp"
-    assert {a.path for a in client.list_artifacts(trained.run_id, "weights")} == {"weights/model.pt",
-                                                                                   "weights/mlflow_run.json"}
+    assert {a.path for a in client.list_artifacts(trained.run_id, "weights")} == {
+        "weights/model.pt",
+        "weights/mlflow_run.json",
+    }
     # The artifacts went to the store beside the temporary root, not anywhere else.
     assert run.info.artifact_uri.startswith((workspace.root / "mlartifacts").as_uri())
 
@@ -342,8 +385,14 @@ def test_nothing_is_written_outside_the_temporary_root(workspace, trained) -> No
 def test_evaluate_writes_outputs(workspace, evaluated) -> None:
     out = evaluated.out
     n_test = workspace.meta["split_sizes"]["test"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "baseline.json", "per_class.json", "confusion.json",
-                                               "confusion_matrix.png", "classification_report.txt"}
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json",
+        "baseline.json",
+        "per_class.json",
+        "confusion.json",
+        "confusion_matrix.png",
+        "classification_report.txt",
+    }
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == evaluated.summary
@@ -370,10 +419,15 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] == pytest.approx(evaluated.summary["accuracy"])
     assert run.data.metrics["test/f1_macro"] == pytest.approx(evaluated.summary["f1_macro"])
-    assert not [k for k in run.data.metrics if k.startswith("test/") and k[len("test/"):] not in HEADLINE_METRICS]
+    assert not [k for k in run.data.metrics if k.startswith("test/") and k[len("test/") :] not in HEADLINE_METRICS]
     artifacts = {a.path for a in client.list_artifacts(trained.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "evaluation/confusion.json",
-            "evaluation/per_class.json", "evaluation/per_class_table.json"} <= artifacts
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/metrics.json",
+        "evaluation/confusion.json",
+        "evaluation/per_class.json",
+        "evaluation/per_class_table.json",
+    } <= artifacts
     # The confusion matrix at the artifact root (what the UI's compare view offers) and as an MLflow image.
     assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(trained.run_id)}
     images = [a.path for a in client.list_artifacts(trained.run_id, "images")]
@@ -382,8 +436,7 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
     compared = json.loads((evaluated.out / "baseline.json").read_text())
     assert run.data.params["baseline.model"] == "LogisticRegression"
     assert run.data.metrics["baseline/f1_macro"] == pytest.approx(compared["f1_macro"]) and compared["f1_macro"] > 0.9
-    assert compared["model_f1_gain"] == pytest.approx(evaluated.summary["f1_macro"]
-                                                                      - compared["f1_macro"])
+    assert compared["model_f1_gain"] == pytest.approx(evaluated.summary["f1_macro"] - compared["f1_macro"])
     assert "evaluation/baseline.json" in artifacts
     # Still one run: evaluate continued train's run instead of starting another.
     assert len(client.search_runs([run.info.experiment_id])) == 1

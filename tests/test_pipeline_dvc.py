@@ -19,10 +19,18 @@ def runs_in(client: MlflowClient, experiment: str):
 # Every line a `dvc repro` of the default pipeline may print: DVC's own, the stages' own, Lightning's progress bar.
 # Anything else (a library banner, tip or warning the user cannot act on) fails the test.
 CONSOLE_ALLOWED = [
-    r"Running stage '\w+':", r"> python -u -m pipeline\.\w+ .*", r"(Generating|Updating) lock file 'dvc.lock'",
-    r"To track the changes with git, run:", r"git add .*", r"To enable auto staging, run:",
-    r"dvc config core.autostage true", r"Use `dvc push` to send your updates to remote storage\.",
-    r"params\.yaml: OK", r"prepare: .*", r"train: .*", r"evaluate: .*",
+    r"Running stage '\w+':",
+    r"> python -u -m pipeline\.\w+ .*",
+    r"(Generating|Updating) lock file 'dvc.lock'",
+    r"To track the changes with git, run:",
+    r"git add .*",
+    r"To enable auto staging, run:",
+    r"dvc config core.autostage true",
+    r"Use `dvc push` to send your updates to remote storage\.",
+    r"params\.yaml: OK",
+    r"prepare: .*",
+    r"train: .*",
+    r"evaluate: .*",
     r"(Sanity Checking|Training|Epoch \d+|Validation).*",  # the progress bar
 ]
 CURSOR_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the progress bar moves the cursor between its two bars
@@ -44,8 +52,9 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert unexpected_console_lines(console) == []
     assert re.search(r"Epoch 2: .*val_loss=[\d.]+, val_accuracy=[\d.]+, train_loss=[\d.]+, train_accuracy=", console)
     assert "v_num" not in console
-    assert re.search(r"train: best epoch \d \(val/loss [\d.]+\) of 3 run .*stopped: train.max_epochs \(3\) reached",
-                     console)
+    assert re.search(
+        r"train: best epoch \d \(val/loss [\d.]+\) of 3 run .*stopped: train.max_epochs \(3\) reached", console
+    )
     assert re.search(r"evaluate: test accuracy [\d.]+, f1_macro [\d.]+, precision_macro", console)
     assert re.search(r"evaluate: MLflow UI .*http://127.0.0.1:5000/#/experiments/\d+/runs/\w+", console)
 
@@ -62,8 +71,12 @@ def test_dvc_repro_end_to_end(repo_copy):
     table = run(["dvc", "metrics", "show"], repo_copy).stdout.splitlines()
     assert len(table) == 3 and max(map(len, table)) <= 120, table
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
-    assert {"Loss per epoch", "Accuracy and macro F1 per epoch", "Test scores per class",
-            "Test confusion matrix"} <= set(plots)
+    assert {
+        "Loss per epoch",
+        "Accuracy and macro F1 per epoch",
+        "Test scores per class",
+        "Test confusion matrix",
+    } <= set(plots)
     confusion = json.dumps(plots["Test confusion matrix"])
     assert '"predicted"' in confusion and '"actual"' in confusion  # the confusion template, with our rows
     per_class = json.loads((repo_copy / "outputs/eval/per_class.json").read_text())
@@ -90,15 +103,17 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert mlrun.data.params["evaluate.batch_size"] == "1024"  # logged by evaluate, into the same run
     # Only the params the run uses: no other model's, data kind's, optimizer's or scheduler's options.
     assert len(mlrun.data.params) <= 40
-    assert not [k for k in mlrun.data.params if k.startswith(("model.mlp.", "model.rnn.", "model.transformer.",
-                                                              "data.text.", "data.tabular.", "mlflow."))]
+    assert not [
+        k
+        for k in mlrun.data.params
+        if k.startswith(("model.mlp.", "model.rnn.", "model.transformer.", "data.text.", "data.tabular.", "mlflow."))
+    ]
     assert not {"train.momentum", "train.step_size", "train.plateau_patience"} & set(mlrun.data.params)
     assert len(mlrun.data.tags["config.hash"]) == 16
     assert mlrun.info.run_name == "cnn"  # the committed params.yaml, progress bar aside (display only)
     assert client.get_experiment_by_name("digits").tags["mlflow.experimentKind"] == "custom_model_development"
     epochs = FAST_PARAMS["train.max_epochs"]
-    for metric in ("train/loss", "train/accuracy", "train/f1_macro", "val/loss", "val/accuracy", "val/f1_macro",
-                   "lr"):
+    for metric in ("train/loss", "train/accuracy", "train/f1_macro", "val/loss", "val/accuracy", "val/f1_macro", "lr"):
         history = client.get_metric_history(run_id, metric)
         assert sorted(m.step for m in history) == list(range(epochs)), metric  # the epoch is the step
     # The same names as `dvc metrics show`, under test/; nothing per class among the metrics.
@@ -116,8 +131,12 @@ def test_dvc_repro_end_to_end(repo_copy):
     assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits", dvc_md5)
     assert str(repo_copy / "data/prepared") in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt", "evaluation/metrics.json",
-            "evaluation/per_class_table.json"} <= artifacts
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/classification_report.txt",
+        "evaluation/metrics.json",
+        "evaluation/per_class_table.json",
+    } <= artifacts
     assert any(a.path.startswith("images/confusion_matrix") for a in client.list_artifacts(run_id, "images"))
     assert {a.path for a in client.list_artifacts(run_id, "weights")} >= {"weights/model.pt"}
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy}/mlflow.db")

@@ -39,8 +39,9 @@ def repro_and_check(repo: Path, experiment: str, kind: str, expected_stages=tupl
     assert 0 <= metrics["accuracy"] <= 1
 
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"]
+    )
     latest = runs[0]
     assert latest.info.status == "FINISHED"
     assert latest.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
@@ -52,18 +53,28 @@ def repro_and_check(repo: Path, experiment: str, kind: str, expected_stages=tupl
 def animals(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     code = np.arange(n) % 3
-    return pd.DataFrame({
-        "weight": (rng.normal(0, 1, n) + 2 * code).round(3),
-        "colour": np.array(["blue", "grey", "brown"])[code],
-        "label": np.array(["bird", "cat", "dog"])[code],
-    })
+    return pd.DataFrame(
+        {
+            "weight": (rng.normal(0, 1, n) + 2 * code).round(3),
+            "colour": np.array(["blue", "grey", "brown"])[code],
+            "label": np.array(["bird", "cat", "dog"])[code],
+        }
+    )
 
 
 def test_tabular_csv(repo_copy: Path) -> None:
     csv = repo_copy / "data/raw/animals.csv"
     animals(90, seed=0).to_csv(csv, index=False)
-    edit_params(repo_copy, {"data.dataset": "data/raw/animals.csv", "data.tabular.target": "label",
-                           "model.name": "mlp", "model.mlp.hidden_dims": [16], "mlflow.experiment_name": "tabular"})
+    edit_params(
+        repo_copy,
+        {
+            "data.dataset": "data/raw/animals.csv",
+            "data.tabular.target": "label",
+            "model.name": "mlp",
+            "model.mlp.hidden_dims": [16],
+            "mlflow.experiment_name": "tabular",
+        },
+    )
     commit_all(repo_copy, "animals")
 
     meta, runs = repro_and_check(repo_copy, "tabular", "tabular")
@@ -86,9 +97,19 @@ def test_tabular_csv(repo_copy: Path) -> None:
 def test_text_messages(repo_copy: Path) -> None:
     lines = SMS.read_text(encoding="utf-8").splitlines(keepends=True)[:800]
     (repo_copy / "data/raw/sms.tsv").write_text("".join(lines), encoding="utf-8")
-    edit_params(repo_copy, {"data.dataset": "data/raw/sms.tsv", "data.kind": "text", "data.text.max_len": 32,
-                           "model.name": "rnn", "model.rnn.hidden_size": 16, "model.rnn.embedding_dim": 16,
-                           "train.max_epochs": 2, "mlflow.experiment_name": "sms"})
+    edit_params(
+        repo_copy,
+        {
+            "data.dataset": "data/raw/sms.tsv",
+            "data.kind": "text",
+            "data.text.max_len": 32,
+            "model.name": "rnn",
+            "model.rnn.hidden_size": 16,
+            "model.rnn.embedding_dim": 16,
+            "train.max_epochs": 2,
+            "mlflow.experiment_name": "sms",
+        },
+    )
     commit_all(repo_copy, "sms")
 
     meta, runs = repro_and_check(repo_copy, "sms", "text")
@@ -111,8 +132,15 @@ def test_image_folder(repo_copy: Path) -> None:
             pixels = rng.integers(0, 80, (10 + i % 3, 12, 3))
             pixels[..., k] += 150
             Image.fromarray(pixels.astype(np.uint8), "RGB").save(folder / f"{i}.png")
-    edit_params(repo_copy, {"data.dataset": "data/raw/imgs", "data.image.size": [8, 8], "model.name": "cnn",
-                           "mlflow.experiment_name": "images"})
+    edit_params(
+        repo_copy,
+        {
+            "data.dataset": "data/raw/imgs",
+            "data.image.size": [8, 8],
+            "model.name": "cnn",
+            "mlflow.experiment_name": "images",
+        },
+    )
     commit_all(repo_copy, "images")
 
     meta, runs = repro_and_check(repo_copy, "images", "image")

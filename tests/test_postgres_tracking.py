@@ -30,8 +30,9 @@ def postgres_bin() -> Path | None:
     if not root.is_dir():
         return None
     bins = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file() and (d / "bin" / "pg_ctl").is_file()]
-    return max(bins, key=lambda p: float(p.parent.name) if p.parent.name.replace(".", "").isdigit() else 0,
-               default=None)
+    return max(
+        bins, key=lambda p: float(p.parent.name) if p.parent.name.replace(".", "").isdigit() else 0, default=None
+    )
 
 
 def has_user(name: str) -> bool:
@@ -52,11 +53,18 @@ def as_postgres(cmd: list[str]) -> list[str]:
 
 
 def pg(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(as_postgres(cmd), check=False, capture_output=True, text=True, timeout=timeout,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"})
+    result = subprocess.run(
+        as_postgres(cmd),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+    )
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -79,11 +87,36 @@ def postgres():
     port = free_port()
     started = False
     try:
-        pg([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-            "--no-locale", "--no-sync"])
-        pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", str(PG_START_TIMEOUT_S),
-            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off", "start"],
-           timeout=PG_START_TIMEOUT_S + 30)
+        pg(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]
+        )
+        pg(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(PG_START_TIMEOUT_S),
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off",
+                "start",
+            ],
+            timeout=PG_START_TIMEOUT_S + 30,
+        )
         started = True
         pg([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"])
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
@@ -91,8 +124,12 @@ def postgres():
         pytest.fail(f"PostgreSQL did not start: {exc}\n--- log\n{log_tail(log)}")
     finally:
         if started:
-            subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           check=False, capture_output=True, timeout=60)
+            subprocess.run(
+                as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                check=False,
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 

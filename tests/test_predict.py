@@ -60,7 +60,8 @@ def train_tiny(root: Path, data: DataParams, model: ModelParams, max_epochs: int
     prepared, model_dir = root / "prepared", root / "model"
     prepare(data, prepared)
     params = Params(
-        data=data, model=model,
+        data=data,
+        model=model,
         train=TrainParams(max_epochs=max_epochs, batch_size=32, lr=0.01, early_stopping_patience=None),
         trainer=TrainerParams(progress_bar=False, log_every_n_steps=1),
         mlflow=MlflowParams(tracking_uri=f"sqlite:///{root.parent / 'mlflow.db'}", experiment_name="predict-tests"),
@@ -86,13 +87,16 @@ def animals_table(n: int = 150, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     label = np.repeat(["bird", "cat", "dog"], n // 3)
     code = np.repeat(np.arange(3), n // 3)
-    frame = pd.DataFrame({
-        "weight": (rng.normal(0, 1, n) + 2 * code).round(3),
-        "legs": np.where(code == 0, 2, 4) + rng.integers(0, 2, n),
-        "colour": np.where(rng.random(n) < 0.7, np.array(["blue", "grey", "brown"])[code],
-                           rng.choice(["blue", "grey", "brown"], n)).astype(object),
-        "label": label,
-    })
+    frame = pd.DataFrame(
+        {
+            "weight": (rng.normal(0, 1, n) + 2 * code).round(3),
+            "legs": np.where(code == 0, 2, 4) + rng.integers(0, 2, n),
+            "colour": np.where(
+                rng.random(n) < 0.7, np.array(["blue", "grey", "brown"])[code], rng.choice(["blue", "grey", "brown"], n)
+            ).astype(object),
+            "label": label,
+        }
+    )
     frame.loc[rng.choice(n, 8, replace=False), "weight"] = np.nan
     frame.loc[rng.choice(n, 8, replace=False), "colour"] = None
     return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
@@ -109,9 +113,11 @@ def tabular(store: Path) -> Trained:
     root.mkdir()
     frame = animals_table()
     frame.to_csv(root / "animals.csv", index=False)
-    prepared, model = train_tiny(root, DataParams(dataset=str(root / "animals.csv"),
-                                                  tabular=TabularParams(target="label")),
-                                 ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[16], dropout=0.0)))
+    prepared, model = train_tiny(
+        root,
+        DataParams(dataset=str(root / "animals.csv"), tabular=TabularParams(target="label")),
+        ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[16], dropout=0.0)),
+    )
     index = split_index(prepared)
     assert frame.iloc[index][["weight", "colour"]].isna().any().all()  # imputation is part of what must agree
     frame.iloc[index].to_csv(root / "test_rows.csv", index=False)
@@ -127,9 +133,11 @@ def text(store: Path) -> Trained:
     lines = SMS.read_text(encoding="utf-8").splitlines(keepends=True)[:600]
     (root / "sms.tsv").write_text("".join(lines), encoding="utf-8")
     prepared, model = train_tiny(
-        root, DataParams(dataset=str(root / "sms.tsv"), kind="text", text=TextParams(max_len=32)),
+        root,
+        DataParams(dataset=str(root / "sms.tsv"), kind="text", text=TextParams(max_len=32)),
         ModelParams(name="rnn", rnn=RNNParams(cell="gru", hidden_size=16, embedding_dim=16, dropout=0.0)),
-        max_epochs=1)
+        max_epochs=1,
+    )
     index = split_index(prepared)
     (root / "test.tsv").write_text("".join(lines[i] for i in index), encoding="utf-8")
     return Trained(root, prepared, model, root / "test.tsv", index, ["ham", "spam"])
@@ -139,8 +147,9 @@ def text(store: Path) -> Trained:
 def image(store: Path) -> Trained:
     root = store / "image"
     root.mkdir()
-    prepared, model = train_tiny(root, DataParams(dataset="digits"),
-                                 ModelParams(name="cnn", cnn=CNNParams(channels=[8, 16], hidden_dim=32)))
+    prepared, model = train_tiny(
+        root, DataParams(dataset="digits"), ModelParams(name="cnn", cnn=CNNParams(channels=[8, 16], hidden_dim=32))
+    )
     index = split_index(prepared)
     np.savez(root / "test.npz", x=load_digits().images[index])  # the raw 8x8 float64 images, no labels
     return Trained(root, prepared, model, root / "test.npz", index, [str(d) for d in range(10)])
@@ -194,8 +203,9 @@ def test_tabular_rows_without_the_target_column(tabular: Trained) -> None:
     expected = predict(tabular.test_input, tabular.prepared, tabular.model)
     got = predict(tabular.root / "no_target.csv", tabular.prepared, tabular.model)
     assert got["predicted"].tolist() == expected["predicted"].tolist()
-    np.testing.assert_allclose(probabilities(got, tabular.class_names), probabilities(expected, tabular.class_names),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        probabilities(got, tabular.class_names), probabilities(expected, tabular.class_names), atol=1e-6, rtol=0
+    )
 
 
 def test_text_file_of_messages_predicts_one_row_per_line(text: Trained) -> None:
@@ -221,8 +231,9 @@ def test_grayscale_model_takes_three_channel_images_converted_to_grey(image: Tra
     for name in ("rgb_last.npz", "rgb_first.npz"):
         got = predict(image.root / name, image.prepared, image.model)
         assert got["predicted"].tolist() == expected["predicted"].tolist()
-        np.testing.assert_allclose(probabilities(got, image.class_names),
-                                   probabilities(expected, image.class_names), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            probabilities(got, image.class_names), probabilities(expected, image.class_names), atol=1e-5, rtol=0
+        )
 
 
 def test_rgb_model_refuses_single_channel_array_images(tmp_path: Path, image: Trained) -> None:
@@ -236,8 +247,11 @@ def test_rgb_model_refuses_single_channel_array_images(tmp_path: Path, image: Tr
 
 def test_images_of_another_size_without_data_image_size_are_refused(image: Trained) -> None:
     np.savez(image.root / "big.npz", x=np.zeros((4, 12, 12)))
-    with pytest.raises(DataError, match=r"big\.npz: preprocessed to shape \[1, 12, 12\], but the model takes "
-                                        r"\[1, 8, 8\]"):
+    with pytest.raises(
+        DataError,
+        match=r"big\.npz: preprocessed to shape \[1, 12, 12\], but the model takes "
+        r"\[1, 8, 8\]",
+    ):
         predict(image.root / "big.npz", image.prepared, image.model)
 
 
@@ -245,8 +259,23 @@ def test_images_of_another_size_without_data_image_size_are_refused(image: Train
 # The command
 # ---------------------------------------------------------------------------------------------------------------
 def predict_command(cwd: Path, trained: Trained, *args: str):
-    return run([sys.executable, "-m", "pipeline.predict", "--prepared", str(trained.prepared), "--model",
-                str(trained.model), *args], cwd, check=False, timeout=180, PYTHONPATH=str(REPO), PIPELINE_DEBUG="")
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            "--prepared",
+            str(trained.prepared),
+            "--model",
+            str(trained.model),
+            *args,
+        ],
+        cwd,
+        check=False,
+        timeout=180,
+        PYTHONPATH=str(REPO),
+        PIPELINE_DEBUG="",
+    )
 
 
 def test_command_writes_a_csv(tmp_path: Path, tabular: Trained) -> None:
@@ -258,8 +287,9 @@ def test_command_writes_a_csv(tmp_path: Path, tabular: Trained) -> None:
     expected = predict(tabular.test_input, tabular.prepared, tabular.model)
     assert written["id"].tolist() == expected["id"].tolist()
     assert written["predicted"].tolist() == expected["predicted"].tolist()
-    np.testing.assert_allclose(probabilities(written, tabular.class_names),
-                               probabilities(expected, tabular.class_names), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        probabilities(written, tabular.class_names), probabilities(expected, tabular.class_names), atol=1e-6, rtol=0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["preds.csv"]  # no temporary left
 
 
@@ -298,9 +328,24 @@ def test_command_missing_feature_column_exits_2_naming_it(tmp_path: Path, tabula
 def test_command_rgb_model_with_grey_images_exits_2(tmp_path: Path, image: Trained) -> None:
     prepare(DataParams(dataset="digits", image=ImageParams(color="rgb")), tmp_path / "prepared_rgb")
     np.savez(tmp_path / "grey.npz", x=load_digits().images[:5])
-    result = run([sys.executable, "-m", "pipeline.predict", "--input", "grey.npz", "--prepared", "prepared_rgb",
-                  "--model", str(image.model)], tmp_path, check=False, timeout=180, PYTHONPATH=str(REPO),
-                 PIPELINE_DEBUG="")
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            "--input",
+            "grey.npz",
+            "--prepared",
+            "prepared_rgb",
+            "--model",
+            str(image.model),
+        ],
+        tmp_path,
+        check=False,
+        timeout=180,
+        PYTHONPATH=str(REPO),
+        PIPELINE_DEBUG="",
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "grey.npz: images have 1 channel(s), the model was trained on 3" in result.stderr
@@ -308,9 +353,24 @@ def test_command_rgb_model_with_grey_images_exits_2(tmp_path: Path, image: Train
 
 def test_command_without_a_model_exits_2(tmp_path: Path, tabular: Trained) -> None:
     shutil.copytree(tabular.prepared, tmp_path / "prepared")
-    result = run([sys.executable, "-m", "pipeline.predict", "--input", str(tabular.test_input), "--prepared",
-                  "prepared", "--model", "nomodel"], tmp_path, check=False, timeout=180, PYTHONPATH=str(REPO),
-                 PIPELINE_DEBUG="")
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            "--input",
+            str(tabular.test_input),
+            "--prepared",
+            "prepared",
+            "--model",
+            "nomodel",
+        ],
+        tmp_path,
+        check=False,
+        timeout=180,
+        PYTHONPATH=str(REPO),
+        PIPELINE_DEBUG="",
+    )
     assert result.returncode == 2, result.stderr
     assert "nomodel/model.pt: not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -337,8 +397,9 @@ def test_pyfunc_model_round_trip_equals_predict(trained: Trained, store: Path) -
     served = model.predict(model_input)
     expected = predict(trained.test_input, trained.prepared, trained.model)
     assert served["predicted"].tolist() == expected["predicted"].tolist()
-    np.testing.assert_allclose(probabilities(served, trained.class_names),
-                               probabilities(expected, trained.class_names), atol=1e-6)
+    np.testing.assert_allclose(
+        probabilities(served, trained.class_names), probabilities(expected, trained.class_names), atol=1e-6
+    )
     assert model.metadata.signature is not None and model.metadata.saved_input_example_info is not None
 
 
@@ -351,8 +412,9 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
     uri = f"sqlite:///{store / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tabular.root)
-        summary = evaluate(tabular.prepared, tabular.model, tabular.root / "eval", 256, uri,
-                           register_as="animals-classifier")
+        summary = evaluate(
+            tabular.prepared, tabular.model, tabular.root / "eval", 256, uri, register_as="animals-classifier"
+        )
     client = MlflowClient(uri)
     (version,) = client.search_model_versions("name='animals-classifier'")
     assert version.run_id == read_run_file(tabular.model).run_id
@@ -367,11 +429,13 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
 # ---------------------------------------------------------------------------------------------------------------
 def rows_with(value: str, column: str = "weight", row: int = 2) -> Callable[[Path, Trained], str]:
     """The test rows with one value replaced, written as the CSV to predict."""
+
     def write(folder: Path, trained: Trained) -> str:
         frame = pd.read_csv(trained.test_input, dtype=str, keep_default_na=False)
         frame.loc[row, column] = value
         frame.to_csv(folder / "rows.csv", index=False)
         return "rows.csv"
+
     return write
 
 
@@ -384,6 +448,7 @@ def npz(x: np.ndarray) -> Callable[[Path, Trained], str]:
     def write(folder: Path, trained: Trained) -> str:
         np.savez(folder / "images.npz", x=x)
         return "images.npz"
+
     return write
 
 
@@ -399,18 +464,23 @@ def png(array: np.ndarray, mode: str | None = None) -> Callable[[Path, Trained],
 
         Image.fromarray(array, mode).save(folder / "image.png")
         return "image.png"
+
     return write
 
 
 def png_claiming_pixels(height: int, width: int) -> Callable[[Path, Trained], str]:
     """A PNG whose header claims height x width pixels (no pixel data): what a decompression bomb looks like."""
+
     def write(folder: Path, trained: Trained) -> str:
         def chunk(kind: bytes, data: bytes) -> bytes:
             return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
         header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-        (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                          + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+        (folder / "bomb.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+        )
         return "bomb.png"
+
     return write
 
 
@@ -418,6 +488,7 @@ def lines(text: str) -> Callable[[Path, Trained], str]:
     def write(folder: Path, trained: Trained) -> str:
         (folder / "messages.txt").write_text(text, encoding="utf-8")
         return "messages.txt"
+
     return write
 
 
@@ -431,26 +502,53 @@ class BadInput:
 
 
 BAD_INPUTS = [
-    BadInput("text-in-numeric-column", "tabular", rows_with("heavy"),
-             "column 'weight' holds text ('heavy') where the model was trained on numbers (file lines [4])"),
+    BadInput(
+        "text-in-numeric-column",
+        "tabular",
+        rows_with("heavy"),
+        "column 'weight' holds text ('heavy') where the model was trained on numbers (file lines [4])",
+    ),
     BadInput("header-only-table", "tabular", header_only, "no rows to predict (only a header)"),
     BadInput("infinite-value", "tabular", rows_with("inf"), "column 'weight' holds 1 infinite value(s)"),
     BadInput("minus-infinite-value", "tabular", rows_with("-inf", row=5), "(file lines [7])"),
     BadInput("value-beyond-float32", "tabular", rows_with("1e308"), "beyond ±3.40e+38"),
-    BadInput("unseen-categories", "tabular", rows_with("purple", column="colour"),
-             "categories never seen in training, predicted as if missing: colour: 1 ('purple')", exit_code=0),
+    BadInput(
+        "unseen-categories",
+        "tabular",
+        rows_with("purple", column="colour"),
+        "categories never seen in training, predicted as if missing: colour: 1 ('purple')",
+        exit_code=0,
+    ),
     BadInput("npz-without-images", "image", npz(np.zeros((0, 8, 8))), "no images in it"),
     BadInput("npz-of-strings", "image", npz(np.array([["a", "b"], ["c", "d"]])), "not numbers"),
-    BadInput("npz-with-nan-pixels", "image", npz(digits_with(np.nan)), "1 image(s) hold NaN or infinite pixel values "
-                                                                       "(first at index [3])"),
+    BadInput(
+        "npz-with-nan-pixels",
+        "image",
+        npz(digits_with(np.nan)),
+        "1 image(s) hold NaN or infinite pixel values (first at index [3])",
+    ),
     BadInput("npz-with-infinite-pixels", "image", npz(digits_with(np.inf)), "NaN or infinite pixel values"),
-    BadInput("npz-on-another-scale", "image", npz(load_digits().images[:6] * 16),
-             "but the model was trained on values in [0, 16]"),
+    BadInput(
+        "npz-on-another-scale",
+        "image",
+        npz(load_digits().images[:6] * 16),
+        "but the model was trained on values in [0, 16]",
+    ),
     BadInput("decompression-bomb-png", "image", png_claiming_pixels(15000, 15000), "too large to read safely"),
-    BadInput("one-pixel-png", "image", png(np.full((1, 1), 200, np.uint8)),
-             "smaller than the model's 8x8 pixels and were enlarged", exit_code=0),
-    BadInput("transparent-png", "image", png(np.full((8, 8, 4), 200, np.uint8), "RGBA"),
-             "have transparent parts", exit_code=0),
+    BadInput(
+        "one-pixel-png",
+        "image",
+        png(np.full((1, 1), 200, np.uint8)),
+        "smaller than the model's 8x8 pixels and were enlarged",
+        exit_code=0,
+    ),
+    BadInput(
+        "transparent-png",
+        "image",
+        png(np.full((8, 8, 4), 200, np.uint8), "RGBA"),
+        "have transparent parts",
+        exit_code=0,
+    ),
     BadInput("text-file-without-messages", "text", lines("\n"), "nothing to predict in it"),
 ]
 
@@ -465,7 +563,7 @@ def test_bad_input_to_predict(tmp_path: Path, request, case: BadInput) -> None:
 
     assert result.returncode == case.exit_code, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    message = result.stderr[result.stderr.index("error: " if case.exit_code else "warning: "):]
+    message = result.stderr[result.stderr.index("error: " if case.exit_code else "warning: ") :]
     assert name in message and case.phrase in message, message
     if case.exit_code:
         assert (tmp_path / "preds.csv").read_text() == "earlier predictions\n"

@@ -39,8 +39,13 @@ def _load(out: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def test_writes_the_three_splits_and_meta(prepared) -> None:
     out, meta = prepared
-    assert sorted(p.name for p in out.iterdir()) == ["input_example.json", "meta.json", "test.npz", "train.npz",
-                                                     "val.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "input_example.json",
+        "meta.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]
     assert json.loads((out / "meta.json").read_text()) == meta
 
 
@@ -66,7 +71,7 @@ def test_splits_are_disjoint_and_cover_every_row(prepared) -> None:
 
     for i, a in enumerate(indices):
         assert len(np.unique(a)) == len(a)
-        for b in indices[i + 1:]:
+        for b in indices[i + 1 :]:
             assert np.intersect1d(a, b).size == 0
     assert np.array_equal(np.sort(np.concatenate(indices)), np.arange(N_DIGITS))
 
@@ -147,8 +152,13 @@ def test_rerun_replaces_the_previous_output(tmp_path: Path) -> None:
     meta = prepare(DataParams(val_fraction=0.1, test_fraction=0.1), out)
 
     assert not (out / "vocab.json").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["input_example.json", "meta.json", "test.npz", "train.npz",
-                                                     "val.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "input_example.json",
+        "meta.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]
     assert sum(meta["split_sizes"].values()) == N_DIGITS
     # No temporary siblings are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

@@ -29,9 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 # epochs, and small enough batches (about 0.1 s an epoch), that the kill lands well before the end even when the
 # watching test is slow to notice the first checkpoint on a loaded machine; no early stopping, so both runs take
 # every epoch.
-RESUMABLE = {"model.name": "mlp", "model.mlp.hidden_dims": [64], "model.mlp.dropout": 0.2,
-             "train.max_epochs": 8, "train.batch_size": 8, "train.early_stopping_patience": None,
-             "train.scheduler": "cosine", "trainer.progress_bar": False}
+RESUMABLE = {
+    "model.name": "mlp",
+    "model.mlp.hidden_dims": [64],
+    "model.mlp.dropout": 0.2,
+    "train.max_epochs": 8,
+    "train.batch_size": 8,
+    "train.early_stopping_patience": None,
+    "train.scheduler": "cosine",
+    "trainer.progress_bar": False,
+}
 KILL_TIMEOUT_S = 180
 
 
@@ -43,8 +50,19 @@ def stage_environ(cwd: Path) -> dict[str, str]:
 
 
 def train_command(checkpoint_dir: str, model_dir: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", model_dir,
-            "--checkpoints", checkpoint_dir, "--history", f"{model_dir}/history.csv"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        "--prepared",
+        "prepared",
+        "--out",
+        model_dir,
+        "--checkpoints",
+        checkpoint_dir,
+        "--history",
+        f"{model_dir}/history.csv",
+    ]
 
 
 def fully_written(checkpoint: Path) -> bool:
@@ -62,8 +80,9 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals,
-                                checkpoint_dir: Path) -> subprocess.CompletedProcess:
+def kill_after_first_checkpoint(
+    cmd: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals, checkpoint_dir: Path
+) -> subprocess.CompletedProcess:
     """Start `cmd` in its own process group and send `sig` to the whole group (as Ctrl+C or a scheduler would) once
     this attempt has written its first checkpoint completely.
 
@@ -71,8 +90,15 @@ def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], 
     otherwise finish before the signal is sent, and the kill would land on a process that has already exited."""
     log = cwd / f"killed-{sig.name}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=interruptible)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=interruptible,
+        )
     started, deadline = time.time(), time.monotonic() + KILL_TIMEOUT_S
     last = checkpoint_dir / checkpoints.LAST_CHECKPOINT
     try:
@@ -95,8 +121,10 @@ def kill_after_first_checkpoint(cmd: list[str], cwd: Path, env: dict[str, str], 
     os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=60)
     if epochs_done >= RESUMABLE["train.max_epochs"]:
-        pytest.fail(f"the first checkpoint was noticed only after the last epoch ({epochs_done}): nothing was left to "
-                    "interrupt. The machine is too loaded for this test's timing.")
+        pytest.fail(
+            f"the first checkpoint was noticed only after the last epoch ({epochs_done}): nothing was left to "
+            "interrupt. The machine is too loaded for this test's timing."
+        )
     return subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(), "")
 
 
@@ -129,8 +157,12 @@ def variant_of(workdir: Path, name: str, changes: dict[str, object]) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(workdir: Path) -> Path:
-    run(train_command("ckpt-reference", "reference"), workdir, PYTHONPATH=str(REPO),
-        MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db")
+    run(
+        train_command("ckpt-reference", "reference"),
+        workdir,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db",
+    )
     return workdir / "reference"
 
 
@@ -142,8 +174,9 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workdir, unint
     assert "Traceback" not in killed.stdout
     assert not (workdir / model_dir / MODEL_FILE).exists()  # no model from a half-done training
 
-    resumed = subprocess.run(train_command(ckpt, model_dir), cwd=workdir, env=env, capture_output=True, text=True,
-                             timeout=KILL_TIMEOUT_S)
+    resumed = subprocess.run(
+        train_command(ckpt, model_dir), cwd=workdir, env=env, capture_output=True, text=True, timeout=KILL_TIMEOUT_S
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "train: resuming after epoch" in resumed.stdout
 
@@ -154,8 +187,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workdir, unint
     assert (workdir / model_dir / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = {r.info.run_id: r for r in client.search_runs(
-        [client.get_experiment_by_name("digits").experiment_id])}
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("digits").experiment_id])}
     reference_id = yaml.safe_load((uninterrupted / "mlflow_run.json").read_text())["run_id"]
     resumed_id = yaml.safe_load((workdir / model_dir / "mlflow_run.json").read_text())["run_id"]
     killed_id = runs[resumed_id].data.tags[RESUMED_FROM_TAG]
@@ -179,8 +211,12 @@ def test_a_changed_param_starts_over_instead_of_resuming(workdir, uninterrupted)
     checkpoints.record_attempt(ckpt, record["fingerprint"], record["run_id"], record["tracking_uri"], finished=False)
     (ckpt / "stale.txt").write_text("left by the interrupted attempt")
 
-    result = run(train_command(ckpt.name, "model"), other, PYTHONPATH=str(REPO),
-                 MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
+    result = run(
+        train_command(ckpt.name, "model"),
+        other,
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db",
+    )
     assert "train: resuming" not in result.stdout
     assert f"not resuming the interrupted training in {ckpt.name}: its params" in result.stdout
     assert not (ckpt / "stale.txt").exists()
@@ -190,12 +226,26 @@ def test_a_changed_param_starts_over_instead_of_resuming(workdir, uninterrupted)
 def test_fingerprint_ignores_display_keys_and_sees_everything_that_shapes_training() -> None:
     base = load_params(REPO / "params.yaml")
     reference = checkpoints.fingerprint(base, "digest")
-    assert checkpoints.fingerprint(load_params(REPO / "params.yaml", overrides=[
-        "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "mlflow.run_name=x", "evaluate.batch_size=7",
-        "data.seed=1"]), "digest") == reference  # data.* reaches training only through the data digest
+    assert (
+        checkpoints.fingerprint(
+            load_params(
+                REPO / "params.yaml",
+                overrides=[
+                    "trainer.progress_bar=false",
+                    "trainer.log_every_n_steps=1",
+                    "mlflow.run_name=x",
+                    "evaluate.batch_size=7",
+                    "data.seed=1",
+                ],
+            ),
+            "digest",
+        )
+        == reference
+    )  # data.* reaches training only through the data digest
     for override in ("train.lr=0.5", "train.max_epochs=3", "model.mlp.dropout=0.3", "trainer.precision=64-true"):
-        assert checkpoints.fingerprint(load_params(REPO / "params.yaml", overrides=[override]), "digest") \
-            != reference, override
+        assert (
+            checkpoints.fingerprint(load_params(REPO / "params.yaml", overrides=[override]), "digest") != reference
+        ), override
     assert checkpoints.fingerprint(base, "other data") != reference
 
 
@@ -204,17 +254,24 @@ def test_training_code_in_the_fingerprint_is_the_train_stage_code_dvc_tracks() -
     assert set(checkpoints.TRAINING_CODE) == {d for d in deps if not d.startswith("${")}
 
 
-@pytest.mark.parametrize("record", [
-    None, "{not json", {"fingerprint": "abc", "run_id": "r", "tracking_uri": "uri", "finished": True},
-    {"fingerprint": "other", "run_id": "r", "tracking_uri": "uri", "finished": False},
-    {"fingerprint": "abc", "run_id": "r", "tracking_uri": "another store", "finished": False},
-], ids=["no record", "cut-short record", "finished attempt", "other fingerprint", "other tracking store"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        None,
+        "{not json",
+        {"fingerprint": "abc", "run_id": "r", "tracking_uri": "uri", "finished": True},
+        {"fingerprint": "other", "run_id": "r", "tracking_uri": "uri", "finished": False},
+        {"fingerprint": "abc", "run_id": "r", "tracking_uri": "another store", "finished": False},
+    ],
+    ids=["no record", "cut-short record", "finished attempt", "other fingerprint", "other tracking store"],
+)
 def test_only_an_unfinished_attempt_with_the_same_fingerprint_and_store_is_resumed(tmp_path, record) -> None:
     last = tmp_path / checkpoints.LAST_CHECKPOINT
     torch.save({"epoch": 2, "global_step": 30}, last)  # what a Lightning checkpoint says of its progress
     if isinstance(record, dict):
-        checkpoints.record_attempt(tmp_path, record["fingerprint"], record["run_id"], record["tracking_uri"],
-                                   record["finished"])
+        checkpoints.record_attempt(
+            tmp_path, record["fingerprint"], record["run_id"], record["tracking_uri"], record["finished"]
+        )
     elif record is not None:
         (tmp_path / checkpoints.RESUME_FILE).write_text(record)
     assert checkpoints.find_resume_point(tmp_path, "abc", "uri") is None
@@ -267,14 +324,21 @@ def test_ddp_training_resumes_on_every_process_and_matches_an_uninterrupted_ddp_
     """Each of the 2 DDP processes decides on its own to resume (rank zero alone empties or records); they agree."""
     root = variant_of(workdir, "ddp", {"trainer.devices": 2, "trainer.strategy": "ddp"})
     env = stage_environ(root)
-    reference = subprocess.run(train_command("ckpt-reference", "reference"), cwd=root, env=env, capture_output=True,
-                               text=True, timeout=KILL_TIMEOUT_S)
+    reference = subprocess.run(
+        train_command("ckpt-reference", "reference"),
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=KILL_TIMEOUT_S,
+    )
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
 
     killed = kill_after_first_checkpoint(train_command("ckpt", "model"), root, env, signal.SIGKILL, root / "ckpt")
     assert killed.returncode != 0
-    resumed = subprocess.run(train_command("ckpt", "model"), cwd=root, env=env, capture_output=True, text=True,
-                             timeout=KILL_TIMEOUT_S)
+    resumed = subprocess.run(
+        train_command("ckpt", "model"), cwd=root, env=env, capture_output=True, text=True, timeout=KILL_TIMEOUT_S
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "MEMBER: 2/2" in resumed.stdout + resumed.stderr
     assert resumed.stdout.count("train: resuming after epoch") == 2  # both processes, from the same checkpoint
@@ -292,8 +356,9 @@ def test_dvc_repro_after_sigkill_resumes_and_reaches_the_uninterrupted_result(re
     edit_params(repo_copy, RESUMABLE)
     run(["git", "commit", "-qam", "resumable params"], repo_copy)
     run(["dvc", "repro"], repo_copy)
-    reference = {name: (repo_copy / name).read_bytes() for name in
-                 ("outputs/train_history.csv", "outputs/eval/metrics.json")}
+    reference = {
+        name: (repo_copy / name).read_bytes() for name in ("outputs/train_history.csv", "outputs/eval/metrics.json")
+    }
     reference_weights = weights(repo_copy / "outputs/model")
 
     ckpt = repo_copy / "outputs/checkpoints"
@@ -313,8 +378,9 @@ def test_dvc_repro_after_sigkill_resumes_and_reaches_the_uninterrupted_result(re
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo_copy).stdout
 
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
-    statuses = sorted(r.info.status for r in client.search_runs(
-        [client.get_experiment_by_name("digits").experiment_id]))
+    statuses = sorted(
+        r.info.status for r in client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    )
     assert statuses == ["FINISHED", "FINISHED", "KILLED"]  # reference, resumed, killed; none left RUNNING
 
 

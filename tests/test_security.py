@@ -70,9 +70,11 @@ def only_an_old_pickle(folder: Path, marker: Path) -> None:
     (folder / PICKLED_PREPROCESSOR_FILE).write_bytes(pickle.dumps(WritesMarker(marker)))
 
 
-TAMPERED = {"pickle in place of the skops file": (malicious_pickle, "not a valid preprocessor file"),
-            "skops file naming os.system": (skops_naming_a_command, "not a valid preprocessor file"),
-            "only an old pickled preprocessor.joblib": (only_an_old_pickle, "never loaded")}
+TAMPERED = {
+    "pickle in place of the skops file": (malicious_pickle, "not a valid preprocessor file"),
+    "skops file naming os.system": (skops_naming_a_command, "not a valid preprocessor file"),
+    "only an old pickled preprocessor.joblib": (only_an_old_pickle, "never loaded"),
+}
 
 
 @pytest.mark.parametrize("tamper", TAMPERED.values(), ids=TAMPERED.keys())
@@ -89,10 +91,25 @@ def test_a_tampered_preprocessor_is_refused_and_never_executed(prepared_table, t
     rows = tmp_path / "rows.csv"
     rows.write_text(",".join(meta["preprocessing"]["columns"]) + "\n" + ",".join(["1.0"] * 4) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
-    result = subprocess.run([sys.executable, "-m", "pipeline.predict", "--input", str(rows), "--prepared",
-                             str(folder), "--model", str(tmp_path / "no-model")], cwd=tmp_path,
-                            env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            "--input",
+            str(rows),
+            "--prepared",
+            str(folder),
+            "--model",
+            str(tmp_path / "no-model"),
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
@@ -108,15 +125,20 @@ def test_the_preprocessor_prepare_writes_loads_and_transforms(prepared_table) ->
     assert x.shape == (1, meta["input_shape"][0])
 
 
-@pytest.mark.parametrize(("uri", "masked"), [
-    ("postgresql+psycopg2://user:PASSWORD@db:5432/mlflow", "postgresql+psycopg2://user:***@db:5432/mlflow"),
-    ("http://user:PASSWORD@127.0.0.1:5000", "http://user:***@127.0.0.1:5000"),
-    ("https://TOKEN@mlflow.example", "https://***@mlflow.example"),
-    ("postgresql://user@db/mlflow?sslmode=require&password=PASSWORD",
-     "postgresql://user@db/mlflow?sslmode=require&password=***"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("postgresql+psycopg2://user:PASSWORD@db:5432/mlflow", "postgresql+psycopg2://user:***@db:5432/mlflow"),
+        ("http://user:PASSWORD@127.0.0.1:5000", "http://user:***@127.0.0.1:5000"),
+        ("https://TOKEN@mlflow.example", "https://***@mlflow.example"),
+        (
+            "postgresql://user@db/mlflow?sslmode=require&password=PASSWORD",
+            "postgresql://user@db/mlflow?sslmode=require&password=***",
+        ),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    ],
+)
 def test_masked_uri(uri: str, masked: str) -> None:
     assert tracking.masked_uri(uri) == masked
     assert "PASSWORD" not in tracking.masked_uri(uri) and "TOKEN" not in tracking.masked_uri(uri)
@@ -172,10 +194,13 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
     assert SECRET not in str(unreachable.value) and "http://user:***@127.0.0.1" in str(unreachable.value)
 
 
-@pytest.mark.parametrize(("line", "key"), [
-    ("  run_name: null", "mlflow.run_name"),
-    ("  experiment_name: digits", "mlflow.experiment_name"),
-])
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("  run_name: null", "mlflow.run_name"),
+        ("  experiment_name: digits", "mlflow.experiment_name"),
+    ],
+)
 def test_params_reading_the_environment_are_refused(tmp_path: Path, line: str, key: str) -> None:
     text = (REPO / "params.yaml").read_text()
     assert line in text
@@ -207,11 +232,21 @@ def test_a_password_in_the_tracking_uri_is_written_nowhere(tmp_path: Path) -> No
     prepare(DataParams(), root / "prepared")
     with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server") as base:
         uri = base.replace("http://", f"http://user:{SECRET}@")
-        edit_params(root, {"model.name": "mlp", "model.mlp.hidden_dims": [16], "train.max_epochs": 1,
-                           "trainer.progress_bar": False, "mlflow.tracking_uri": uri})
+        edit_params(
+            root,
+            {
+                "model.name": "mlp",
+                "model.mlp.hidden_dims": [16],
+                "train.max_epochs": 1,
+                "trainer.progress_bar": False,
+                "mlflow.tracking_uri": uri,
+            },
+        )
         said = ""
-        for stage, args in (("train", ["--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"]),
-                            ("evaluate", ["--prepared", "prepared", "--model", "model", "--out", "eval"])):
+        for stage, args in (
+            ("train", ["--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"]),
+            ("evaluate", ["--prepared", "prepared", "--model", "model", "--out", "eval"]),
+        ):
             result = run([sys.executable, "-m", f"pipeline.{stage}", *args], root, PYTHONPATH=str(REPO))
             said += result.stdout + result.stderr
         client = MlflowClient(base)
@@ -220,8 +255,13 @@ def test_a_password_in_the_tracking_uri_is_written_nowhere(tmp_path: Path) -> No
     assert logged.info.status == "FINISHED"
     assert logged.data.params["mlflow.tracking_uri"] == base.replace("http://", "http://user:***@")
     recorded = json.dumps([logged.data.params, logged.data.tags])
-    written = [p for folder in (root / "model", root / "ckpt", root / "eval", tmp_path / "artifacts")
-               for p in folder.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    written = [
+        p
+        for folder in (root / "model", root / "ckpt", root / "eval", tmp_path / "artifacts")
+        for p in folder.rglob("*")
+        if p.is_file() and SECRET.encode() in p.read_bytes()
+    ]
     assert SECRET not in said and SECRET not in recorded and written == []
-    assert json.loads((root / "model" / "mlflow_run.json").read_text())["tracking_uri"] == \
-        base.replace("http://", "http://user:***@")
+    assert json.loads((root / "model" / "mlflow_run.json").read_text())["tracking_uri"] == base.replace(
+        "http://", "http://user:***@"
+    )

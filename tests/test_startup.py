@@ -19,20 +19,31 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("startup") / "tabular"
     root.mkdir()
     animals_table().to_csv(root / "animals.csv", index=False)
-    prepared, model = train_tiny(root, DataParams(dataset=str(root / "animals.csv"),
-                                                  tabular=TabularParams(target="label")),
-                                 ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8], dropout=0.0)), max_epochs=1)
+    prepared, model = train_tiny(
+        root,
+        DataParams(dataset=str(root / "animals.csv"), tabular=TabularParams(target="label")),
+        ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8], dropout=0.0)),
+        max_epochs=1,
+    )
     return root, prepared, model
 
 
 def test_evaluate_never_imports_lightning(trained: tuple[Path, Path, Path]) -> None:
     root, prepared, model = trained
     uri = f"sqlite:///{root.parent / 'mlflow.db'}"
-    code = ("import sys; from pathlib import Path; from pipeline.evaluate import evaluate; "
-            f"evaluate(Path({str(prepared)!r}), Path({str(model)!r}), Path({str(root / 'eval')!r}), 64, {uri!r}); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; from pathlib import Path; from pipeline.evaluate import evaluate; "
+        f"evaluate(Path({str(prepared)!r}), Path({str(model)!r}), Path({str(root / 'eval')!r}), 64, {uri!r}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (root / "eval" / "metrics.json").is_file()
@@ -65,15 +76,23 @@ def test_step_timer_reports_every_training_step_inside_fit(tmp_path: Path) -> No
     animals_table().to_csv(tmp_path / "animals.csv", index=False)
     data = DataParams(dataset=str(tmp_path / "animals.csv"), tabular=TabularParams(target="label"))
     meta = prepare(data, tmp_path / "prepared")
-    params = Params(data=data, model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8])),
-                    train=TrainParams(max_epochs=2, batch_size=32, early_stopping_patience=None),
-                    trainer=TrainerParams(progress_bar=False),
-                    mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="timer"))
+    params = Params(
+        data=data,
+        model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8])),
+        train=TrainParams(max_epochs=2, batch_size=32, early_stopping_patience=None),
+        trainer=TrainerParams(progress_bar=False),
+        mlflow=MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="timer"),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         mp.delenv("DVC_ROOT", raising=False)
-        fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "checkpoints",
-            extra_callbacks=[step_timer(tmp_path / "steps.json")])
+        fit(
+            params,
+            tmp_path / "prepared",
+            tmp_path / "model",
+            tmp_path / "checkpoints",
+            extra_callbacks=[step_timer(tmp_path / "steps.json")],
+        )
     times = read_json(tmp_path / "steps.json")
     assert times["steps"] == 2 * -(-meta["split_sizes"]["train"] // 32)
     assert 0 < times["step_s"] <= times["fit_s"]

@@ -23,21 +23,25 @@ def table(n: int = 240, seed: int = 0, date_format: str = "%Y-%m-%d") -> pd.Data
     """A date (the label follows its month), an ID, a free-text note, a small categorical and a number."""
     rng = np.random.default_rng(seed)
     days = pd.date_range("2020-01-01", periods=n, freq="3D")
-    return pd.DataFrame({
-        "id": rng.permutation(n) + 1000,  # integers, one per row, named like an ID
-        "ticket": [f"T-{i:05d}" for i in rng.permutation(n)],
-        "day": days.strftime(date_format),
-        "note": [f"called at {rng.integers(10**6)}" for _ in range(n)],
-        "colour": rng.choice(["red", "green", "blue"], n),
-        "size": rng.normal(size=n).round(3),
-        "label": np.where(np.isin(days.month, [6, 7, 8]), "summer", "other"),
-    })
+    return pd.DataFrame(
+        {
+            "id": rng.permutation(n) + 1000,  # integers, one per row, named like an ID
+            "ticket": [f"T-{i:05d}" for i in rng.permutation(n)],
+            "day": days.strftime(date_format),
+            "note": [f"called at {rng.integers(10**6)}" for _ in range(n)],
+            "colour": rng.choice(["red", "green", "blue"], n),
+            "size": rng.normal(size=n).round(3),
+            "label": np.where(np.isin(days.month, [6, 7, 8]), "summer", "other"),
+        }
+    )
 
 
 def prepared(tmp_path: Path, frame: pd.DataFrame, **tabular) -> dict:
     frame.to_csv(tmp_path / "t.csv", index=False)
-    return prepare(DataParams(dataset=str(tmp_path / "t.csv"), tabular=TabularParams(target="label", **tabular)),
-                   tmp_path / "prepared")
+    return prepare(
+        DataParams(dataset=str(tmp_path / "t.csv"), tabular=TabularParams(target="label", **tabular)),
+        tmp_path / "prepared",
+    )
 
 
 def test_dates_ids_and_free_text_are_handled_and_summarised(tmp_path: Path) -> None:
@@ -86,7 +90,8 @@ def test_high_cardinality_is_left_out_for_onehot_and_kept_for_embedding() -> Non
     onehot = plan_columns(frame, TabularParams(max_categories=50))
     assert "max_categories" in onehot.dropped["city"]
     assert plan_columns(frame, TabularParams(max_categories=50, categorical_encoding="embedding")).categorical == {
-        "city": 60}
+        "city": 60
+    }
     assert plan_columns(frame, TabularParams(max_categories=100)).categorical == {"city": 60}
 
 
@@ -96,8 +101,11 @@ def test_the_users_lists_win(tmp_path: Path) -> None:
     meta = prepared(tmp_path, frame, categorical=["ticket", "colour"], drop=["size", "note"])
     summary = meta["feature_summary"]
     assert set(summary["categorical"]) == {"ticket", "colour"} and summary["dates"] == {"day": "ISO8601"}
-    assert summary["dropped"] == {"size": "data.tabular.drop", "note": "data.tabular.drop",
-                                  "id": "an ID: named so, one integer per row"}
+    assert summary["dropped"] == {
+        "size": "data.tabular.drop",
+        "note": "data.tabular.drop",
+        "id": "an ID: named so, one integer per row",
+    }
     assert "size" not in meta["preprocessing"]["columns"]  # a dropped column is not needed to predict
     # dates: [] turns detection off: the day is then text, one value per row.
     summary = prepared(tmp_path, frame, dates=[])["feature_summary"]
@@ -117,8 +125,9 @@ def test_prepare_prints_the_summary_and_warns_naming_the_left_out_columns(tmp_pa
     import yaml
 
     table().to_csv(tmp_path / "t.csv", index=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"data": {"dataset": "t.csv", "tabular": {"target": "label"}}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": "t.csv", "tabular": {"target": "label"}}})
+    )
     done = run(["python", "-m", "pipeline.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
     assert "  date         day (ISO8601)" in done.stdout
     assert "  left out     ticket: an ID" in done.stdout

@@ -52,13 +52,20 @@ def trained(tmp_path_factory) -> dict:
     root.mkdir()
     frame = animals_with_habitat()
     frame.to_csv(root / "animals.csv", index=False)
-    data = DataParams(dataset=str(root / "animals.csv"),
-                      tabular=TabularParams(target="label", categorical_encoding="embedding"))
+    data = DataParams(
+        dataset=str(root / "animals.csv"), tabular=TabularParams(target="label", categorical_encoding="embedding")
+    )
     prepared, model = train_tiny(root, data, ModelParams(name="mlp", mlp=MLP_SMALL), max_epochs=3)
     index = split_index(prepared)
     frame.iloc[index].to_csv(root / "test_rows.csv", index=False)
-    return {"root": root, "frame": frame, "prepared": prepared, "model": model, "test_index": index,
-            "test_rows": root / "test_rows.csv"}
+    return {
+        "root": root,
+        "frame": frame,
+        "prepared": prepared,
+        "model": model,
+        "test_index": index,
+        "test_rows": root / "test_rows.csv",
+    }
 
 
 def test_meta_records_the_column_layout_from_the_training_split(trained: dict) -> None:
@@ -69,8 +76,7 @@ def test_meta_records_the_column_layout_from_the_training_split(trained: dict) -
     # Known categories of the training rows only; a missing colour is no category.
     assert meta["categorical_cardinalities"] == [train_rows["colour"].nunique(), train_rows["habitat"].nunique()]
     assert meta["input_shape"] == [2 + 2]
-    assert meta["feature_names"] == ["numeric__weight", "numeric__legs", "categorical__colour",
-                                     "categorical__habitat"]
+    assert meta["feature_names"] == ["numeric__weight", "numeric__legs", "categorical__colour", "categorical__habitat"]
 
 
 def test_indices_are_1_to_k_and_0_for_missing_or_unknown(trained: dict) -> None:
@@ -93,8 +99,9 @@ def test_the_saved_network_embeds_each_categorical_column(trained: dict) -> None
     assert bundle["categorical_cardinalities"] == meta["categorical_cardinalities"]
     embeddings = list(net.categorical_embeddings)
     assert [e.num_embeddings for e in embeddings] == [k + 1 for k in meta["categorical_cardinalities"]]
-    assert [e.embedding_dim for e in embeddings] == [category_embedding_dim(k, EMBEDDING_DIM)
-                                                     for k in meta["categorical_cardinalities"]]
+    assert [e.embedding_dim for e in embeddings] == [
+        category_embedding_dim(k, EMBEDDING_DIM) for k in meta["categorical_cardinalities"]
+    ]
     assert all(e.padding_idx == UNKNOWN_CATEGORY for e in embeddings)
     for e in embeddings:  # the unknown slot stays a zero vector through training; the others learned
         assert torch.count_nonzero(e.weight[UNKNOWN_CATEGORY]) == 0
@@ -134,9 +141,26 @@ def test_an_unknown_category_predicts_like_a_missing_one(trained: dict) -> None:
 def test_predict_command_takes_unknown_categories(trained: dict, tmp_path: Path) -> None:
     unknown, _ = unknown_and_missing_rows(trained)
     unknown.assign(habitat="moon").to_csv(tmp_path / "rows.csv", index=False)
-    result = run([sys.executable, "-m", "pipeline.predict", "--input", "rows.csv", "--out", "preds.csv",
-                  "--prepared", str(trained["prepared"]), "--model", str(trained["model"])], tmp_path, check=False,
-                 timeout=180, PYTHONPATH=str(REPO), PIPELINE_DEBUG="")
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            "--input",
+            "rows.csv",
+            "--out",
+            "preds.csv",
+            "--prepared",
+            str(trained["prepared"]),
+            "--model",
+            str(trained["model"]),
+        ],
+        tmp_path,
+        check=False,
+        timeout=180,
+        PYTHONPATH=str(REPO),
+        PIPELINE_DEBUG="",
+    )
     assert result.returncode == 0, result.stderr
     written = pd.read_csv(tmp_path / "preds.csv")
     assert len(written) == len(unknown)
@@ -165,8 +189,14 @@ def test_pyfunc_model_takes_unknown_categories_like_predict(trained: dict) -> No
 # The network on its own
 # ---------------------------------------------------------------------------------------------------------------
 def tabular_mlp(cardinalities: list[int], numeric: int = 3) -> nn.Module:
-    return build_model("mlp", dataclasses.asdict(MLPParams(hidden_dims=[16], dropout=0.0, embedding_dim=4)),
-                       [numeric + len(cardinalities)], 2, None, cardinalities)
+    return build_model(
+        "mlp",
+        dataclasses.asdict(MLPParams(hidden_dims=[16], dropout=0.0, embedding_dim=4)),
+        [numeric + len(cardinalities)],
+        2,
+        None,
+        cardinalities,
+    )
 
 
 def rows_with_indices(cardinalities: list[int], n: int = 32, numeric: int = 3) -> torch.Tensor:

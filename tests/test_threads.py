@@ -27,8 +27,13 @@ def runner_args(root: Path, rev: str) -> list[str]:
 
 def start_runner(root: Path, rev: str, code: str = "import time; time.sleep(120)") -> subprocess.Popen:
     """A process whose command line is an experiment runner's (python ignores the arguments after -c's code)."""
-    return subprocess.Popen([sys.executable, "-c", code, *runner_args(root, rev)], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "DVC_ROOT": str(root)})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *runner_args(root, rev)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DVC_ROOT": str(root)},
+    )
 
 
 def wait_listed(proc: subprocess.Popen) -> None:
@@ -96,9 +101,11 @@ def test_a_stage_inside_a_queued_experiment_counts_itself_once(runners, tmp_path
     repo = tmp_path / "repo"
     runners(repo, "a" * 40)
     # The stage is a child of its experiment's runner, and reads the repository from $DVC_ROOT as DVC sets it.
-    stage = ("import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'from pipeline.threads import "
-             "running_experiments, resolve_num_threads; print(running_experiments(), resolve_num_threads(\"auto\"))'],"
-             " capture_output=True, text=True).stdout)")
+    stage = (
+        "import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'from pipeline.threads import "
+        'running_experiments, resolve_num_threads; print(running_experiments(), resolve_num_threads("auto"))\'],'
+        " capture_output=True, text=True).stdout)"
+    )
     inside = runners(repo, "b" * 40, stage)
     out, _ = inside.communicate(timeout=120)
     experiments, num_threads = map(int, out.split())
@@ -107,11 +114,19 @@ def test_a_stage_inside_a_queued_experiment_counts_itself_once(runners, tmp_path
 
 
 def test_configure_threads_sizes_torch_and_the_blas_pools() -> None:
-    code = ("import numpy; from pipeline.threads import configure_threads; n = configure_threads('auto', "
-            "processes_per_node=1024); import torch; from threadpoolctl import threadpool_info; "
-            "print(n, torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}).stdout
+    code = (
+        "import numpy; from pipeline.threads import configure_threads; n = configure_threads('auto', "
+        "processes_per_node=1024); import torch; from threadpoolctl import threadpool_info; "
+        "print(n, torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
+    ).stdout
     assert out.split() == ["1", "1", "1"]
 
 

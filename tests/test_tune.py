@@ -23,10 +23,18 @@ from tests.test_postgres_tracking import postgres  # noqa: F401  (a fixture)
 PARAMS = str(REPO / "params.yaml")
 SPACE = {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}, "model.mlp.hidden_dims": {"choices": [[8], [16, 8]]}}
 # Tiny and fast: breast_cancer, a one-layer MLP, two epochs per trial.
-TINY_STUDY = {"data.dataset": "breast_cancer", "model.name": "mlp", "model.mlp.hidden_dims": [8],
-              "train.max_epochs": 2, "train.early_stopping_patience": None, "mlflow.experiment_name": "bc",
-              "tune.space": SPACE, "tune.pruner": "median", "tune.pruner_startup_trials": 1,
-              "tune.pruner_warmup_epochs": 0}
+TINY_STUDY = {
+    "data.dataset": "breast_cancer",
+    "model.name": "mlp",
+    "model.mlp.hidden_dims": [8],
+    "train.max_epochs": 2,
+    "train.early_stopping_patience": None,
+    "mlflow.experiment_name": "bc",
+    "tune.space": SPACE,
+    "tune.pruner": "median",
+    "tune.pruner_startup_trials": 1,
+    "tune.pruner_warmup_epochs": 0,
+}
 
 
 def commit(repo, message: str) -> None:
@@ -49,26 +57,31 @@ def refusal(*overrides: str, params: str = PARAMS) -> str:
 
 
 def test_a_valid_space_loads_with_its_types(tmp_path):
-    space = "{train.lr: {low: 1.0e-4, high: 0.1, log: true}, train.batch_size: {low: 16, high: 128, step: 16}, " \
-            "model.mlp.hidden_dims: {choices: [[64], [128, 64]]}, train.optimizer: {choices: [adam, sgd]}}"
+    space = (
+        "{train.lr: {low: 1.0e-4, high: 0.1, log: true}, train.batch_size: {low: 16, high: 128, step: 16}, "
+        "model.mlp.hidden_dims: {choices: [[64], [128, 64]]}, train.optimizer: {choices: [adam, sgd]}}"
+    )
     tune = load_params(with_space(tmp_path, space)).tune
     assert tune.space["model.mlp.hidden_dims"] == {"choices": [[64], [128, 64]]}
     assert tune.space["train.batch_size"]["step"] == 16
 
 
-@pytest.mark.parametrize(("space", "expected"), [
-    ("{train.lrr: {low: 0.001, high: 0.1}}", "train.lrr: unknown key. Did you mean 'train.lr'?"),
-    ("{train.batch_size: {low: 0.5, high: 64}}", "train.batch_size: 0.5 is not an integer"),
-    ("{train.optimizer: {low: 1, high: 2}}", "train.optimizer is a string, not a number: give it {choices"),
-    ("{train.optimizer: {choices: [adam, adamm]}}", "'adamm' is not one of sgd, adam, adamw"),
-    ("{model.mlp.dropout: {low: 0.0, high: 1.5}}", "model.mlp.dropout: must be less than 1, got 1.5"),
-    ("{model.mlp.hidden_dims: {choices: [[64], [0]]}}", "model.mlp.hidden_dims: every size must be > 0"),
-    ("{train.lr: {low: 0.1, high: 0.001}}", "low (0.1) must be below high (0.001)"),
-    ("{train.lr: {low: 0.001, high: 0.1, scale: log}}", "expected {low: .., high: ..}"),
-    ("{data.seed: {low: 1, high: 9}}", "only keys under model and train can be searched"),
-    ("{train.monitor: {choices: [val/acc]}}", "trials monitor tune.metric"),
-    ("{model.mlp: {choices: [1]}}", "model.mlp: expected a section"),
-])
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ("{train.lrr: {low: 0.001, high: 0.1}}", "train.lrr: unknown key. Did you mean 'train.lr'?"),
+        ("{train.batch_size: {low: 0.5, high: 64}}", "train.batch_size: 0.5 is not an integer"),
+        ("{train.optimizer: {low: 1, high: 2}}", "train.optimizer is a string, not a number: give it {choices"),
+        ("{train.optimizer: {choices: [adam, adamm]}}", "'adamm' is not one of sgd, adam, adamw"),
+        ("{model.mlp.dropout: {low: 0.0, high: 1.5}}", "model.mlp.dropout: must be less than 1, got 1.5"),
+        ("{model.mlp.hidden_dims: {choices: [[64], [0]]}}", "model.mlp.hidden_dims: every size must be > 0"),
+        ("{train.lr: {low: 0.1, high: 0.001}}", "low (0.1) must be below high (0.001)"),
+        ("{train.lr: {low: 0.001, high: 0.1, scale: log}}", "expected {low: .., high: ..}"),
+        ("{data.seed: {low: 1, high: 9}}", "only keys under model and train can be searched"),
+        ("{train.monitor: {choices: [val/acc]}}", "trials monitor tune.metric"),
+        ("{model.mlp: {choices: [1]}}", "model.mlp: expected a section"),
+    ],
+)
 def test_a_bad_space_is_refused_naming_the_key(tmp_path, space, expected):
     message = refusal(params=with_space(tmp_path, space))
     assert expected in message
@@ -111,9 +124,14 @@ def test_a_bad_space_stops_the_command_before_any_trial(repo_copy):
 def trial_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     """(study runs, trial runs) of an experiment."""
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return ([r for r in runs if "tune.trial" not in r.data.tags and "tune.study" in r.data.tags and
-             "dvc.exp_name" not in r.data.tags],
-            [r for r in runs if "tune.trial" in r.data.tags])
+    return (
+        [
+            r
+            for r in runs
+            if "tune.trial" not in r.data.tags and "tune.study" in r.data.tags and "dvc.exp_name" not in r.data.tags
+        ],
+        [r for r in runs if "tune.trial" in r.data.tags],
+    )
 
 
 def test_study_nests_trials_prunes_resumes_and_trains_the_best_as_a_dvc_experiment(repo_copy):
@@ -164,8 +182,12 @@ def test_study_nests_trials_prunes_resumes_and_trains_the_best_as_a_dvc_experime
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "tune")] == ["tune/summary.json"]
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo_copy).stdout)
-    experiments = {rev["name"]: rev["data"] for baseline in shown for exp in baseline.get("experiments") or []
-                   for rev in exp["revs"]}
+    experiments = {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+        for rev in exp["revs"]
+    }
     assert set(experiments) == {"tune"}
     exp_params = experiments["tune"]["params"]["params.yaml"]["data"]
     assert exp_params["train"]["lr"] == pytest.approx(best.params["train.lr"])
@@ -191,17 +213,34 @@ def test_two_workers_share_one_study_in_postgresql(repo_copy, postgres):  # noqa
     optuna_url = postgres.rsplit("/", 1)[0] + "/optuna"
     mlflow_url = postgres.replace("postgresql://", "postgresql+psycopg2://", 1)
     n_trials = 4
-    edit_params(repo_copy, {**TINY_STUDY, "tune.n_trials": n_trials, "tune.storage": optuna_url, "tune.workers": 2,
-                            "tune.pruner": "none", "mlflow.tracking_uri": mlflow_url})
+    edit_params(
+        repo_copy,
+        {
+            **TINY_STUDY,
+            "tune.n_trials": n_trials,
+            "tune.storage": optuna_url,
+            "tune.workers": 2,
+            "tune.pruner": "none",
+            "mlflow.tracking_uri": mlflow_url,
+        },
+    )
     commit(repo_copy, "shared study")
     run(["dvc", "repro", "prepare"], repo_copy)
     # A team's tracking database exists before its workers start (MLflow's first-time table creation is not safe
     # to race; Optuna's is retried by tune).
     MlflowClient(mlflow_url).search_experiments()
 
-    workers = [subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--no-final"], cwd=repo_copy,
-                                env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.tune", "--no-final"],
+            cwd=repo_copy,
+            env=stage_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-4000:]

@@ -64,11 +64,15 @@ def take(inputs: Any, index: np.ndarray) -> Any:
 def require_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: not found. Fix data.dataset in params.yaml (paths are relative to the repository "
-                        "root), or add the file there.")
+        raise DataError(
+            f"{path}: not found. Fix data.dataset in params.yaml (paths are relative to the repository "
+            "root), or add the file there."
+        )
     if path.is_file() and path.stat().st_size == 0:  # each reader would say it differently, none what to do
-        raise DataError(f"{path}: cannot be read: the file is empty (0 bytes). Write the data into it, or point "
-                        "data.dataset in params.yaml at another file.")
+        raise DataError(
+            f"{path}: cannot be read: the file is empty (0 bytes). Write the data into it, or point "
+            "data.dataset in params.yaml at another file."
+        )
     return path
 
 

@@ -56,7 +56,7 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
         x, _ = _load_npz(path, need_labels=False)
         x = new_array_images(x, meta, str(path))
         for start in range(0, len(x), rows):
-            yield x[start:start + rows], [f"{path.name}[{i}]" for i in range(start, min(start + rows, len(x)))]
+            yield x[start : start + rows], [f"{path.name}[{i}]" for i in range(start, min(start + rows, len(x)))]
         return
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if not files:
@@ -65,12 +65,14 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
     lo, hi = meta.get("pixel_range", FILE_RANGE)  # absent in folders prepared before it was recorded
     notes: dict[str, list[Path]] = {}
     for start in range(0, len(files), rows):
-        batch = files[start:start + rows]
+        batch = files[start : start + rows]
         x = np.stack([_read_image(f, params.color, size, resize=True, notes=notes) for f in batch])
         yield x * np.float32((hi - lo) / FILE_RANGE[1]) + np.float32(lo), [str(f) for f in batch]
     for note, noted in notes.items():
-        print(f"predict: warning: {len(noted)} image(s) {note}, e.g. {noted[0]}; predictions on them are "
-              "unreliable.", file=sys.stderr)
+        print(
+            f"predict: warning: {len(noted)} image(s) {note}, e.g. {noted[0]}; predictions on them are unreliable.",
+            file=sys.stderr,
+        )
 
 
 def new_array_images(x: np.ndarray, meta: dict[str, Any], source: str) -> np.ndarray:
@@ -81,24 +83,30 @@ def new_array_images(x: np.ndarray, meta: dict[str, Any], source: str) -> np.nda
         lo, hi = meta["pixel_range"]
         slack = RANGE_TOLERANCE * (hi - lo)
         if x.min() < lo - slack or x.max() > hi + slack:
-            raise DataError(f"{source}: pixel values span [{x.min():g}, {x.max():g}], but the model was trained on "
-                            f"values in [{lo:g}, {hi:g}] (pixel_range in meta.json). Scale the images to that range.")
+            raise DataError(
+                f"{source}: pixel values span [{x.min():g}, {x.max():g}], but the model was trained on "
+                f"values in [{lo:g}, {hi:g}] (pixel_range in meta.json). Scale the images to that range."
+            )
     return fit_images(x, params, source, expect_channels=meta["input_shape"][0])
 
 
 def checked_pixels(x: np.ndarray, source: str) -> np.ndarray:
     """`x` as float32, refused with a message when it holds no images, no numbers, or NaN or infinite values."""
     if x.dtype.kind not in "biuf":
-        raise DataError(f"{source}: the images are {x.dtype} values, not numbers. Save pixel values (e.g. "
-                        "numpy.savez(path, x=images.astype('float32'))).")
+        raise DataError(
+            f"{source}: the images are {x.dtype} values, not numbers. Save pixel values (e.g. "
+            "numpy.savez(path, x=images.astype('float32')))."
+        )
     if x.size == 0 or x.ndim < 2:
         raise DataError(f"{source}: no images in it (array of shape {x.shape}). Save at least one image.")
     x = x.astype(np.float32)
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if bad.any():
         first = np.flatnonzero(bad)[:5].tolist()
-        raise DataError(f"{source}: {int(bad.sum())} image(s) hold NaN or infinite pixel values (first at index "
-                        f"{first}); nothing can be learnt or predicted from them. Fix or remove them.")
+        raise DataError(
+            f"{source}: {int(bad.sum())} image(s) hold NaN or infinite pixel values (first at index "
+            f"{first}); nothing can be learnt or predicted from them. Fix or remove them."
+        )
     return x
 
 
@@ -109,11 +117,12 @@ def fit_images(x: np.ndarray, params: ImageParams, source: str, expect_channels:
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x = x.transpose(0, 3, 1, 2)  # channels-last as most image tools write it
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
-        raise DataError(f"{source}: images must be (n, height, width), (n, height, width, channels) or "
-                        f"(n, channels, height, width) with 1, 3 or 4 channels; got shape {x.shape}.")
+        raise DataError(
+            f"{source}: images must be (n, height, width), (n, height, width, channels) or "
+            f"(n, channels, height, width) with 1, 3 or 4 channels; got shape {x.shape}."
+        )
     if expect_channels is not None and x.shape[1] != expect_channels and params.color == "rgb":
-        raise DataError(f"{source}: images have {x.shape[1]} channel(s), the model was trained on "
-                        f"{expect_channels}.")
+        raise DataError(f"{source}: images have {x.shape[1]} channel(s), the model was trained on {expect_channels}.")
     x = x[:, :3].astype(np.float32)
     if params.color == "grayscale" and x.shape[1] == 3:
         x = (x * np.array([0.299, 0.587, 0.114], np.float32)[None, :, None, None]).sum(1, keepdims=True)
@@ -122,8 +131,9 @@ def fit_images(x: np.ndarray, params: ImageParams, source: str, expect_channels:
     if params.size and list(x.shape[2:]) != list(params.size):
         import torch
 
-        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=tuple(params.size), mode="bilinear",
-                                            antialias=True).numpy()
+        x = torch.nn.functional.interpolate(
+            torch.from_numpy(x), size=tuple(params.size), mode="bilinear", antialias=True
+        ).numpy()
     return np.ascontiguousarray(x)
 
 
@@ -138,14 +148,17 @@ def _load_npz(path: Path, need_labels: bool = True) -> tuple[np.ndarray, np.ndar
         with np.load(path, allow_pickle=False) as arrays:
             missing = [k for k in (("x", "y") if need_labels else ("x",)) if k not in arrays]
             if missing:
-                raise DataError(f"{path}: no array named {', '.join(missing)} (found {', '.join(arrays.files)}); "
-                                "save images as `x` and labels as `y`.")
+                raise DataError(
+                    f"{path}: no array named {', '.join(missing)} (found {', '.join(arrays.files)}); "
+                    "save images as `x` and labels as `y`."
+                )
             return arrays["x"], arrays["y"] if "y" in arrays else None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         # numpy takes any non-archive for a pickle and suggests allow_pickle=True: not advice to pass on.
         reason = "not an .npz archive" if "pickle" in str(exc) else str(exc)
-        raise DataError(f"{path}: not a readable .npz file ({reason}). Write it with numpy.savez(path, x=images, "
-                        "y=labels).") from None
+        raise DataError(
+            f"{path}: not a readable .npz file ({reason}). Write it with numpy.savez(path, x=images, y=labels)."
+        ) from None
 
 
 def _load_folder(root: Path, params: ImageParams) -> RawData:
@@ -160,8 +173,9 @@ def _load_folder(root: Path, params: ImageParams) -> RawData:
     return RawData(images, np.array([classes.index(c) for _, c in files]), classes)
 
 
-def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
-                notes: dict[str, list[Path]] | None = None) -> np.ndarray:
+def _read_image(
+    path: Path, color: str, size: Any = None, resize: bool = False, notes: dict[str, list[Path]] | None = None
+) -> np.ndarray:
     """One image file as float32 (channels, height, width) on the 0-255 scale; `notes` collects what was odd."""
     from PIL import Image, UnidentifiedImageError
 
@@ -179,11 +193,14 @@ def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
                 img = img.convert("L" if color == "grayscale" else "RGB")
             if size is not None and (img.height, img.width) != tuple(size):
                 if not resize:
-                    raise DataError(f"{path}: {img.height}x{img.width} pixels, unlike the first image "
-                                    f"({size[0]}x{size[1]}); set data.image.size to resize them all.")
+                    raise DataError(
+                        f"{path}: {img.height}x{img.width} pixels, unlike the first image "
+                        f"({size[0]}x{size[1]}); set data.image.size to resize them all."
+                    )
                 if img.height < size[0] or img.width < size[1]:
-                    notes.setdefault(f"are smaller than the model's {size[0]}x{size[1]} pixels and were enlarged",
-                                     []).append(path)
+                    notes.setdefault(
+                        f"are smaller than the model's {size[0]}x{size[1]} pixels and were enlarged", []
+                    ).append(path)
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
     except Image.DecompressionBombError as exc:
@@ -196,8 +213,13 @@ def _read_image(path: Path, color: str, size: Any = None, resize: bool = False,
 class ChannelStandardiser:
     """Per-channel mean and std of the training images; applied to every split and to new images."""
 
-    def __init__(self, params: ImageParams, mean: list[float] | None = None, std: list[float] | None = None,
-                 pixel_range: list[float] | None = None):
+    def __init__(
+        self,
+        params: ImageParams,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        pixel_range: list[float] | None = None,
+    ):
         self.params, self.mean, self.std, self.pixel_range = params, mean, std, pixel_range
         self.shape: list[int] | None = None
 
@@ -215,9 +237,12 @@ class ChannelStandardiser:
         return ((x - mean) / std).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {"input_shape": self.shape, "pixel_range": self.pixel_range,
-                "normalisation": {"mean": self.mean, "std": self.std},
-                "preprocessing": {"params": {"size": self.params.size, "color": self.params.color}}}
+        return {
+            "input_shape": self.shape,
+            "pixel_range": self.pixel_range,
+            "normalisation": {"mean": self.mean, "std": self.std},
+            "preprocessing": {"params": {"size": self.params.size, "color": self.params.color}},
+        }
 
     def save(self, folder: Path) -> None:
         """Everything lives in meta.json (`describe`)."""

@@ -48,8 +48,19 @@ TRANSFORM_CHUNK_ROWS = 65536
 UNKNOWN_INDEX = UNKNOWN_CATEGORY  # the embedding index of a missing or never-seen category
 # Date formats tried on a text column, in this order. pandas' own value-by-value parser ("mixed") is tried only on
 # columns named in data.tabular.dates: it reads codes such as "T-00123" as dates too.
-DATE_FORMATS = ("ISO8601", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y", "%d %b %Y",
-                "%b %d, %Y", "%d %B %Y", "%B %d, %Y")
+DATE_FORMATS = (
+    "ISO8601",
+    "%m/%d/%Y",
+    "%d/%m/%Y",
+    "%d.%m.%Y",
+    "%Y/%m/%d",
+    "%d-%m-%Y",
+    "%m-%d-%Y",
+    "%d %b %Y",
+    "%b %d, %Y",
+    "%d %B %Y",
+    "%B %d, %Y",
+)
 ANY_DATE_FORMAT = "mixed"
 DATE_SAMPLE = 2000  # distinct values of a column tried as dates: enough to tell, cheap on a large table
 DATE_MIN_SHARE = 0.95  # of those that parse with one format: a few typos or "unknown" leave it a date column
@@ -65,28 +76,39 @@ def load_raw(params: DataParams) -> RawData:
         import sklearn.datasets
 
         bunch = getattr(sklearn.datasets, BUILTIN_LOADERS[params.dataset])(as_frame=True)
-        return RawData(select_features(bunch.data, params.tabular, Path(params.dataset)), bunch.target.to_numpy(),
-                       [str(c) for c in bunch.target_names])
+        return RawData(
+            select_features(bunch.data, params.tabular, Path(params.dataset)),
+            bunch.target.to_numpy(),
+            [str(c) for c in bunch.target_names],
+        )
     t, path = params.tabular, require_file(params.dataset)
     frame = read_table(path, exact=[resolved(t.target), *(t.categorical or [])])  # required for a file
     if frame.empty or frame.shape[1] < 2:
-        raise DataError(f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
-                        "least a feature and a target column (is the delimiter right? .tsv files use tabs).")
+        raise DataError(
+            f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
+            "least a feature and a target column (is the delimiter right? .tsv files use tabs)."
+        )
     if t.target not in frame.columns:
-        raise DataError(f"{path}: no target column '{t.target}' (data.tabular.target). Columns: "
-                        f"{', '.join(map(str, frame.columns[:30]))}.")
+        raise DataError(
+            f"{path}: no target column '{t.target}' (data.tabular.target). Columns: "
+            f"{', '.join(map(str, frame.columns[:30]))}."
+        )
     target = frame[t.target]
     if target.isna().any():
         rows = (np.flatnonzero(target.isna().to_numpy()) + 2)[:5].tolist()  # +2: header line, 1-based
-        raise DataError(f"{path}: the target column '{t.target}' is empty on {int(target.isna().sum())} row(s) "
-                        f"(first at file lines {rows}). Fill or drop those rows.")
+        raise DataError(
+            f"{path}: the target column '{t.target}' is empty on {int(target.isna().sum())} row(s) "
+            f"(first at file lines {rows}). Fill or drop those rows."
+        )
     features = select_features(frame.drop(columns=[t.target]), t, path)
     check_finite(features, [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])], path)
     constant = [str(c) for c, n in features.nunique(dropna=False).items() if n <= 1]
     if constant:
-        print(f"prepare: warning: {path}: column(s) {', '.join(constant[:20])}{', ...' if len(constant) > 20 else ''}"
-              " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features.",
-              file=sys.stderr)
+        print(
+            f"prepare: warning: {path}: column(s) {', '.join(constant[:20])}{', ...' if len(constant) > 20 else ''}"
+            " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features.",
+            file=sys.stderr,
+        )
     return RawData(features, target.to_numpy())
 
 
@@ -110,21 +132,25 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
 
     parse = pacsv.ParseOptions(delimiter=delimiter)
     # pandas.read_csv's missing-value markers: pyarrow's list lacks "None" and "<NA>"; "" is missing text too.
-    convert = pacsv.ConvertOptions(null_values=[*pacsv.ConvertOptions().null_values, "None", "<NA>"],
-                                   strings_can_be_null=True)
+    convert = pacsv.ConvertOptions(
+        null_values=[*pacsv.ConvertOptions().null_values, "None", "<NA>"], strings_can_be_null=True
+    )
     with pacsv.open_csv(path, parse_options=parse, convert_options=convert) as first_block:
         schema = first_block.schema
     del first_block  # closed, it still holds the blocks it read ahead
     repeated = sorted({name for name, n in Counter(schema.names).items() if n > 1 and name})
     if repeated:
-        raise DataError(f"{path}: the header names column(s) {', '.join(repeated)} more than once; rename them so "
-                        "that each column has its own name.")
+        raise DataError(
+            f"{path}: the header names column(s) {', '.join(repeated)} more than once; rename them so "
+            "that each column has its own name."
+        )
     names = [name or f"Unnamed: {i}" for i, name in enumerate(schema.names)]  # pandas' name for an empty header
     read = pacsv.ReadOptions(column_names=names, skip_rows=1)
     # Streamed block by block with the first block's types made compact: the parser holds a few blocks (read_csv
     # holds about the whole file), and no float64 or one-string-per-row copy of the table exists.
-    convert.column_types = {name: _compact_type(field.type, name in exact)
-                            for name, field in zip(names, schema, strict=True)}
+    convert.column_types = {
+        name: _compact_type(field.type, name in exact) for name, field in zip(names, schema, strict=True)
+    }
     try:
         with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as blocks:
             table = blocks.read_all()
@@ -134,12 +160,16 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
         # A column changes type after the first block (numbers, then text): typed from every block, then compacted.
         convert.column_types = {}
         table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-        table = table.cast(pa.schema([field.with_type(_compact_type(field.type, field.name in exact))
-                                      for field in table.schema]), safe=False)
+        table = table.cast(
+            pa.schema([field.with_type(_compact_type(field.type, field.name in exact)) for field in table.schema]),
+            safe=False,
+        )
     binary = [field.name for field in table.schema if _is_bytes(field.type)]
     if binary:
-        raise DataError(f"{path}: not UTF-8 text (column(s) {', '.join(binary)} hold bytes that are not UTF-8). "
-                        "Re-save the file as UTF-8.")
+        raise DataError(
+            f"{path}: not UTF-8 text (column(s) {', '.join(binary)} hold bytes that are not UTF-8). "
+            "Re-save the file as UTF-8."
+        )
     frame = table.to_pandas(self_destruct=True, split_blocks=True)  # one column at a time, its arrow memory freed
     del table
     pa.default_memory_pool().release_unused()  # else arrow's allocator keeps the freed pages: about the data's size
@@ -175,17 +205,23 @@ def select_features(frame: pd.DataFrame, t: TabularParams, path: Path) -> pd.Dat
     named = list(t.features or []) + list(t.categorical or []) + list(t.dates or []) + list(t.drop or [])
     missing = list(dict.fromkeys(c for c in named if c not in frame.columns))
     if missing:
-        raise DataError(f"{path}: column(s) {', '.join(missing)} named in data.tabular are not in the file (or are "
-                        f"the target). Columns: {', '.join(map(str, frame.columns[:30]))}.")
+        raise DataError(
+            f"{path}: column(s) {', '.join(missing)} named in data.tabular are not in the file (or are "
+            f"the target). Columns: {', '.join(map(str, frame.columns[:30]))}."
+        )
     for key, names in (("categorical", t.categorical), ("dates", t.dates)):
         outside = [c for c in names or [] if c not in wanted]
         if outside:
-            raise DataError(f"{path}: data.tabular.{key} names {', '.join(outside)}, which data.tabular.features or "
-                            f"data.tabular.drop leaves out; keep them in the features or remove them from {key}.")
+            raise DataError(
+                f"{path}: data.tabular.{key} names {', '.join(outside)}, which data.tabular.features or "
+                f"data.tabular.drop leaves out; keep them in the features or remove them from {key}."
+            )
     both = [c for c in t.dates or [] if c in (t.categorical or [])]
     if both:
-        raise DataError(f"{path}: {', '.join(both)} named both in data.tabular.dates and data.tabular.categorical; "
-                        "name each column in one of them.")
+        raise DataError(
+            f"{path}: {', '.join(both)} named both in data.tabular.dates and data.tabular.categorical; "
+            "name each column in one of them."
+        )
     return frame[wanted]
 
 
@@ -200,8 +236,14 @@ class ColumnPlan:
 
     def summary(self, rows: int, inputs: int, user_dropped: list[str]) -> dict[str, Any]:
         dropped = {**{c: "data.tabular.drop" for c in user_dropped}, **self.dropped}
-        return {"rows": rows, "model_inputs": inputs, "numeric": self.numeric, "categorical": self.categorical,
-                "dates": self.dates, "dropped": dropped}
+        return {
+            "rows": rows,
+            "model_inputs": inputs,
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "dates": self.dates,
+            "dropped": dropped,
+        }
 
 
 def plan_columns(frame: pd.DataFrame, p: TabularParams) -> ColumnPlan:
@@ -224,20 +266,27 @@ def plan_columns(frame: pd.DataFrame, p: TabularParams) -> ColumnPlan:
             if c not in explicit and _unique_per_row(column, distinct):
                 plan.dropped[c] = f"an ID or free text: {distinct} distinct values in {column.notna().sum()} rows"
             elif c not in explicit and distinct > p.max_categories and p.categorical_encoding == "onehot":
-                plan.dropped[c] = (f"{distinct} distinct values, more than data.tabular.max_categories "
-                                   f"({p.max_categories}) for one-hot encoding")
+                plan.dropped[c] = (
+                    f"{distinct} distinct values, more than data.tabular.max_categories "
+                    f"({p.max_categories}) for one-hot encoding"
+                )
             else:
                 plan.categorical[c] = distinct
         elif text:
             unlisted_text.append(c)
-        elif ID_NAME.search(str(c)) and pd.api.types.is_integer_dtype(column) and _unique_per_row(
-                column, int(column.nunique(dropna=True))):
+        elif (
+            ID_NAME.search(str(c))
+            and pd.api.types.is_integer_dtype(column)
+            and _unique_per_row(column, int(column.nunique(dropna=True)))
+        ):
             plan.dropped[c] = "an ID: named so, one integer per row"
         else:
             plan.numeric.append(c)
     if unlisted_text:
-        raise DataError(f"column(s) {', '.join(map(str, unlisted_text))} hold text, but data.tabular.categorical does "
-                        "not list them; add them there, or set it to null to detect the categorical columns.")
+        raise DataError(
+            f"column(s) {', '.join(map(str, unlisted_text))} hold text, but data.tabular.categorical does "
+            "not list them; add them there, or set it to null to detect the categorical columns."
+        )
     return plan
 
 
@@ -266,9 +315,11 @@ def _date_format(column: pd.Series, name: str, required: bool) -> str | None:
     if best >= DATE_MIN_SHARE:
         return next(fmt for fmt, share in shares.items() if share == best)
     if required:
-        raise DataError(f"data.tabular.dates names '{name}', but only {best:.0%} of its values (e.g. "
-                        f"'{values.iloc[0]}') parse as dates in one format (ISO 8601 such as 2024-01-31, 01/31/2024, "
-                        "31.01.2024 ...); fix the values or remove the column from data.tabular.dates.")
+        raise DataError(
+            f"data.tabular.dates names '{name}', but only {best:.0%} of its values (e.g. "
+            f"'{values.iloc[0]}') parse as dates in one format (ISO 8601 such as 2024-01-31, 01/31/2024, "
+            "31.01.2024 ...); fix the values or remove the column from data.tabular.dates."
+        )
     return None
 
 
@@ -293,9 +344,11 @@ def with_calendar_features(frame: pd.DataFrame, dates: dict[str, str]) -> pd.Dat
         else:
             when = _to_datetime(column.astype(object).where(column.notna(), None), fmt)
         added[f"{name}_year"] = _float_values(when.dt.year).astype(np.float32)
-        for unit, position, period in (("month", _float_values(when.dt.month) - 1, 12),
-                                       ("dayofweek", _float_values(when.dt.day_of_week), 7),
-                                       ("dayofyear", _float_values(when.dt.day_of_year) - 1, 365.25)):
+        for unit, position, period in (
+            ("month", _float_values(when.dt.month) - 1, 12),
+            ("dayofweek", _float_values(when.dt.day_of_week), 7),
+            ("dayofyear", _float_values(when.dt.day_of_year) - 1, 365.25),
+        ):
             angle = 2 * np.pi * position / period
             added[f"{name}_{unit}_sin"] = np.sin(angle).astype(np.float32)
             added[f"{name}_{unit}_cos"] = np.cos(angle).astype(np.float32)
@@ -315,19 +368,23 @@ def summary_lines(summary: dict[str, Any], width: int = 100) -> list[str]:
 
     def listing(items: list[str]) -> str:
         text = ", ".join(items)
-        return text if len(text) <= width else text[:width - 12].rsplit(", ", 1)[0] + f", ... ({len(items)} in all)"
+        return text if len(text) <= width else text[: width - 12].rsplit(", ", 1)[0] + f", ... ({len(items)} in all)"
 
-    head = (f"prepare: {summary['rows']} training rows; features: {len(summary['numeric'])} numeric, "
-            f"{len(summary['categorical'])} categorical, {len(summary['dates'])} date, {len(summary['dropped'])} "
-            f"left out -> {summary['model_inputs']} model inputs")
+    head = (
+        f"prepare: {summary['rows']} training rows; features: {len(summary['numeric'])} numeric, "
+        f"{len(summary['categorical'])} categorical, {len(summary['dates'])} date, {len(summary['dropped'])} "
+        f"left out -> {summary['model_inputs']} model inputs"
+    )
     lines = [head]
     if summary["numeric"]:
         lines.append(f"  numeric      {listing(summary['numeric'])}")
     if summary["categorical"]:
         lines.append(f"  categorical  {listing([f'{c} ({n} values)' for c, n in summary['categorical'].items()])}")
     if summary["dates"]:
-        lines.append(f"  date         {listing([f'{c} ({fmt})' for c, fmt in summary['dates'].items()])} -> year, "
-                     "month, day of week, day of year (sin/cos)")
+        lines.append(
+            f"  date         {listing([f'{c} ({fmt})' for c, fmt in summary['dates'].items()])} -> year, "
+            "month, day of week, day of year (sin/cos)"
+        )
     for column, why in list(summary["dropped"].items())[:10]:
         lines.append(f"  left out     {column}: {why}")
     if len(summary["dropped"]) > 10:
@@ -340,10 +397,12 @@ def dropped_warning(summary: dict[str, Any]) -> str | None:
     detected = [c for c, why in summary["dropped"].items() if why != "data.tabular.drop"]
     if not detected:
         return None
-    return (f"prepare: warning: left out of the features: {', '.join(detected[:20])}"
-            f"{' ...' if len(detected) > 20 else ''} (reasons above). To keep one, list it in data.tabular.categorical "
-            "(or use data.tabular.categorical_encoding: embedding for many categories); to silence this, list them "
-            "in data.tabular.drop.")
+    return (
+        f"prepare: warning: left out of the features: {', '.join(detected[:20])}"
+        f"{' ...' if len(detected) > 20 else ''} (reasons above). To keep one, list it in data.tabular.categorical "
+        "(or use data.tabular.categorical_encoding: embedding for many categories); to silence this, list them "
+        "in data.tabular.drop."
+    )
 
 
 def read_new(path: Path, meta: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
@@ -361,13 +420,14 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
         raise DataError(f"{path}: no rows to predict (only a header). Add the rows below the header line.")
     categorical = set(meta["preprocessing"].get("categorical", []))
     numeric = [c for c in columns.columns if c not in categorical]
-    columns = columns.assign(**{c: _numeric_column(columns[c], c, path) for c in numeric
-                                if not pd.api.types.is_numeric_dtype(columns[c])})
+    columns = columns.assign(
+        **{c: _numeric_column(columns[c], c, path) for c in numeric if not pd.api.types.is_numeric_dtype(columns[c])}
+    )
     check_finite(columns, numeric, path)
     # Text as plain strings, the form a caller of the MLflow model passes (its signature refuses categoricals).
     text = {c: object for c in columns.columns if isinstance(columns[c].dtype, pd.CategoricalDtype)}
     for start in range(0, len(columns), rows):
-        batch = columns.iloc[start:start + rows]
+        batch = columns.iloc[start : start + rows]
         yield batch.astype(text), [str(i) for i in batch.index]
 
 
@@ -378,8 +438,10 @@ def _numeric_column(column: pd.Series, name: str, path: Path) -> pd.Series:
     if text.any():
         lines = (np.flatnonzero(text) + 2)[:5].tolist()  # +2: header line, 1-based
         examples = ", ".join(repr(v) for v in pd.unique(column[text].astype(str))[:3])
-        raise DataError(f"{path}: column '{name}' holds text ({examples}) where the model was trained on numbers "
-                        f"(file lines {lines}). Correct those values, or leave them empty to have them imputed.")
+        raise DataError(
+            f"{path}: column '{name}' holds text ({examples}) where the model was trained on numbers "
+            f"(file lines {lines}). Correct those values, or leave them empty to have them imputed."
+        )
     return values.astype(np.float32)
 
 
@@ -390,9 +452,11 @@ def check_finite(frame: pd.DataFrame, numeric: list[str], path: Path) -> None:
         infinite = np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max)
         if infinite.any():
             lines = (np.flatnonzero(infinite) + 2)[:5].tolist()
-            raise DataError(f"{path}: column '{name}' holds {int(infinite.sum())} infinite value(s) or value(s) "
-                            f"beyond ±{np.finfo(np.float32).max:.2e} (file lines {lines}). Correct them, or leave "
-                            "them empty to have them imputed.")
+            raise DataError(
+                f"{path}: column '{name}' holds {int(infinite.sum())} infinite value(s) or value(s) "
+                f"beyond ±{np.finfo(np.float32).max:.2e} (file lines {lines}). Correct them, or leave "
+                "them empty to have them imputed."
+            )
 
 
 def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> pd.DataFrame:
@@ -405,8 +469,13 @@ def training_columns(frame: pd.DataFrame, meta: dict[str, Any], source: str) -> 
 
 
 class TablePreprocessor:
-    def __init__(self, params: TabularParams, transformer: Any = None, columns: list[str] | None = None,
-                 dates: dict[str, str] | None = None):
+    def __init__(
+        self,
+        params: TabularParams,
+        transformer: Any = None,
+        columns: list[str] | None = None,
+        dates: dict[str, str] | None = None,
+    ):
         self.params, self.transformer, self.columns = params, transformer, columns
         self.dates = dates or {}  # date column -> format, expanded to calendar features before the transformer
         self.summary: dict[str, Any] | None = None
@@ -434,19 +503,26 @@ class TablePreprocessor:
         if p.categorical_encoding == "embedding":
             # Sorted categories 0..K-1, missing and unknown -1; shifted to 1..K and 0 (UNKNOWN_INDEX).
             encoder = make_pipeline(
-                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1,
-                               dtype=np.float32),
-                FunctionTransformer(_past_unknown_index, feature_names_out="one-to-one"))
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, dtype=np.float32
+                ),
+                FunctionTransformer(_past_unknown_index, feature_names_out="one-to-one"),
+            )
         else:
-            encoder = make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                    OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.int8))
+            encoder = make_pipeline(
+                SimpleImputer(strategy="most_frequent"),
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.int8),
+            )
         # A callable is applied column by column; scikit-learn's own "median" sorts a masked copy of the whole
         # numeric block, which takes about five times the block's memory.
         impute = np.median if p.numeric_impute == "median" else p.numeric_impute
-        self.transformer = ColumnTransformer([
-            ("numeric", make_pipeline(SimpleImputer(strategy=impute), scaler), numeric),
-            ("categorical", encoder, categorical),
-        ], sparse_threshold=0.0)
+        self.transformer = ColumnTransformer(
+            [
+                ("numeric", make_pipeline(SimpleImputer(strategy=impute), scaler), numeric),
+                ("categorical", encoder, categorical),
+            ],
+            sparse_threshold=0.0,
+        )
         self.columns = list(frame.columns)
         self.transformer.fit(_categories_as_text(with_calendar_features(frame, self.dates), categorical))
         self.summary = plan.summary(len(frame), len(self.transformer.get_feature_names_out()), list(p.drop or []))
@@ -456,8 +532,8 @@ class TablePreprocessor:
         categorical = self.transformer.transformers_[1][2]
         out = np.empty((len(frame), len(self.transformer.get_feature_names_out())), dtype=np.float32)
         for start in range(0, len(frame), TRANSFORM_CHUNK_ROWS):
-            rows = with_calendar_features(frame.iloc[start:start + TRANSFORM_CHUNK_ROWS], self.dates)
-            out[start:start + len(rows)] = self.transformer.transform(_categories_as_text(rows, categorical))
+            rows = with_calendar_features(frame.iloc[start : start + TRANSFORM_CHUNK_ROWS], self.dates)
+            out[start : start + len(rows)] = self.transformer.transform(_categories_as_text(rows, categorical))
         return out
 
     def unseen_categories(self, frame: pd.DataFrame) -> dict[str, Counter]:
@@ -466,8 +542,11 @@ class TablePreprocessor:
         categorical = list(self.transformer.transformers_[1][2])
         if not categorical:
             return {}
-        encoder = next(step for _, step in self.transformer.named_transformers_["categorical"].steps
-                       if hasattr(step, "categories_"))
+        encoder = next(
+            step
+            for _, step in self.transformer.named_transformers_["categorical"].steps
+            if hasattr(step, "categories_")
+        )
         unseen = {}
         for column, known in zip(categorical, encoder.categories_, strict=True):
             values = _categories_as_text(frame[[column]], [column])[column]
@@ -480,9 +559,15 @@ class TablePreprocessor:
         names = [str(n) for n in self.transformer.get_feature_names_out()]
         categorical = list(self.transformer.transformers_[1][2])
         described: dict[str, Any] = {
-            "input_shape": [len(names)], "feature_names": names,
-            "preprocessing": {"file": PREPROCESSOR_FILE, "columns": self.columns, "categorical": categorical,
-                              "categorical_encoding": self.params.categorical_encoding, "dates": self.dates},
+            "input_shape": [len(names)],
+            "feature_names": names,
+            "preprocessing": {
+                "file": PREPROCESSOR_FILE,
+                "columns": self.columns,
+                "categorical": categorical,
+                "categorical_encoding": self.params.categorical_encoding,
+                "dates": self.dates,
+            },
         }
         if self.summary is not None:
             described["feature_summary"] = self.summary
@@ -530,16 +615,24 @@ def load_preprocessor(prepared_dir: Path, meta: dict[str, Any]) -> TablePreproce
     rerun = "Run prepare again (dvc repro prepare --force) to write it, or restore the folder from a source you trust."
     if not path.is_file():
         pickled = prepared_dir / PICKLED_PREPROCESSOR_FILE
-        old = f" ({pickled} is from an older version, a pickle, which is never loaded: it could run code)" \
-            if pickled.is_file() else ""
+        old = (
+            f" ({pickled} is from an older version, a pickle, which is never loaded: it could run code)"
+            if pickled.is_file()
+            else ""
+        )
         raise DataError(f"{path}: not found{old}. {rerun}")
     try:
         transformer = skops.io.load(path, trusted=list(TRUSTED_TYPES))
     except Exception as exc:  # not a skops archive, or one naming other types: skops raises several kinds
-        raise DataError(f"{path}: not a valid preprocessor file ({type(exc).__name__}: {str(exc)[:300]}); it was "
-                        f"not loaded. {rerun}") from None
+        raise DataError(
+            f"{path}: not a valid preprocessor file ({type(exc).__name__}: {str(exc)[:300]}); it was "
+            f"not loaded. {rerun}"
+        ) from None
     if not isinstance(transformer, ColumnTransformer):
-        raise DataError(f"{path}: not a valid preprocessor file (it holds a {type(transformer).__name__}, not the "
-                        f"fitted ColumnTransformer). {rerun}")
-    return TablePreprocessor(TabularParams(), transformer, meta["preprocessing"]["columns"],
-                             meta["preprocessing"].get("dates"))
+        raise DataError(
+            f"{path}: not a valid preprocessor file (it holds a {type(transformer).__name__}, not the "
+            f"fitted ColumnTransformer). {rerun}"
+        )
+    return TablePreprocessor(
+        TabularParams(), transformer, meta["preprocessing"]["columns"], meta["preprocessing"].get("dates")
+    )

@@ -82,8 +82,14 @@ def _lines(path: Path) -> Iterator[str]:
 class MessageFile:
     """The messages of one file, read anew on every iteration; `file[rows]` sees only those (sorted) row numbers."""
 
-    def __init__(self, path: Path, params: TextParams, rows: np.ndarray | None = None, total: int = 0,
-                 version: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        params: TextParams,
+        rows: np.ndarray | None = None,
+        total: int = 0,
+        version: tuple[int, int] | None = None,
+    ):
         self.path, self.params, self.rows, self.total, self.version = path, params, rows, total, version
         self.delimiter = params.delimiter or ("\t" if path.suffix.lower() == ".tsv" or not params.text_column else ",")
 
@@ -110,11 +116,15 @@ class MessageFile:
         if not self.total:
             raise DataError(f"{self.path}: no messages in the file.")
         if empty:
-            raise DataError(f"{self.path}: {len(empty)} empty message(s) (first at data row(s) {empty[:5]}). Remove "
-                            "them or give them text.")
+            raise DataError(
+                f"{self.path}: {len(empty)} empty message(s) (first at data row(s) {empty[:5]}). Remove "
+                "them or give them text."
+            )
         if unlabelled:
-            raise DataError(f"{self.path}: {len(unlabelled)} message(s) have no label (first at data row(s) "
-                            f"{unlabelled[:5]}). Label or drop them.")
+            raise DataError(
+                f"{self.path}: {len(unlabelled)} message(s) have no label (first at data row(s) "
+                f"{unlabelled[:5]}). Label or drop them."
+            )
         return np.array(labels, dtype=object) if labelled else None
 
     def __len__(self) -> int:
@@ -153,8 +163,9 @@ class MessageFile:
             else:
                 yield from self._records_label_then_text()
         except UnicodeDecodeError as exc:
-            raise DataError(f"{self.path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Re-save the file as "
-                            "UTF-8.") from None
+            raise DataError(
+                f"{self.path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Re-save the file as UTF-8."
+            ) from None
         except (csv.Error, OSError) as exc:
             raise DataError(f"{self.path}: cannot be read as delimited text ({exc}).") from None
 
@@ -163,9 +174,11 @@ class MessageFile:
             for number, line in enumerate(f, start=1):
                 label, sep, text = line.rstrip("\r\n").partition(self.delimiter)
                 if not sep:
-                    raise DataError(f"{self.path}, line {number}: no {self.delimiter!r} between label and text. A "
-                                    "file without header holds `label<delimiter>text` lines; otherwise set "
-                                    "data.text.text_column and data.text.label_column.")
+                    raise DataError(
+                        f"{self.path}, line {number}: no {self.delimiter!r} between label and text. A "
+                        "file without header holds `label<delimiter>text` lines; otherwise set "
+                        "data.text.text_column and data.text.label_column."
+                    )
                 yield label, text
 
     def _records_with_header(self, labelled: bool) -> Iterator[tuple[str, str]]:
@@ -178,8 +191,10 @@ class MessageFile:
             wanted = [resolved(p.text_column)] + ([resolved(p.label_column)] if labelled else [])  # set together
             missing = [c for c in wanted if c not in columns]
             if missing:
-                raise DataError(f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
-                                f"Columns: {', '.join(columns[:20])}. Is the delimiter {self.delimiter!r} right?")
+                raise DataError(
+                    f"{self.path}: no column(s) {', '.join(missing)} (data.text.text_column/label_column). "
+                    f"Columns: {', '.join(columns[:20])}. Is the delimiter {self.delimiter!r} right?"
+                )
             # Every column is parsed (no `usecols`), so that a row with too many fields, such as an unquoted comma
             # in a message, is an error rather than a message cut short.
             with pd.read_csv(self.path, chunksize=READ_CHUNK_ROWS, **read) as chunks:
@@ -217,15 +232,19 @@ class Vocabulary:
             counts.update(tokens)
             messages, emptied = messages + 1, emptied + (not tokens)
         if emptied and counts:
-            print(f"prepare: warning: {getattr(texts, 'path', 'training messages')}: {emptied} of {messages} training "
-                  "message(s) hold no token after cleaning (data.text); the model sees them all as one empty text.",
-                  file=sys.stderr)
+            print(
+                f"prepare: warning: {getattr(texts, 'path', 'training messages')}: {emptied} of {messages} training "
+                "message(s) hold no token after cleaning (data.text); the model sees them all as one empty text.",
+                file=sys.stderr,
+            )
         kept = [t for t, n in counts.most_common(self.params.max_vocab - 2) if n >= self.params.min_freq]
         if not kept:  # every message would become the same row of UNK and PAD: one class predicted for all
-            raise DataError(f"{getattr(texts, 'path', 'the training messages')}: no token is left in the training "
-                            f"messages after cleaning (data.text: tokenizer {self.params.tokenizer}, min_freq "
-                            f"{self.params.min_freq}, strip_urls/strip_numbers/strip_punctuation). Check that the text "
-                            "column is the right one, or clean less.")
+            raise DataError(
+                f"{getattr(texts, 'path', 'the training messages')}: no token is left in the training "
+                f"messages after cleaning (data.text: tokenizer {self.params.tokenizer}, min_freq "
+                f"{self.params.min_freq}, strip_urls/strip_numbers/strip_punctuation). Check that the text "
+                "column is the right one, or clean less."
+            )
         self.tokens = [PAD, UNK, *kept]
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         return self
@@ -236,13 +255,16 @@ class Vocabulary:
         out = np.zeros((len(texts), max_len), dtype=dtype)  # PAD is 0
         for row, text in enumerate(texts):
             ids = [self.ids.get(t, unk) for t in self.tokenize(text)[:max_len]]
-            out[row, :len(ids)] = ids
+            out[row, : len(ids)] = ids
         return out
 
     def describe(self) -> dict[str, Any]:
         p = self.params
-        return {"input_shape": [p.max_len], "vocab_size": len(self.tokens),
-                "preprocessing": {"file": VOCAB_FILE, "params": {k: getattr(p, k) for k in p.__dataclass_fields__}}}
+        return {
+            "input_shape": [p.max_len],
+            "vocab_size": len(self.tokens),
+            "preprocessing": {"file": VOCAB_FILE, "params": {k: getattr(p, k) for k in p.__dataclass_fields__}},
+        }
 
     def save(self, folder: Path) -> None:
         write_json(folder / VOCAB_FILE, self.tokens)
