@@ -3,7 +3,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup pipeline test test-slow test-all ui server bench validate
+.PHONY: setup pipeline test test-slow test-all lint format ui server bench validate
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,16 @@ test-slow: setup
 
 test-all: setup
 	python -m pytest -m "slow or not slow"
+
+# ruff (lint and format check) and mypy, as CI runs them; `make format` rewrites the files.
+lint: setup
+	ruff check pipeline models tests bench
+	ruff format --check pipeline models tests bench
+	mypy
+
+format: setup
+	ruff check --fix pipeline models tests bench
+	ruff format pipeline models tests bench
 
 validate: setup
 	python -m pipeline.validate
