@@ -29,10 +29,21 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """The project modules `path` imports anywhere in it (module level or inside functions)."""
+    """The project modules `path` imports anywhere in it (module level or inside functions), but for those under
+    `if TYPE_CHECKING:`, which only the type checker reads."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -134,6 +134,7 @@ def trial_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     )
 
 
+@pytest.mark.slow  # a real study and a DVC experiment: 2-5 minutes on 2 cores
 def test_study_nests_trials_prunes_resumes_and_trains_the_best_as_a_dvc_experiment(repo_copy):
     edit_params(repo_copy, {**TINY_STUDY, "tune.n_trials": 2})
     commit(repo_copy, "tiny study")
