@@ -274,11 +274,12 @@ def log_stopping(logger: Any, params: Params, trainer: Any, best_epoch: int, bes
     stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     stopped_epoch = trainer.current_epoch - 1  # the last epoch run: current_epoch counts those completed
     if stopper is not None and stopper.stopped_epoch:
-        reason = getattr(getattr(stopper, "stopping_reason", None), "value", "patience_exhausted")  # Lightning 2.6
+        # Lightning 2.6 says why (an EarlyStoppingReason); older versions stop on patience only.
+        reason = getattr(getattr(stopper, "stopping_reason", None), "name", "PATIENCE_EXHAUSTED")
         because = (
             f"early stopping: {params.train.monitor} did not improve for {params.train.early_stopping_patience} epochs"
-            if reason == "patience_exhausted"
-            else f"early stopping: {reason}"
+            if reason == "PATIENCE_EXHAUSTED"
+            else f"early stopping: {reason.lower().replace('_', ' ')}"
         )
     elif trainer.current_epoch >= params.train.max_epochs:
         because = f"train.max_epochs ({params.train.max_epochs}) reached"

@@ -464,3 +464,29 @@ def test_failing_training_marks_the_run_failed(workspace, tmp_path: Path) -> Non
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].info.run_name == "pytest-fail"
+
+
+def test_early_stopping_says_why_on_the_run_and_the_console(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import DataParams, MlflowParams, MLPParams, ModelParams, Params, TrainerParams, TrainParams
+    from pipeline.prepare import prepare
+    from pipeline.train import STOPPED_BECAUSE_TAG, fit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    prepare(DataParams(dataset="wine"), tmp_path / "prepared")
+    params = Params(  # a learning rate too small to change a prediction: the accuracy never improves
+        data=DataParams(dataset="wine"),
+        model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8])),
+        train=TrainParams(max_epochs=6, batch_size=32, lr=1e-12, monitor="val/accuracy", early_stopping_patience=1),
+        trainer=TrainerParams(progress_bar=False),
+        mlflow=MlflowParams(tracking_uri=uri, experiment_name="stopping"),
+    )
+    run_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "checkpoints")
+    run = MlflowClient(uri).get_run(run_id)
+    because = "early stopping: val/accuracy did not improve for 1 epochs"
+    assert run.data.tags[STOPPED_BECAUSE_TAG] == because
+    assert run.data.metrics["stopped_epoch"] == 1 and run.data.metrics["best_epoch"] == 0
+    assert because in capsys.readouterr().out
