@@ -23,20 +23,6 @@ QUIET_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning_fabric.utilities.rank_zero",
 )
-# Log lines, by logger and start of message, that only restate a choice the project made.
-DROPPED_LOG_LINES = {
-    # The pyfunc wrapper is pickled by design: it only ever loads our own model file, written by train.
-    "mlflow.pyfunc": ("Passing a Python object as `python_model` causes it to be serialized using CloudPickle",),
-}
-
-
-class _DropLines(logging.Filter):
-    def __init__(self, starts: tuple[str, ...]):
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.starts)
 
 
 def quiet_libraries() -> None:
@@ -47,8 +33,6 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name, starts in DROPPED_LOG_LINES.items():
-        logging.getLogger(name).addFilter(_DropLines(starts))
 
 
 def progress_bar() -> Any:
