@@ -172,6 +172,12 @@ def test_mlflow_ui_lists_and_compares_two_pipeline_runs(repo_copy, tmp_path, req
         some_run = next(iter(expected))
         driver.get(f"{base}/#/experiments/{experiment_id}/runs/{some_run}/model-metrics?{UI_WORKFLOW}")
         last_epoch = FAST_PARAMS["train.max_epochs"] - 1
+        # The page draws charts as they scroll into view, and the test and baseline bars come first: keep the
+        # per-epoch loss charts only, with the page's own chart search.
+        search = WebDriverWait(driver, PAGE_TIMEOUT_S).until(
+            lambda drv: drv.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric charts']")
+        )
+        search.send_keys("loss")
 
         def x_ticks(drv):
             texts = drv.execute_script("return [...document.querySelectorAll('.xtick text')].map(t => t.textContent)")
