@@ -418,8 +418,13 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
     columns = training_columns(frame, meta, str(path))
     if columns.empty:
         raise DataError(f"{path}: no rows to predict (only a header). Add the rows below the header line.")
-    categorical = set(meta["preprocessing"].get("categorical", []))
-    numeric = [c for c in columns.columns if c not in categorical]
+    # The columns the model took as numbers: not the categorical ones, nor dates, nor those prepare left out.
+    not_numeric = {
+        *meta["preprocessing"].get("categorical", []),
+        *meta["preprocessing"].get("dates", {}),
+        *meta.get("feature_summary", {}).get("dropped", {}),
+    }
+    numeric = [c for c in columns.columns if c not in not_numeric]
     columns = columns.assign(
         **{c: _numeric_column(columns[c], c, path) for c in numeric if not pd.api.types.is_numeric_dtype(columns[c])}
     )
