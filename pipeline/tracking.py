@@ -391,7 +391,7 @@ def run_url(uri: str, run_id: str) -> str:
     experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
     path = f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
     if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {uri.rstrip('/')}/{path}"
+        return f"MLflow UI: {masked_uri(uri).rstrip('/')}/{path}"  # never a password on the console
     return f"MLflow UI (`make ui`): {UI_DEFAULT_URL}/{path}"
 
 

@@ -253,7 +253,8 @@ def test_a_password_in_the_tracking_uri_is_written_nowhere(tmp_path: Path) -> No
         (logged,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
 
     assert logged.info.status == "FINISHED"
-    assert logged.data.params["mlflow.tracking_uri"] == base.replace("http://", "http://user:***@")
+    # Where runs are logged is not a param of the run (only the params a training uses are): no URI to leak there.
+    assert not [key for key in logged.data.params if key.startswith("mlflow.")]
     recorded = json.dumps([logged.data.params, logged.data.tags])
     written = [
         p
