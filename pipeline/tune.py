@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from omegaconf import OmegaConf
 
@@ -44,6 +44,7 @@ from pipeline.config import (
     resolved,
 )
 from pipeline.errors import PipelineError, run_cli
+from pipeline.uris import masked_uri
 
 JOURNAL_FILE = "optuna-journal.log"  # the default storage, at the repository root
 PREPARED_DIR = "data/prepared"  # dvc.yaml's prepare output
@@ -115,22 +116,13 @@ def threads_per_worker(workers: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # The study
 # ---------------------------------------------------------------------------------------------------------------
-def masked(url: str) -> str:
-    """The URL with its password replaced by ***, fit to print and log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def _secret_masked(text: str, url: str | None) -> str:
     password = urlsplit(url).password if url else None
     return text.replace(password, "***") if password else text
 
 
 def storage_label(tune: TuneParams) -> str:
-    return masked(tune.storage) if tune.storage else str(tracking.repo_root() / JOURNAL_FILE)
+    return masked_uri(tune.storage) if tune.storage else str(tracking.repo_root() / JOURNAL_FILE)
 
 
 def open_study(tune: TuneParams) -> Any:

@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from pipeline.config import ParamsError, TuneParams, load_params
 from pipeline.errors import PipelineError
-from pipeline.tune import JOURNAL_FILE, masked, open_study, threads_per_worker
+from pipeline.tune import JOURNAL_FILE, open_study, threads_per_worker
+from pipeline.uris import masked_uri as masked
 from tests.conftest import REPO, edit_params, free_port, run, stage_env
 from tests.test_postgres_tracking import postgres  # noqa: F401  (a fixture)
 
