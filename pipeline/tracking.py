@@ -9,6 +9,7 @@ inside the functions that talk to the store, so validation stays fast.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -453,7 +455,8 @@ def continue_run(uri: str, run_id: str, system_metrics: bool = False) -> Iterato
     previous_handler = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         yield mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _release_interrupted_queries(exc)
         _end_run(uri, run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
@@ -467,6 +470,13 @@ def continue_run(uri: str, run_id: str, system_metrics: bool = False) -> Iterato
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _release_interrupted_queries(exc: BaseException) -> None:
+    """A signal that lands while MLflow reads from SQLite leaves the cursor alive in the traceback's frames, and
+    with it a read lock that makes the write marking the run wait, then fail with "database is locked"."""
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def _end_run(uri: str, run_id: str, status: str) -> None:
