@@ -32,7 +32,7 @@ format: setup
 	ruff format pipeline models tests bench
 
 validate: setup
-	python -m pipeline.validate
+	python -m pipeline.stages.validate
 
 # MLflow UI on the repository's store, bound to loopback only. One worker and no job consumers (they run GenAI
 # evaluation jobs, unused here): 2 processes instead of ~15 (see BENCHMARKS.md, "A light MLflow UI").

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Params, load_params
-from pipeline.evaluate import evaluate, predict_split
 from pipeline.files import read_json
-from pipeline.prepare import prepare
-from pipeline.train import MODEL_FILE, fit
+from pipeline.stages.evaluate import evaluate, predict_split
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import MODEL_FILE, fit
 
 DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 POSITIVE = "spam"

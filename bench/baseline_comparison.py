@@ -70,9 +70,9 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     log, seconds = "", {}
     for stage in (
-        ["pipeline.prepare", "--out", "prepared"],
+        ["pipeline.stages.prepare", "--out", "prepared"],
         [
-            "pipeline.train",
+            "pipeline.stages.train",
             "--prepared",
             "prepared",
             "--out",
@@ -84,7 +84,7 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
             "--cv-metrics",
             "cv.json",
         ],
-        ["pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"],
+        ["pipeline.stages.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"],
     ):
         start = time.perf_counter()
         done = subprocess.run(
@@ -110,13 +110,13 @@ def run_pipeline(workdir: Path, data: dict, model_name: str | None = None) -> di
         "baseline_acc": baseline["accuracy"],
         "baseline_name": run.data.params["baseline.model"],
         "baseline_s": run.data.metrics["baseline/fit_seconds"],
-        "train_s": seconds["pipeline.train"],
+        "train_s": seconds["pipeline.stages.train"],
         "n_test": metrics["n_samples"],
     }
 
 
 def main() -> None:
-    sys.path.insert(0, str(REPO))  # pipeline.baseline, for the spam F1 of the baseline
+    sys.path.insert(0, str(REPO))  # pipeline.evaluation.baseline, for the spam F1 of the baseline
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="data sets to run (default: all)")
     args = parser.parse_args()
@@ -137,7 +137,7 @@ def main() -> None:
                 import numpy as np
                 from sklearn.metrics import f1_score
 
-                from pipeline.baseline import fit_and_score
+                from pipeline.evaluation.baseline import fit_and_score
 
                 base = fit_and_score(Path(tmp) / name / "prepared")
                 with np.load(Path(tmp) / name / "prepared" / "test.npz") as test:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from accuracy_baselines import quiet, silently
 
 from pipeline.config import Params, load_params
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
 
 DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 RESULTS = ROOT / "bench" / "results" / "choose_defaults.json"
@@ -257,8 +257,8 @@ def make_params(params_file: Path, tmp: Path, experiment: str, settings: dict) -
 
 def score_cv(params: Params, prepared: Path, meta: dict, folder: Path) -> dict:
     from pipeline import tracking
-    from pipeline.cross_validation import cross_validate
-    from pipeline.training import new_logger
+    from pipeline.training.builders import new_logger
+    from pipeline.training.cross_validation import cross_validate
 
     parent = new_logger(params, meta, tracking.data_digest(prepared, meta))
     summary = silently(cross_validate, params, prepared, meta, parent, folder)
@@ -273,8 +273,8 @@ def score_cv(params: Params, prepared: Path, meta: dict, folder: Path) -> dict:
 def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict:
     from sklearn.metrics import accuracy_score, f1_score, log_loss
 
-    from pipeline.evaluate import predict_split
-    from pipeline.train import MODEL_FILE, fit
+    from pipeline.stages.evaluate import predict_split
+    from pipeline.stages.train import MODEL_FILE, fit
 
     silently(fit, params, prepared, folder / "model", folder / "checkpoints")
     y, pred, proba = predict_split(folder / "model" / MODEL_FILE, prepared, "val", params.evaluate.batch_size)

@@ -3,7 +3,7 @@
     python bench/ddp_throughput.py [--rows 20000] [--epochs 4] [--global-batches 64 512] [--processes 2]
                                    [--model cnn]
 
-Both runs are `pipeline.train.fit`, exactly as the train stage runs it (PreparedDataModule, Classifier with its
+Both runs are `pipeline.stages.train.fit`, exactly as the train stage runs it (PreparedDataModule, Classifier with its
 torchmetrics, checkpointing, MLflow logging into a SQLite store in a temporary folder), with the repository's
 params.yaml except: `model.name`, `train.max_epochs`, no early stopping, no progress bar, and
 - 1 process: `trainer.devices 1`, `train.batch_size` = the global batch;
@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     from bench.train_throughput import EpochTimer
     from pipeline import tracking
     from pipeline.config import load_params
-    from pipeline.train import fit
+    from pipeline.stages.train import fit
 
     class TimedToFile(EpochTimer):
         def on_fit_end(self, trainer, pl_module) -> None:

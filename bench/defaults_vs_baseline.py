@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from accuracy_baselines import POSITIVE, positive_scores, quiet, silently, tfidf_svm
 
 from pipeline.config import Params, load_params
-from pipeline.evaluate import evaluate, predict_split
-from pipeline.prepare import prepare
-from pipeline.train import MODEL_FILE, fit
+from pipeline.stages.evaluate import evaluate, predict_split
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import MODEL_FILE, fit
 
 DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 DIGITS_GOAL = 0.985

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_params
-from pipeline.evaluate import evaluate
-from pipeline.prepare import prepare
-from pipeline.train import fit
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import fit
 
 
 def svc_baseline(prepared: Path) -> float:

@@ -7,11 +7,11 @@ Each measurement runs in a fresh Python process, started by a bare launcher that
 set size (`getrusage(RUSAGE_CHILDREN).ru_maxrss`), and is set beside a reference measured the same way in the same
 run, so the ratio shows whether memory grows with the input:
 
-- evaluate: `pipeline.metrics.evaluate_predictions` and `confusion_figure` (saved as evaluate saves it, PNG at
-  120 dpi) on synthetic labels, `--samples` test samples over `--classes` classes (70 % predicted right, the rest
-  uniformly wrong). Reference: the same with 10 classes.
-- predict: `python -m pipeline.predict --input lines.txt --out predictions.csv` with a text model (`--model`, with
-  the schema's default settings of that family and random weights: memory does not depend on them) and a vocabulary
+- evaluate: `pipeline.evaluation.metrics.evaluate_predictions` and `confusion_figure` (saved as evaluate saves
+  it, PNG at 120 dpi) on synthetic labels, `--samples` test samples over `--classes` classes (70 % predicted right,
+  the rest uniformly wrong). Reference: the same with 10 classes.
+- predict: `python -m pipeline.stages.predict --input lines.txt --out predictions.csv` with a text model (`--model`,
+  with the schema's default settings of that family and random weights: memory does not depend on them) and a vocabulary
   prepared from the first 600 lines of the SMS Spam Collection; the input is `--lines` messages of that corpus cut to
   14 characters (about 15 bytes a line, as in the 30 MB / 2M-line file of the report this bench answers).
   Reference: the first 1 % of those lines.
@@ -53,7 +53,7 @@ sys.exit(code)
 
 EVALUATE_CHILD = """
 import numpy as np, matplotlib.pyplot as plt
-from pipeline.metrics import confusion_figure, evaluate_predictions
+from pipeline.evaluation.metrics import confusion_figure, evaluate_predictions
 rng = np.random.default_rng(0)
 y_true = rng.integers(0, {classes}, {samples})
 y_pred = np.where(rng.random({samples}) < 0.7, y_true, rng.integers(0, {classes}, {samples}))
@@ -69,8 +69,8 @@ import sys
 from pathlib import Path
 import dataclasses
 from pipeline.config import DataParams, ModelParams, TextParams
-from pipeline.prepare import prepare
-from pipeline.trained_model import save_trained_model
+from pipeline.stages.prepare import prepare
+from pipeline.training.trained_model import save_trained_model
 from models.registry import build_model
 meta = prepare(DataParams(dataset=sys.argv[1], kind="text", text=TextParams()), Path("prepared"))
 name = sys.argv[2]
@@ -126,7 +126,7 @@ def measure_predict(folder: Path, sms: Path, lines: int, model: str) -> dict:
     (folder / "lines.txt").write_text("\n".join(messages) + "\n", encoding="utf-8")
     (folder / "reference.txt").write_text("\n".join(messages[:reference_lines]) + "\n", encoding="utf-8")
     del messages, picked
-    command = ["-m", "pipeline.predict", "--prepared", "prepared", "--model", "model", "--out"]
+    command = ["-m", "pipeline.stages.predict", "--prepared", "prepared", "--model", "model", "--out"]
     ref_wall, ref_mb = run_child([*command, "ref.csv", "--input", "reference.txt"], folder)
     wall, peak_mb = run_child([*command, "predictions.csv", "--input", "lines.txt"], folder)
     with open(folder / "predictions.csv", encoding="utf-8") as f:

@@ -5,8 +5,9 @@
 In a fresh copy of this repository (tests/conftest.py `make_repo_copy` with params.yaml as committed here), runs
 the whole default pipeline with `dvc repro` and times each stage from DVC's "Running stage" lines; the train stage
 reports the seconds spent inside its training steps (forward, backward, optimizer, per-step metrics) and inside
-`Trainer.fit` through PIPELINE_STEP_TIMES. Then `dvc repro` with nothing changed and `python -m pipeline.validate`
-(median of 5 each). Goal: at most a third of the fresh `dvc repro` outside the training steps.
+`Trainer.fit` through PIPELINE_STEP_TIMES. Then `dvc repro` with nothing changed and
+`python -m pipeline.stages.validate` (median of 5 each). Goal: at most a third of the fresh `dvc repro`
+outside the training steps.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def main() -> None:
             rows.append({"load": load, "total": total, **stages, **steps})
             print(f"round {r + 1}: {json.dumps({k: round(v, 2) for k, v in rows[-1].items()})}", flush=True)
         noop = median_seconds(["dvc", "repro"], repo)
-        validate = median_seconds([sys.executable, "-m", "pipeline.validate"], repo)
+        validate = median_seconds([sys.executable, "-m", "pipeline.stages.validate"], repo)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -113,7 +114,7 @@ def main() -> None:
     outside = [(row["total"] - row["step_s"]) / row["total"] for row in rows]
     print(f"Outside the training steps: {', '.join(f'{x:.0%}' for x in outside)} (goal: at most 33%)")
     print(
-        f"`dvc repro` with nothing changed: {noop:.2f} s (goal ≤ 1 s); `python -m pipeline.validate`: "
+        f"`dvc repro` with nothing changed: {noop:.2f} s (goal ≤ 1 s); `python -m pipeline.stages.validate`: "
         f"{validate:.2f} s (goal ≤ 0.3 s); medians of 5"
     )
 

@@ -13,11 +13,11 @@ Everything is written into a temporary folder, deleted at the end:
 
 Generating the files is not timed. Each prepare runs in a fresh Python process (`python -c`, PYTHONPATH=repo,
 working directory the temporary folder, with its own params.yaml there) that imports what the stage imports and then
-times the `pipeline.prepare.prepare(...)` call alone. Its peak memory is the kernel's peak resident set size of that
-child: `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` (KiB on Linux) read, after the child exits, by a bare launcher
-process that started it and nothing else (see LAUNCHER). Nothing is subtracted from that peak; next to it the script
-reports the peak of a process that only imports the same modules and exits, so the import overhead is visible, and
-in a column of its own, clearly apart from the total, (peak - import-only) / raw: the memory the work itself took.
+times the `pipeline.stages.prepare.prepare(...)` call alone. Its peak memory is the kernel's peak resident set size of
+that child: `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` (KiB on Linux) read, after the child exits, by a bare
+launcher process that started it and nothing else (see LAUNCHER). Nothing is subtracted from that peak; next to it the
+script reports the peak of a process that only imports the same modules and exits, so the import overhead is visible,
+and in a column of its own, clearly apart from the total, (peak - import-only) / raw: the memory the work itself took.
 
 Goals: prepare <= 30 s, and peak memory <= 4 x the raw file's size.
 """
@@ -45,7 +45,7 @@ IMPORTS = {
     "tabular": [
         "numpy",
         "pandas",
-        "pipeline.prepare",
+        "pipeline.stages.prepare",
         "pipeline.data",
         "pipeline.data.tabular",
         "pipeline.files",
@@ -58,7 +58,7 @@ IMPORTS = {
     "text": [
         "numpy",
         "pandas",
-        "pipeline.prepare",
+        "pipeline.stages.prepare",
         "pipeline.data",
         "pipeline.data.text",
         "pipeline.files",
@@ -72,7 +72,7 @@ for name in {imports!r}:
     importlib.import_module(name)
 if {run!r}:
     from pipeline.config import load_params
-    from pipeline.prepare import prepare
+    from pipeline.stages.prepare import prepare
     params = load_params("params.yaml").data
     start = time.perf_counter()
     meta = prepare(params, __import__("pathlib").Path("prepared"))

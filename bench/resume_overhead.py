@@ -4,7 +4,7 @@
 
 On the digits (prepared once into a temporary folder, MLflow in a SQLite store there), for two networks (the
 params.yaml CNN, and a 4.3 M-parameter MLP whose checkpoint with Adam state is ~50 MB):
-- fresh: `pipeline.train.fit` from an empty checkpoint folder; seconds from the call to the first training step;
+- fresh: `pipeline.stages.train.fit` from an empty checkpoint folder; seconds from the call to the first training step;
 - resumed: the same training interrupted at the start of epoch `--interrupt-at` (a KeyboardInterrupt, which is
   what Ctrl+C raises: Lightning's shutdown runs, the run ends KILLED), then `fit` again on the same folder; seconds
   from that call to its first training step. This includes what a resume adds: reading `resume.json`, loading
@@ -30,8 +30,8 @@ import pytorch_lightning as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import DataParams, load_params
-from pipeline.prepare import prepare
-from pipeline.train import fit
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {

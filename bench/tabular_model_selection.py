@@ -8,11 +8,11 @@ The protocol keeps the test split out of every choice:
 1. prepare splits the table as the pipeline does (train / val / test, `data.seed` 42); the scaler is fitted on the
    training split.
 2. Selection, on train + val only: every MLP setting in `GRID` is scored by the pipeline's own cross-validation
-   (`pipeline.cross_validation.cross_validate`, what `train.cv_folds` runs: stratified folds over train + val, each
-   fold a real Lightning fit with early stopping, logged as nested MLflow runs into a temporary store). The setting
+   (`pipeline.training.cross_validation.cross_validate`, what `train.cv_folds` runs: stratified folds over train + val,
+   each fold a real Lightning fit with early stopping, logged as nested MLflow runs into a temporary store). The setting
    with the best mean fold accuracy wins; ties go to the lower mean fold loss, then to the earlier setting in the
    grid. LogisticRegression's C is chosen on the same folds from `LOGREG_C` (same rule, ties to the smaller C).
-3. Only then the test split: the chosen setting is trained by `pipeline.train.fit` (on the training split, early
+3. Only then the test split: the chosen setting is trained by `pipeline.stages.train.fit` (on the training split, early
    stopping on the validation split, as `dvc repro` trains) with each of `--test-seeds` and scored by the evaluate
    stage, next to LogisticRegression fitted on the same standardised training split, with the default C = 1 (the
    baseline of bench/accuracy_baselines.py) and with the cross-validated C. Each MLP run also counts the test rows
@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_baselines import make_params, quiet, silently, train_and_evaluate
 from pipeline import tracking
-from pipeline.evaluate import predict_split
-from pipeline.prepare import prepare
-from pipeline.train import MODEL_FILE
+from pipeline.stages.evaluate import predict_split
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import MODEL_FILE
 
 # Fixed for every setting: the MLP, a generous epoch budget that early stopping on the fold's validation loss cuts.
 BASE = {"model.name": "mlp", "train.max_epochs": 100, "train.early_stopping_patience": 20, "train.monitor": "val/loss"}
@@ -95,8 +95,8 @@ def cv_mlp(
     tmp: Path, dataset: str, prepared: Path, meta: dict, settings: dict, folds: int, seed: int, split_seed: int
 ) -> dict:
     """The pipeline's k-fold cross-validation of one setting: mean fold val/accuracy and val/loss."""
-    from pipeline.cross_validation import cross_validate
-    from pipeline.training import new_logger
+    from pipeline.training.builders import new_logger
+    from pipeline.training.cross_validation import cross_validate
 
     params = make_params(
         tmp,

@@ -6,10 +6,11 @@
 
 For each batch size:
 (a) a hand-written loop: shuffle with randperm, slice tensors, forward, backward, step;
-(d) the same hand-written loop fed by the project's data path (`pipeline.datamodule.batches`): the data path alone;
-(b) `pipeline.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its torchmetrics),
-    checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a temporary
-    folder;
+(d) the same hand-written loop fed by the project's data path (`pipeline.training.datamodule.batches`): the data
+    path alone;
+(b) `pipeline.stages.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its
+    torchmetrics), checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a
+    temporary folder;
 (c) for reference, (b)'s LightningModule fed by the naive `DataLoader(TensorDataset)`, collating sample by sample.
 Throughput counts training samples per second over the training epochs only (validation and start-up excluded),
 timed by a callback in (b) and (c). Prints samples/s and each ratio to (a).
@@ -35,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.registry import build_model
 from pipeline.config import Params
-from pipeline.datamodule import InMemoryDataset, batches
-from pipeline.lightning_module import Classifier
-from pipeline.train import fit
+from pipeline.stages.train import fit
+from pipeline.training.datamodule import InMemoryDataset, batches
+from pipeline.training.module import Classifier
 
 NUM_CLASSES = 10
 

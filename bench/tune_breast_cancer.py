@@ -1,11 +1,11 @@
-"""`python -m pipeline.tune` on breast_cancer, then the best setting's test accuracy against LogisticRegression.
+"""`python -m pipeline.stages.tune` on breast_cancer, then the best setting's test accuracy against LogisticRegression.
 
     python bench/tune_breast_cancer.py [--trials 40] [--max-epochs 40] [--timeout-s SECONDS] [--workers 1]
 
 In a throw-away git + DVC copy of this repository (in a temporary folder, deleted afterwards): params.yaml at its
 defaults except `data.dataset: breast_cancer`, `model.name: mlp` and the `tune:` section below; then the real
-command, `python -m pipeline.tune`, which prepares the data, runs the study (every trial trained on the train split
-and judged on the validation split by its best val/loss; median pruning) and trains the best setting as the DVC
+command, `python -m pipeline.stages.tune`, which prepares the data, runs the study (every trial trained on the train
+split and judged on the validation split by its best val/loss; median pruning) and trains the best setting as the DVC
 experiment `tune-breast-cancer` (train + evaluate through `dvc exp run`). Printed: the study's trial counts and
 time, the best trial, the experiment's test accuracy (outputs/eval/metrics.json) and LogisticRegression(max_iter=
 5000), fitted on the same prepared (standardised) train split and scored on the same test rows. Nothing is chosen
@@ -116,7 +116,7 @@ def main() -> None:
         subprocess.run(["dvc", "repro", "prepare"], cwd=repo, env=env, check=True, capture_output=True)
         helpers = [
             subprocess.Popen(
-                [sys.executable, "-m", "pipeline.tune", "--no-final"],
+                [sys.executable, "-m", "pipeline.stages.tune", "--no-final"],
                 cwd=repo,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -125,13 +125,15 @@ def main() -> None:
             for _ in range(args.workers - 1)
         ]
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.tune"], cwd=repo, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "pipeline.stages.tune"], cwd=repo, env=env, capture_output=True, text=True
         )
         for helper in helpers:
             helper.wait()
         seconds = time.perf_counter() - start
         if result.returncode != 0:
-            sys.exit(f"pipeline.tune exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            sys.exit(
+                f"pipeline.stages.tune exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         lines = [line for line in result.stdout.splitlines() if line.startswith("tune: ")]
         states = [line.split()[3] for line in lines if line.startswith("tune: trial ")]
 

@@ -172,7 +172,7 @@ class ModelParams:
 MODEL_NAMES = tuple(f.name for f in dataclasses.fields(ModelParams) if f.name != "name")
 
 # The headline metrics: one set of names in the DVC metrics file (evaluate), MLflow (`test/...`, `baseline/...`),
-# the console and `python -m pipeline.compare`. Defined here, where nothing heavy is imported.
+# the console and `python -m pipeline.stages.compare`. Defined here, where nothing heavy is imported.
 HEADLINE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
 
 # Metrics the LightningModule logs once per validation epoch; early stopping, checkpointing and the plateau
@@ -219,7 +219,7 @@ class TrainerParams:
 @dataclass
 class EvaluateParams:
     batch_size: int = _positive(1024)
-    baseline: bool = True  # also fit and score a classical model (pipeline/baseline.py) on the same splits
+    baseline: bool = True  # also fit and score a classical model (pipeline/evaluation/baseline.py) on the same splits
 
 
 @dataclass
@@ -235,7 +235,7 @@ class MlflowParams:
 
 @dataclass
 class TuneParams:
-    """`python -m pipeline.tune`: an Optuna study over `space`, each trial trained on train and judged on val."""
+    """`python -m pipeline.stages.tune`: an Optuna study over `space`, each trial trained on train and judged on val."""
 
     study_name: str = "tune"  # also the DVC experiment the best setting is trained as
     # dotted params.yaml key -> {low, high[, log][, step]} (a number or integer key) or {choices: [...]}

@@ -14,9 +14,8 @@ import pytest
 from tests.conftest import REPO
 
 PACKAGES = ("pipeline", "models")
-ENTRY_POINTS = {
-    f"pipeline.{name}" for name in ("validate", "prepare", "train", "evaluate", "predict", "exp", "tune", "compare")
-}
+STAGES = ("validate", "prepare", "train", "evaluate", "predict", "exp", "tune", "compare")
+ENTRY_POINTS = {f"pipeline.stages.{name}" for name in STAGES}
 
 
 def project_modules() -> dict[str, Path]:
@@ -70,8 +69,20 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_graph_sees_imports_inside_functions(graph: dict[str, set[str]]) -> None:
-    assert "pipeline.cross_validation" in graph["pipeline.train"]  # imported inside fit's helpers, not at the top
+    # imported inside fit's helpers, not at the top
+    assert "pipeline.training.cross_validation" in graph["pipeline.stages.train"]
     assert ENTRY_POINTS <= set(graph)
+
+
+def test_every_command_is_a_stage_module_and_every_stage_module_a_command() -> None:
+    """The entry points live in one place: a module that runs `run_cli(main)` is in pipeline/stages/, and back."""
+    commands = {
+        name
+        for name, path in project_modules().items()
+        if "run_cli(main)" in path.read_text(encoding="utf-8") and not path.name.startswith("__")
+    }
+    stage_modules = {name for name in project_modules() if name.startswith("pipeline.stages.")}
+    assert commands == stage_modules == ENTRY_POINTS
 
 
 def test_no_stage_imports_another_stage(graph: dict[str, set[str]]) -> None:

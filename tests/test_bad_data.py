@@ -1,4 +1,4 @@
-"""Bad data stops `python -m pipeline.prepare` with exit code 2 and one message that names the file and the fix.
+"""Bad data stops `python -m pipeline.stages.prepare` with exit code 2 and one message that names the file and the fix.
 
 Each case writes its data into a fresh working directory holding a copy of params.yaml, points `data.*` at it and
 runs the stage as a user would. Nothing may be left behind: no `prepared` folder (or the previous one untouched),
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataParams
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
 from tests.conftest import REPO, edit_params, run
 
 
@@ -285,7 +285,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def prepare_stage(workdir: Path):
     return run(
-        [sys.executable, "-m", "pipeline.prepare", "--out", "prepared"],
+        [sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"],
         workdir,
         check=False,
         PYTHONPATH=str(REPO),
@@ -330,7 +330,7 @@ def test_train_refuses_a_model_that_cannot_read_the_data(workdir: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pipeline.train",
+            "pipeline.stages.train",
             "--prepared",
             "prepared",
             "--out",

@@ -1,8 +1,8 @@
 """Issue 5: malformed params.yaml, `-S` overrides and data files, each through the command a user would run.
 
 One repository copy runs the default pipeline once (FAST_PARAMS), so outputs, dvc.lock and an MLflow store exist.
-Each case then applies one bad input, runs the real command (`dvc repro`, or `python -m pipeline.exp -S ...`, which
-validates before handing over to `dvc exp run`), puts the input back, and checks: a non-zero exit; a message that
+Each case then applies one bad input, runs the real command (`dvc repro`, or `python -m pipeline.stages.exp -S ...`,
+which validates before handing over to `dvc exp run`), puts the input back, and checks: a non-zero exit; a message that
 names the key (dotted path) or the file and says what to do; no Python traceback; no MLflow run left RUNNING and no
 new run; every file of the repository byte-identical (outputs, dvc.lock, the DVC cache, the MLflow store); nothing
 queued. The cases marked `fast` run by default, one or two per kind of mistake; `-m slow` runs the rest.
@@ -41,11 +41,11 @@ VOLATILE = (".git/", ".dvc/tmp/")
 
 
 def exp(*overrides: str, queue: bool = True) -> tuple[str, ...]:
-    """`python -m pipeline.exp [--queue] -S ... -S ...`: what README tells users to run instead of dvc exp run."""
+    """`python -m pipeline.stages.exp [--queue] -S ...`: what README tells users to run instead of dvc exp run."""
     return (
         sys.executable,
         "-m",
-        "pipeline.exp",
+        "pipeline.stages.exp",
         *(["--queue"] if queue else []),
         *(arg for item in overrides for arg in ("-S", item)),
     )
@@ -106,7 +106,7 @@ class Case:
 
     @property
     def through_exp(self) -> bool:
-        return self.command[1:3] == ("-m", "pipeline.exp")
+        return self.command[1:3] == ("-m", "pipeline.stages.exp")
 
 
 CASES = [
@@ -355,7 +355,7 @@ def experiment_refs(repo: Path) -> str:
 
 
 def error_message(stderr: str) -> str:
-    """From the first `error:` line (the stage's or pipeline.exp's) or DVC's own `ERROR:` on."""
+    """From the first `error:` line (the stage's or pipeline.stages.exp's) or DVC's own `ERROR:` on."""
     lines = stderr.splitlines()
     start = next((i for i, line in enumerate(lines) if line.lower().startswith("error:")), None)
     assert start is not None, f"no error message in:\n{stderr[-3000:]}"
@@ -448,10 +448,10 @@ def test_enough_cases_for_issue_5() -> None:
 
 
 def test_validation_stamp_is_constant_and_kept_on_bad_params(tmp_path: Path) -> None:
-    """`python -m pipeline.validate --stamp` as a first DVC stage: same bytes every time, untouched on failure."""
+    """`python -m pipeline.stages.validate --stamp`, the first DVC stage: same bytes every time, kept on failure."""
     shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
     stamp = tmp_path / "outputs" / "params_valid.txt"
-    validate = [sys.executable, "-m", "pipeline.validate", "--stamp", str(stamp)]
+    validate = [sys.executable, "-m", "pipeline.stages.validate", "--stamp", str(stamp)]
 
     run(validate, tmp_path, PYTHONPATH=str(REPO))
     first = stamp.read_bytes()

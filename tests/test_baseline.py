@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import baseline
 from pipeline.config import DataParams, TabularParams, TextParams
-from pipeline.prepare import prepare
+from pipeline.evaluation import baseline
+from pipeline.stages.prepare import prepare
 
 SPAM_WORDS = ["win", "free", "prize", "claim", "cash", "urgent", "call", "now"]
 HAM_WORDS = ["see", "you", "later", "dinner", "tonight", "thanks", "ok", "home", "love"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DataParams
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
 from tests.conftest import edit_params, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def stage(name: str, cwd: Path, *args: str, timeout: float = 120, **env: str) ->
     environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd}/mlflow.db"
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", f"pipeline.{name}", *(args or STAGE_ARGS[name])],
+        [sys.executable, "-m", f"pipeline.stages.{name}", *(args or STAGE_ARGS[name])],
         cwd=cwd,
         env=environ,
         capture_output=True,
@@ -145,7 +145,7 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
     """An absurd learning rate makes the loss non-finite within a few steps: exit 2, epoch and step named, FAILED."""
     from mlflow.tracking import MlflowClient
 
-    run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    run([sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
     edit_params(
         workdir,
         {
@@ -158,7 +158,17 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
         },
     )
     result = run(
-        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--prepared",
+            "prepared",
+            "--out",
+            "model",
+            "--checkpoints",
+            "ckpt",
+        ],
         workdir,
         check=False,
         PYTHONPATH=str(REPO),
@@ -182,10 +192,20 @@ def test_credentials_in_the_environment_are_never_logged(workdir: Path) -> None:
         "MLFLOW_TRACKING_TOKEN": "mlflow-token-9d2e",
         "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-31",
     }
-    run([sys.executable, "-m", "pipeline.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    run([sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
     edit_params(workdir, {"model.name": "mlp", "train.max_epochs": 1, "trainer.progress_bar": False})
     run(
-        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--prepared",
+            "prepared",
+            "--out",
+            "model",
+            "--checkpoints",
+            "ckpt",
+        ],
         workdir,
         PYTHONPATH=str(REPO),
         **secrets,

@@ -301,7 +301,7 @@ def test_params_error_is_a_pipeline_error() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# python -m pipeline.validate
+# python -m pipeline.stages.validate
 # ---------------------------------------------------------------------------------------------------------------
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_DEBUG", "DVC_ROOT")}
@@ -311,7 +311,12 @@ def _env() -> dict[str, str]:
 
 def test_validate_cli_accepts_the_repository_params() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.validate"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.stages.validate"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "params.yaml: OK" in result.stdout
@@ -319,7 +324,7 @@ def test_validate_cli_accepts_the_repository_params() -> None:
 
 def test_validate_cli_rejects_a_bad_override_cleanly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.validate", "-S", "train.lrr=1"],
+        [sys.executable, "-m", "pipeline.stages.validate", "-S", "train.lrr=1"],
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -336,8 +341,8 @@ def test_validate_cli_rejects_a_bad_override_cleanly() -> None:
 def test_validate_does_not_import_heavy_libraries() -> None:
     script = (
         "import runpy, sys\n"
-        "sys.argv = ['pipeline.validate']\n"
-        "runpy.run_module('pipeline.validate', run_name='__main__', alter_sys=True)\n"
+        "sys.argv = ['pipeline.stages.validate']\n"
+        "runpy.run_module('pipeline.stages.validate', run_name='__main__', alter_sys=True)\n"
         "heavy = ('torch', 'pytorch_lightning', 'lightning', 'mlflow', 'sklearn')\n"
         "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
     )
@@ -350,10 +355,10 @@ def test_validate_does_not_import_heavy_libraries() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# `python -m pipeline.exp`: -S overrides checked before `dvc exp run` queues anything
+# `python -m pipeline.stages.exp`: -S overrides checked before `dvc exp run` queues anything
 # ---------------------------------------------------------------------------------------------------------------
 def test_sweep_values_split_on_top_level_commas_only() -> None:
-    from pipeline.exp import sweep_values
+    from pipeline.stages.exp import sweep_values
 
     assert sweep_values("0.001,0.01") == ["0.001", "0.01"]
     assert sweep_values("[16,32],[8]") == ["[16,32]", "[8]"]
@@ -361,7 +366,7 @@ def test_sweep_values_split_on_top_level_commas_only() -> None:
 
 
 def test_every_sweep_combination_is_validated() -> None:
-    from pipeline.exp import validate_sweep
+    from pipeline.stages.exp import validate_sweep
 
     params = str(REPO / "params.yaml")
     assert validate_sweep(["--queue", "-S", "model.name=mlp,cnn", "-S", "train.lr=0.001,0.01"], params) == 4
@@ -376,7 +381,7 @@ def test_every_sweep_combination_is_validated() -> None:
 def test_exp_command_rejects_a_typo_before_dvc_runs(tmp_path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.exp", "--queue", "-S", "train.lrr=0.1"],
+        [sys.executable, "-m", "pipeline.stages.exp", "--queue", "-S", "train.lrr=0.1"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

@@ -20,8 +20,8 @@ from pipeline.config import (
     TrainParams,
     load_params,
 )
-from pipeline.prepare import prepare
-from pipeline.train import fit
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import fit
 from tests.conftest import REPO
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.config import DataParams, ImageParams, TabularParams, TextParams
 from pipeline.data import DataError
 from pipeline.data.text import PAD, UNK, Vocabulary
-from pipeline.prepare import SPLITS, prepare
+from pipeline.stages.prepare import SPLITS, prepare
 from tests.conftest import SHARED_DATA
 
 SMS = SHARED_DATA / "sms_spam" / "SMSSpamCollection"

@@ -10,12 +10,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline import checkpoints, tracking
+from pipeline import tracking
 from pipeline.config import PARAMS_FILE, ParamsError, load_params, params_from_dict, to_flat_dict
 from pipeline.defaults import AUTO_KEYS, BY_KIND, describe
-from pipeline.prepare import prepare
-from pipeline.train import apply_defaults, fit
-from pipeline.training import AUTO_KEYS_TAG, DEFAULTS_KIND_TAG
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import apply_defaults, fit
+from pipeline.training import checkpoints
+from pipeline.training.builders import AUTO_KEYS_TAG, DEFAULTS_KIND_TAG
 from tests.conftest import REPO
 
 KIND_DATA = {

@@ -69,7 +69,7 @@ def test_queued_sweep_two_workers_sqlite(repo_copy):
     assert combos == {("mlp", 0.001), ("mlp", 0.01), ("cnn", 0.001), ("cnn", 0.01)}
 
     # The compare command: every experiment, exactly the swept params and the headline metrics, in 120 columns.
-    table = run(["python", "-m", "pipeline.compare"], repo_copy).stdout.splitlines()
+    table = run(["python", "-m", "pipeline.stages.compare"], repo_copy).stdout.splitlines()
     print("\n".join(table))
     assert max(map(len, table)) <= 120, table
     assert table[0].split() == ["experiment", "state", "model.name", "train.lr", *HEADLINE_METRICS]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoints
 from pipeline.config import DataParams
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
+from pipeline.training import checkpoints
 from tests.conftest import edit_params, mlflow_server, run, stage_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def write_fails_midway(folder: Path) -> subprocess.CompletedProcess:
     write part way, as a full disk does: the kernel refuses the write that crosses the limit."""
     script = textwrap.dedent(f"""
         import resource, signal, torch
-        from pipeline.checkpoints import AtomicCheckpointIO
+        from pipeline.training.checkpoints import AtomicCheckpointIO
         from pipeline.errors import PipelineError
         io, path = AtomicCheckpointIO(), {str(folder / checkpoints.LAST_CHECKPOINT)!r}
         io.save_checkpoint({{"epoch": 0, "global_step": 5, "w": torch.zeros(10)}}, path)
@@ -120,7 +120,17 @@ def test_a_training_whose_last_checkpoint_was_cut_short_resumes_from_the_best(tm
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
 
     result = run(
-        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--prepared",
+            "prepared",
+            "--out",
+            "model",
+            "--checkpoints",
+            "ckpt",
+        ],
         root,
         PYTHONPATH=str(REPO),
         MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
@@ -151,7 +161,17 @@ def stage_environ(root: Path) -> dict[str, str]:
 
 def train(root: Path) -> None:
     run(
-        [sys.executable, "-m", "pipeline.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--prepared",
+            "prepared",
+            "--out",
+            "model",
+            "--checkpoints",
+            "ckpt",
+        ],
         root,
         PYTHONPATH=str(REPO),
         MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
@@ -172,7 +192,17 @@ def interruptible() -> None:
 def signal_evaluate_while_it_holds_the_run(root: Path, run_id: str, sig: signal.Signals) -> int:
     """Start evaluate; once it has re-opened train's run (RUNNING), stop it, and if it still holds the run, send
     `sig` and let it go on; its exit status. An evaluate that finished meanwhile is run again (up to 3 times)."""
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.evaluate",
+        "--prepared",
+        "prepared",
+        "--model",
+        "model",
+        "--out",
+        "eval",
+    ]
     log = root / f"evaluate-{sig.name}.log"
     for _ in range(3):
         with log.open("w") as out:
@@ -256,7 +286,7 @@ def test_tracking_server_gone_during_training_ends_with_one_message_in_bounded_t
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.train",
+                    "pipeline.stages.train",
                     "--prepared",
                     "prepared",
                     "--out",

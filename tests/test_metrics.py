@@ -1,4 +1,4 @@
-"""Test-set metrics (pipeline/metrics.py) against numbers worked out by hand."""
+"""Test-set metrics (pipeline/evaluation/metrics.py) against numbers worked out by hand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     HEADLINE_METRICS,
     HEATMAP_PANEL_INCHES,
     confusion_figure,

@@ -28,9 +28,9 @@ from pipeline.config import (
     load_params,
     used_params,
 )
-from pipeline.lightning_module import Classifier
-from pipeline.metrics import HEADLINE_METRICS
-from pipeline.prepare import prepare
+from pipeline.evaluation.metrics import HEADLINE_METRICS
+from pipeline.stages.prepare import prepare
+from pipeline.training.module import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_SHAPE = [1, 8, 8]
@@ -154,7 +154,7 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
     import pytorch_lightning as pl
     from torch.nn import functional
 
-    from pipeline.datamodule import InMemoryDataset, PreparedDataModule
+    from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
@@ -176,8 +176,8 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
     import pytorch_lightning as pl
     from torch.nn import functional
 
-    from pipeline.datamodule import InMemoryDataset, PreparedDataModule
-    from pipeline.training import balanced_class_weights
+    from pipeline.training.builders import balanced_class_weights
+    from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule
 
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(12, 4), torch.tensor([0] * 8 + [1] * 3 + [2])
@@ -266,7 +266,7 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def trained(workspace) -> SimpleNamespace:
-    from pipeline.train import fit
+    from pipeline.stages.train import fit
 
     ws = workspace
     params = shrunk_params(ws.uri, "pytest-digits", "pytest-fit")
@@ -278,7 +278,7 @@ def trained(workspace) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def evaluated(workspace, trained) -> SimpleNamespace:
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     out = workspace.root / "eval"
     with sandbox(workspace.root):
@@ -287,7 +287,7 @@ def evaluated(workspace, trained) -> SimpleNamespace:
 
 
 def test_fit_saves_a_weights_only_model_file(workspace, trained) -> None:
-    from pipeline.train import MODEL_FILE
+    from pipeline.stages.train import MODEL_FILE
 
     path = trained.model_dir / MODEL_FILE
     assert path.is_file()
@@ -313,8 +313,8 @@ def test_model_file_holds_the_best_checkpoint_weights(trained) -> None:
 
 
 def test_trained_model_loads_and_classifies_the_test_split(workspace, trained) -> None:
-    from pipeline.train import MODEL_FILE
-    from pipeline.trained_model import load_trained_model
+    from pipeline.stages.train import MODEL_FILE
+    from pipeline.training.trained_model import load_trained_model
 
     net, _bundle = load_trained_model(trained.model_dir / MODEL_FILE)
     assert not net.training
@@ -443,7 +443,7 @@ def test_evaluate_logs_into_the_training_run(workspace, trained, evaluated) -> N
 
 
 def test_failing_training_marks_the_run_failed(workspace, tmp_path: Path) -> None:
-    from pipeline.train import fit
+    from pipeline.stages.train import fit
 
     # A real failure: one training label is outside the 10 classes, so CrossEntropyLoss raises on its batch.
     bad = tmp_path / "prepared"
@@ -470,8 +470,8 @@ def test_early_stopping_says_why_on_the_run_and_the_console(tmp_path, monkeypatc
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import DataParams, MlflowParams, MLPParams, ModelParams, Params, TrainerParams, TrainParams
-    from pipeline.prepare import prepare
-    from pipeline.train import STOPPED_BECAUSE_TAG, fit
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import STOPPED_BECAUSE_TAG, fit
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)

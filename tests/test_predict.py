@@ -2,7 +2,7 @@
 
 For each kind of data a tiny model is trained for real (prepare, then `train.fit` with an MLflow store in a
 temporary folder). The raw rows of the test split, picked from the raw source with the split's `index` array and
-written back in the training format, go through `pipeline.predict.predict`; its classes must equal evaluate's
+written back in the training format, go through `pipeline.stages.predict.predict`; its classes must equal evaluate's
 (`predict_split`) and its probabilities agree to 1e-6.
 """
 
@@ -37,10 +37,10 @@ from pipeline.config import (
     TrainParams,
 )
 from pipeline.data import DataError
-from pipeline.evaluate import predict_split
-from pipeline.predict import predict
-from pipeline.prepare import prepare
-from pipeline.train import MODEL_FILE, fit
+from pipeline.stages.evaluate import predict_split
+from pipeline.stages.predict import predict
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import MODEL_FILE, fit
 from tests.conftest import REPO, SHARED_DATA, run
 
 SMS = SHARED_DATA / "sms_spam" / "SMSSpamCollection"
@@ -263,7 +263,7 @@ def predict_command(cwd: Path, trained: Trained, *args: str):
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.stages.predict",
             "--prepared",
             str(trained.prepared),
             "--model",
@@ -332,7 +332,7 @@ def test_command_rgb_model_with_grey_images_exits_2(tmp_path: Path, image: Train
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.stages.predict",
             "--input",
             "grey.npz",
             "--prepared",
@@ -357,7 +357,7 @@ def test_command_without_a_model_exits_2(tmp_path: Path, tabular: Trained) -> No
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.stages.predict",
             "--input",
             str(tabular.test_input),
             "--prepared",
@@ -383,8 +383,8 @@ def test_pyfunc_model_round_trip_equals_predict(trained: Trained, store: Path) -
     import mlflow
 
     from pipeline.data import kind_module
-    from pipeline.serving import log_pyfunc_model
-    from pipeline.train import read_meta
+    from pipeline.serving.pyfunc import log_pyfunc_model
+    from pipeline.stages.train import read_meta
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     with mlflow.start_run(experiment_id=mlflow.set_experiment("pyfunc-tests").experiment_id):
@@ -407,7 +407,7 @@ def test_evaluate_registers_a_version_tagged_with_test_metrics(tabular: Trained,
     from mlflow import MlflowClient
 
     from pipeline.artifacts import read_run_file
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:

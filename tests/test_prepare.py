@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 
 from pipeline.config import DataParams
 from pipeline.errors import PipelineError
-from pipeline.prepare import SPLITS, prepare
+from pipeline.stages.prepare import SPLITS, prepare
 
 N_DIGITS = 1797
 

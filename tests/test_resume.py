@@ -18,10 +18,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoints
 from pipeline.config import DataParams, load_params
-from pipeline.prepare import prepare
-from pipeline.train import MODEL_FILE, RESUMED_EPOCHS_TAG, RESUMED_FROM_TAG
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import MODEL_FILE, RESUMED_EPOCHS_TAG, RESUMED_FROM_TAG
+from pipeline.training import checkpoints
 from tests.conftest import edit_params, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def train_command(checkpoint_dir: str, model_dir: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.train",
+        "pipeline.stages.train",
         "--prepared",
         "prepared",
         "--out",
@@ -390,7 +390,7 @@ def test_an_interrupt_whose_shutdown_fails_is_still_an_interrupt(tmp_path: Path)
     from mlflow.exceptions import MlflowException
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from pipeline.train import ending_run
+    from pipeline.stages.train import ending_run
 
     logger = MLFlowLogger(experiment_name="interrupts", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     client = logger.experiment

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import skops.io
 
-from pipeline import checkpoints, tracking
+from pipeline import tracking
 from pipeline.config import DataParams, ParamsError, load_params
 from pipeline.data import DataError
 from pipeline.data.tabular import PICKLED_PREPROCESSOR_FILE, PREPROCESSOR_FILE, load_preprocessor
 from pipeline.errors import PipelineError
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
+from pipeline.training import checkpoints
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_a_tampered_preprocessor_is_refused_and_never_executed(prepared_table, t
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.stages.predict",
             "--input",
             str(rows),
             "--prepared",
@@ -247,7 +248,7 @@ def test_a_password_in_the_tracking_uri_is_written_nowhere(tmp_path: Path) -> No
             ("train", ["--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"]),
             ("evaluate", ["--prepared", "prepared", "--model", "model", "--out", "eval"]),
         ):
-            result = run([sys.executable, "-m", f"pipeline.{stage}", *args], root, PYTHONPATH=str(REPO))
+            result = run([sys.executable, "-m", f"pipeline.stages.{stage}", *args], root, PYTHONPATH=str(REPO))
             said += result.stdout + result.stderr
         client = MlflowClient(base)
         (logged,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])

@@ -32,7 +32,7 @@ def test_evaluate_never_imports_lightning(trained: tuple[Path, Path, Path]) -> N
     root, prepared, model = trained
     uri = f"sqlite:///{root.parent / 'mlflow.db'}"
     code = (
-        "import sys; from pathlib import Path; from pipeline.evaluate import evaluate; "
+        "import sys; from pathlib import Path; from pipeline.stages.evaluate import evaluate; "
         f"evaluate(Path({str(prepared)!r}), Path({str(model)!r}), Path({str(root / 'eval')!r}), 64, {uri!r}); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')))"
     )
@@ -52,7 +52,7 @@ def test_evaluate_never_imports_lightning(trained: tuple[Path, Path, Path]) -> N
 def test_pyfunc_model_is_logged_from_code_without_a_pickle(trained: tuple[Path, Path, Path]) -> None:
     import mlflow
 
-    from pipeline.serving import log_pyfunc_model
+    from pipeline.serving.pyfunc import log_pyfunc_model
 
     root, prepared, model = trained
     mlflow.set_tracking_uri(f"sqlite:///{root.parent / 'mlflow.db'}")
@@ -70,8 +70,8 @@ def test_step_timer_reports_every_training_step_inside_fit(tmp_path: Path) -> No
     """What bench/pipeline_startup.py reads through PIPELINE_STEP_TIMES."""
     from pipeline.config import MlflowParams, Params, TrainerParams, TrainParams
     from pipeline.files import read_json
-    from pipeline.prepare import prepare
-    from pipeline.train import fit, step_timer
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import fit, step_timer
 
     animals_table().to_csv(tmp_path / "animals.csv", index=False)
     data = DataParams(dataset=str(tmp_path / "animals.csv"), tabular=TabularParams(target="label"))

@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import DataParams, ModelParams, TabularParams
 from pipeline.data import DataError
 from pipeline.data.tabular import CALENDAR, plan_columns, with_calendar_features
-from pipeline.prepare import prepare
+from pipeline.stages.prepare import prepare
 from tests.conftest import REPO, run
 
 
@@ -128,7 +128,7 @@ def test_prepare_prints_the_summary_and_warns_naming_the_left_out_columns(tmp_pa
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({"data": {"dataset": "t.csv", "tabular": {"target": "label"}}})
     )
-    done = run(["python", "-m", "pipeline.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
+    done = run(["python", "-m", "pipeline.stages.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
     assert "  date         day (ISO8601)" in done.stdout
     assert "  left out     ticket: an ID" in done.stdout
     assert "warning: left out of the features: id, ticket, note" in done.stderr
@@ -136,9 +136,9 @@ def test_prepare_prints_the_summary_and_warns_naming_the_left_out_columns(tmp_pa
 
 @pytest.mark.slow
 def test_predict_on_raw_rows_with_dates_equals_evaluate(tmp_path: Path) -> None:
-    from pipeline.evaluate import predict_split
-    from pipeline.predict import predict
-    from pipeline.train import MODEL_FILE
+    from pipeline.stages.evaluate import predict_split
+    from pipeline.stages.predict import predict
+    from pipeline.stages.train import MODEL_FILE
     from tests.test_predict import split_index, train_tiny
 
     root = tmp_path / "tabular"
@@ -155,7 +155,7 @@ def test_predict_on_raw_rows_with_dates_equals_evaluate(tmp_path: Path) -> None:
     # evaluate records the feature summary in the run, beside the baseline.
     from mlflow import MlflowClient
 
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     uri = f"sqlite:///{root.parent / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:

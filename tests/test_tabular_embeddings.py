@@ -25,10 +25,10 @@ from models.registry import build_model
 from models.specs import UNKNOWN_CATEGORY
 from pipeline.config import DataParams, MLPParams, ModelParams, TabularParams
 from pipeline.data.tabular import UNKNOWN_INDEX
-from pipeline.evaluate import predict_split
-from pipeline.predict import predict
-from pipeline.train import MODEL_FILE, read_meta
-from pipeline.trained_model import load_trained_model
+from pipeline.stages.evaluate import predict_split
+from pipeline.stages.predict import predict
+from pipeline.stages.train import MODEL_FILE, read_meta
+from pipeline.training.trained_model import load_trained_model
 from tests.conftest import REPO, run
 from tests.test_predict import animals_table, predicted_indices, probabilities, split_index, train_tiny
 
@@ -145,7 +145,7 @@ def test_predict_command_takes_unknown_categories(trained: dict, tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.stages.predict",
             "--input",
             "rows.csv",
             "--out",
@@ -171,7 +171,7 @@ def test_predict_command_takes_unknown_categories(trained: dict, tmp_path: Path)
 def test_pyfunc_model_takes_unknown_categories_like_predict(trained: dict) -> None:
     import mlflow
 
-    from pipeline.serving import log_pyfunc_model
+    from pipeline.serving.pyfunc import log_pyfunc_model
 
     mlflow.set_tracking_uri(f"sqlite:///{trained['root'].parent / 'mlflow.db'}")
     with mlflow.start_run(experiment_id=mlflow.set_experiment("embedding-pyfunc").experiment_id):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import threads
 from pipeline.config import ParamsError, load_params
+from pipeline.training import threads
 from tests.conftest import REPO
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="counts processes in /proc")
@@ -102,7 +102,7 @@ def test_a_stage_inside_a_queued_experiment_counts_itself_once(runners, tmp_path
     runners(repo, "a" * 40)
     # The stage is a child of its experiment's runner, and reads the repository from $DVC_ROOT as DVC sets it.
     stage = (
-        "import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'from pipeline.threads import "
+        "import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'from pipeline.training.threads import "
         'running_experiments, resolve_num_threads; print(running_experiments(), resolve_num_threads("auto"))\'],'
         " capture_output=True, text=True).stdout)"
     )
@@ -115,7 +115,7 @@ def test_a_stage_inside_a_queued_experiment_counts_itself_once(runners, tmp_path
 
 def test_configure_threads_sizes_torch_and_the_blas_pools() -> None:
     code = (
-        "import numpy; from pipeline.threads import configure_threads; n = configure_threads('auto', "
+        "import numpy; from pipeline.training.threads import configure_threads; n = configure_threads('auto', "
         "processes_per_node=1024); import torch; from threadpoolctl import threadpool_info; "
         "print(n, torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))"
     )

@@ -5,7 +5,7 @@ torch, OpenMP and MKL each start one thread per core by default. Two processes d
 oversubscribe them: their threads spin waiting for each other and both run several times slower than with one
 thread each. `trainer.num_threads: auto` divides the cores instead; a number sets it outright.
 
-    from pipeline.threads import configure_threads
+    from pipeline.training.threads import configure_threads
     configure_threads(params.trainer.num_threads, processes_per_node=2)   # before the heavy imports
 
 DVC tells a stage nothing about its siblings (no worker count, no job index); every running queued experiment is

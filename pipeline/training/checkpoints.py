@@ -39,15 +39,15 @@ from pipeline.files import TMP_MARK, read_json, write_json
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
 TRAINING_CODE = (
-    "pipeline/train.py",
-    "pipeline/training.py",
-    "pipeline/checkpoints.py",
-    "pipeline/datamodule.py",
-    "pipeline/lightning_module.py",
-    "pipeline/trained_model.py",
-    "pipeline/cross_validation.py",
+    "pipeline/stages/train.py",
+    "pipeline/training/builders.py",
+    "pipeline/training/checkpoints.py",
+    "pipeline/training/datamodule.py",
+    "pipeline/training/module.py",
+    "pipeline/training/trained_model.py",
+    "pipeline/training/cross_validation.py",
     "pipeline/artifacts.py",
-    "pipeline/threads.py",
+    "pipeline/training/threads.py",
     "pipeline/defaults.py",
     "models",
 )
@@ -75,7 +75,7 @@ def fingerprint(params: Params, data_digest: str) -> str:
         if k.startswith(FINGERPRINTED_SECTIONS) and k not in NOT_FINGERPRINTED
     }
     digest = hashlib.sha256(json.dumps({"params": flat, "data": data_digest}, sort_keys=True, default=str).encode())
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for entry in TRAINING_CODE:
         sources = sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]
         for source in sources:

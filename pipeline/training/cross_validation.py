@@ -18,10 +18,10 @@ from mlflow.entities import Metric
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline.config import Params, resolved
-from pipeline.datamodule import InMemoryDataset, PreparedDataModule, load_split
 from pipeline.files import write_json
 from pipeline.tracking import PARENT_RUN_TAG
-from pipeline.training import new_callbacks, new_logger, new_module, new_trainer
+from pipeline.training.builders import new_callbacks, new_logger, new_module, new_trainer
+from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule, load_split
 
 
 def cross_validate(

@@ -1,8 +1,8 @@
 """All experiments side by side in a terminal: the params that differ between them and the headline metrics.
 
-    python -m pipeline.compare                      # workspace, branches, queued/running/finished experiments
-    python -m pipeline.compare --sort-by accuracy   # any headline metric
-    python -m pipeline.compare -- --rev HEAD~1      # anything after -- goes to `dvc exp show`
+    python -m pipeline.stages.compare                      # workspace, branches, queued/running/finished experiments
+    python -m pipeline.stages.compare --sort-by accuracy   # any headline metric
+    python -m pipeline.stages.compare -- --rev HEAD~1      # anything after -- goes to `dvc exp show`
 
 It formats `dvc exp show --json` (DVC collects everything; its own table shows every param and cannot shorten
 column titles, so at 120 columns it collapses to `…`). Only params whose value differs between the listed

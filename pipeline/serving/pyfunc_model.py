@@ -3,6 +3,6 @@ loads it, so the logged model holds code and data files only, no pickled object 
 
 from mlflow.models import set_model
 
-from pipeline.serving import PipelineModel
+from pipeline.serving.pyfunc import PipelineModel
 
 set_model(PipelineModel())

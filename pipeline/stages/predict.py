@@ -1,8 +1,8 @@
 """Predict classes of new, raw data with the trained model and the preprocessing fitted by prepare.
 
-    python -m pipeline.predict --input new_rows.csv --out predictions.csv
-    python -m pipeline.predict --input messages.txt          # text: one message a line
-    python -m pipeline.predict --input images/               # images: a file, a folder, or an .npz with `x`
+    python -m pipeline.stages.predict --input new_rows.csv --out predictions.csv
+    python -m pipeline.stages.predict --input messages.txt          # text: one message a line
+    python -m pipeline.stages.predict --input images/               # images: a file, a folder, or an .npz with `x`
 
 The input takes the same form as the training data (a table with the training feature columns, messages, images);
 it is read and preprocessed exactly as prepare did. Writes one row per input: its id (row index, file name or the
@@ -20,7 +20,7 @@ from typing import TextIO
 
 from pipeline.artifacts import read_meta
 from pipeline.errors import run_cli
-from pipeline.predictor import Predictor
+from pipeline.serving.predictor import Predictor
 
 DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
 PREDICT_BATCH_ROWS = 8192  # inputs read, preprocessed and written at a time: a few MB whatever the input's length

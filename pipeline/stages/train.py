@@ -1,6 +1,6 @@
 """Stage 2, train: fit a `models/` network on the prepared splits with Lightning, tracked as one MLflow run.
 
-    python -m pipeline.train --prepared data/prepared --out outputs/model --checkpoints outputs/checkpoints
+    python -m pipeline.stages.train --prepared data/prepared --out outputs/model --checkpoints outputs/checkpoints
 
 Reads `model`, `train`, `trainer`, `mlflow`. Writes `<out>/model.pt` (the best checkpoint's weights and the config
 to rebuild the network), `<out>/mlflow_run.json` (the run evaluate continues), and with `--history` and
@@ -27,12 +27,12 @@ from pipeline.artifacts import CV_SUMMARY_FILE, LAST_CHECKPOINT, MODEL_FILE, RUN
 from pipeline.config import Params, ParamsError, check_model_fits_data, load_params, resolve_auto, resolved
 from pipeline.errors import run_cli
 from pipeline.files import read_json, write_json
-from pipeline.threads import configure_threads, devices_per_node
+from pipeline.training.threads import configure_threads, devices_per_node
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from pipeline.checkpoints import ResumePoint
+    from pipeline.training.checkpoints import ResumePoint
 
 WEIGHTS_ARTIFACT_DIR = "weights"  # model.pt in the run; "model" is the pyfunc model evaluate logs
 RESUMED_FROM_TAG = "resumed_from.run_id"  # on a run that continued an interrupted one
@@ -69,7 +69,7 @@ def fit(
     `history_file` receives one row per epoch of train/val metrics, for `dvc plots`; `cv_metrics_file` the
     cross-validation summary (`train.cv_folds`), for `dvc metrics`.
     """
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     meta = read_meta(prepared_dir)
     apply_defaults(params, meta["kind"])
@@ -101,8 +101,8 @@ def fit(
 def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoint_dir: Path) -> TrainingRun:
     """The attempt's run, continuing an interrupted attempt's when its checkpoints can be resumed from. The run
     exists on global rank zero from here on: a kill at any later point is on record."""
-    from pipeline import checkpoints
-    from pipeline.training import new_logger
+    from pipeline.training import checkpoints
+    from pipeline.training.builders import new_logger
 
     uri = tracking.tracking_uri(params.mlflow)
     digest = tracking.data_digest(prepared_dir, meta)
@@ -130,7 +130,7 @@ def cross_validation(
 ) -> dict[str, dict[str, float]] | None:
     """With `train.cv_folds` > 1, the folds first, each a nested run under this one; a resumed attempt finished
     them before its final fit began, and reads their summary back."""
-    from pipeline.cross_validation import cross_validate
+    from pipeline.training.cross_validation import cross_validate
 
     summary_file = checkpoint_dir / CV_SUMMARY_FILE
     if params.train.cv_folds <= 1:
@@ -153,8 +153,8 @@ def train(
     """The model as configured, on the train split: the trainer, the module and its best-checkpoint callback."""
     import pytorch_lightning as pl
 
-    from pipeline.datamodule import PreparedDataModule, load_split
-    from pipeline.training import new_callbacks, new_module, new_trainer
+    from pipeline.training.builders import new_callbacks, new_module, new_trainer
+    from pipeline.training.datamodule import PreparedDataModule, load_split
 
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     module = new_module(params, meta, load_split(prepared_dir, "train").y)
@@ -184,10 +184,10 @@ def publish(
 ) -> None:
     """The best epoch's weights as model.pt, the run file, the history and the cross-validation metrics, logged to
     the run; the attempt recorded as finished, so the next `dvc repro` starts over."""
-    from pipeline import checkpoints
-    from pipeline.cross_validation import write_cv_metrics
-    from pipeline.trained_model import save_trained_model
-    from pipeline.training import model_hparams
+    from pipeline.training import checkpoints
+    from pipeline.training.builders import model_hparams
+    from pipeline.training.cross_validation import write_cv_metrics
+    from pipeline.training.trained_model import save_trained_model
 
     logger, run_id = run.logger, run.run_id
     best = torch_load_checkpoint(checkpoint.best_model_path or checkpoint.last_model_path)
@@ -228,7 +228,7 @@ def ending_run(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
     Lightning's shutdown then fails to mark the run ("database is locked"). That is still the interrupt: the run is
     left to the next attempt, which ends it KILLED when it finds it RUNNING (as after a SIGKILL). A tracking server
     that stopped answering is not asked again: marking the run would wait as long again, and fail."""
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     owner = checkpoints.launched_as_global_zero()
     try:

@@ -1,7 +1,7 @@
 """`dvc exp run` with its `-S` overrides checked against the schema first, sweeps included.
 
-    python -m pipeline.exp --queue -S 'model.name=mlp,cnn' -S 'train.lr=0.001,0.01'
-    python -m pipeline.exp -S train.lr=0.01          # runs at once, like dvc exp run
+    python -m pipeline.stages.exp --queue -S 'model.name=mlp,cnn' -S 'train.lr=0.001,0.01'
+    python -m pipeline.stages.exp -S train.lr=0.01          # runs at once, like dvc exp run
 
 DVC applies `-S` values without checking them (a typo becomes a new key, a wrong type fails only when the stage
 runs, after training has been queued). Here every combination of the comma-separated sweep values is validated like

@@ -1,8 +1,8 @@
 """Check params.yaml (and optional overrides) against the schema, without importing torch or MLflow.
 
-python -m pipeline.validate                       # params.yaml in the current directory
-python -m pipeline.validate -S train.lr=0.01      # as `dvc exp run -S` would set it
-python -m pipeline.validate --stamp FILE          # as a DVC stage ahead of prepare (see --stamp)
+python -m pipeline.stages.validate                       # params.yaml in the current directory
+python -m pipeline.stages.validate -S train.lr=0.01      # as `dvc exp run -S` would set it
+python -m pipeline.stages.validate --stamp FILE          # as a DVC stage ahead of prepare (see --stamp)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pipeline.errors import run_cli
 from pipeline.files import atomic_path
 
 # Always the same bytes: a stage that depends on the stamp must not rerun because validation ran again.
-STAMP_TEXT = "params.yaml passed python -m pipeline.validate\n"
+STAMP_TEXT = "params.yaml passed python -m pipeline.stages.validate\n"
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ class Predictor:
 
     def __init__(self, prepared_dir: Path, model_dir: Path, meta: dict | None = None):
         from pipeline.data import DataError, load_preprocessor
-        from pipeline.trained_model import load_trained_model
+        from pipeline.training.trained_model import load_trained_model
 
         self.meta = meta or read_meta(prepared_dir)
         self.preprocessor = load_preprocessor(prepared_dir, self.meta)
@@ -29,7 +29,7 @@ class Predictor:
         import torch
 
         from pipeline.data import DataError, model_input
-        from pipeline.trained_model import predict_proba
+        from pipeline.training.trained_model import predict_proba
 
         for column, values in getattr(self.preprocessor, "unseen_categories", lambda _: {})(inputs).items():
             self.unseen.setdefault(column, Counter()).update(values)

@@ -20,9 +20,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from models.registry import build_model
 from pipeline import console, tracking
 from pipeline.artifacts import BEST_CHECKPOINT_NAME
-from pipeline.checkpoints import AtomicCheckpointIO, RandomStateCheckpoint
 from pipeline.config import Params, config_hash, resolved, used_params
-from pipeline.lightning_module import Classifier, monitor_mode
+from pipeline.training.checkpoints import AtomicCheckpointIO, RandomStateCheckpoint
+from pipeline.training.module import Classifier, monitor_mode
 
 DEFAULTS_KIND_TAG = "defaults.kind"  # the kind of data whose defaults `auto` took
 AUTO_KEYS_TAG = "defaults.auto_keys"  # the keys that took them (comma-separated); their values are the run's params

@@ -1,7 +1,7 @@
 """Hyperparameter search: an Optuna study over `tune.space`, then the best setting trained as a DVC experiment.
 
-    python -m pipeline.tune              # dvc repro prepare, the trials, then `dvc exp run -n <tune.study_name>`
-    python -m pipeline.tune --no-final   # the trials only (a worker of a shared study; data/prepared must exist)
+    python -m pipeline.stages.tune              # dvc repro prepare, the trials, then `dvc exp run -n <tune.study_name>`
+    python -m pipeline.stages.tune --no-final   # the trials only (a worker of a shared study; data/prepared must exist)
 
 Each trial trains the configured model on the prepared train split with the values Optuna suggests, and is judged
 on the validation split only: its value is the best epoch's `tune.metric`, which is also the trial's
@@ -210,7 +210,7 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     summary. Returns the best trial, or None if none has completed."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.datamodule import load_split
+    from pipeline.training.datamodule import load_split
 
     tune = params.tune
     client = MlflowClient(uri)
@@ -381,9 +381,9 @@ def run_trial(
     import optuna
     import pytorch_lightning as pl
 
-    from pipeline.datamodule import PreparedDataModule
-    from pipeline.lightning_module import NonFiniteLoss
-    from pipeline.training import new_callbacks, new_logger, new_module, new_trainer
+    from pipeline.training.builders import new_callbacks, new_logger, new_module, new_trainer
+    from pipeline.training.datamodule import PreparedDataModule
+    from pipeline.training.module import NonFiniteLoss
 
     tune = params.tune
     values = suggest(trial, tune.space)
@@ -474,7 +474,7 @@ def experiment_name(study_name: str, finished_trials: int) -> str | None:
 
 
 def train_best_as_experiment(params: Params, values: dict[str, Any], finished_trials: int, uri: str) -> None:
-    """`python -m pipeline.exp -S ... -n <name>`: validated, then `dvc exp run` trains and evaluates the best
+    """`python -m pipeline.stages.exp -S ... -n <name>`: validated, then `dvc exp run` trains and evaluates the best
     setting like any experiment (the workspace then holds it, as after any `dvc exp run`)."""
     sets = [f"{key}={override_value(value)}" for key, value in {**values, "train.monitor": params.tune.metric}.items()]
     name = experiment_name(params.tune.study_name, finished_trials)
@@ -486,7 +486,7 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], finished_tr
         return
     print(f"tune: training the best setting as DVC experiment '{name}'", flush=True)
     _run(
-        [sys.executable, "-m", "pipeline.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
+        [sys.executable, "-m", "pipeline.stages.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
         f"dvc exp run -n {name}",
     )
     final_run = read_run_file(Path(MODEL_DIR)).run_id if Path(MODEL_DIR, RUN_FILE).is_file() else None
@@ -509,7 +509,7 @@ def _run(cmd: list[str], what: str) -> None:
     if result.returncode != 0:
         raise PipelineError(
             f"{what} failed (exit {result.returncode}, its output is above); fix that and rerun "
-            "`python -m pipeline.tune`: the study continues where it stopped."
+            "`python -m pipeline.stages.tune`: the study continues where it stopped."
         )
 
 

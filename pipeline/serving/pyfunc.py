@@ -4,7 +4,7 @@
     model.predict(raw)   # tables: a DataFrame with the training feature columns; text: a DataFrame with a `text`
                          # column; images: an array (n, height, width) or (n, channels, height, width)
 
-It answers with the same table as `python -m pipeline.predict`: id, predicted class, one probability per class.
+It answers with the same table as `python -m pipeline.stages.predict`: id, predicted class, one probability per class.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mlflow.pyfunc import PythonModel
 from pipeline.artifacts import EXAMPLE_FILE, PREPROCESSING_FILES, read_meta
 from pipeline.files import read_json
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "omegaconf", "pillow", "skops", "pyarrow")
 
@@ -34,7 +34,7 @@ class PipelineModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from pipeline.predictor import Predictor
+        from pipeline.serving.predictor import Predictor
 
         self.predictor = Predictor(Path(context.artifacts["preprocessing"]), Path(context.artifacts["model"]))
 
@@ -70,7 +70,7 @@ def log_pyfunc_model(prepared_dir: Path, model_dir: Path, name: str = "model") -
     """Log into the active run; returns MLflow's ModelInfo."""
     from mlflow.models import infer_signature
 
-    from pipeline.predictor import Predictor
+    from pipeline.serving.predictor import Predictor
 
     meta = read_meta(prepared_dir)
     example = input_example(prepared_dir, meta)

@@ -1,6 +1,6 @@
 """Stage 1, prepare: raw data -> stratified train/val/test splits, preprocessed with what the training split taught.
 
-    python -m pipeline.prepare --out data/prepared
+    python -m pipeline.stages.prepare --out data/prepared
 
 Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data), the fitted preprocessing
 (`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,

@@ -1,9 +1,9 @@
 """Stage 3, evaluate: the trained model on the test split; metrics, confusion matrices, all logged to train's run.
 
-    python -m pipeline.evaluate --prepared data/prepared --model outputs/model --out outputs/eval
+    python -m pipeline.stages.evaluate --prepared data/prepared --model outputs/model --out outputs/eval
 
 Writes `metrics.json` and `baseline.json` (DVC metrics files: the model's headline metrics and a classical
-baseline's, see pipeline/baseline.py), `per_class.json` (precision, recall, F1 and
+baseline's, see pipeline/evaluation/baseline.py), `per_class.json` (precision, recall, F1 and
 support per class: a DVC bar plot), `confusion.json` (DVC plot rows {actual, predicted} for the `confusion`
 templates), `confusion_matrix.png` and `classification_report.txt`, and logs them into the MLflow run named in
 `<model>/mlflow_run.json`: `test/<headline>` metrics, the per-class table, the confusion matrix at the artifact root
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import baseline, console, tracking
+from pipeline import console, tracking
 from pipeline.artifacts import (
     CONFUSION_PLOT_FILE,
     CONFUSION_PNG,
@@ -32,8 +32,9 @@ from pipeline.artifacts import (
 )
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import run_cli
+from pipeline.evaluation import baseline
 from pipeline.files import atomic_path, write_json
-from pipeline.threads import configure_threads
+from pipeline.training.threads import configure_threads
 
 CONFUSION_IMAGE_KEY = "confusion_matrix"  # an MLflow image (log_image): the experiment's chart view shows it
 PER_CLASS_TABLE = "evaluation/per_class_table.json"  # an MLflow table artifact
@@ -42,10 +43,11 @@ FIGURE_DPI = 100
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
     """Labels, predicted labels and class probabilities of one prepared split."""
-    import torch  # not pipeline.datamodule: it would import Lightning, seconds of start-up evaluate does not need
+    # not pipeline.training.datamodule: it would import Lightning, seconds of start-up evaluate does not need
+    import torch
 
     from pipeline.data import model_input
-    from pipeline.trained_model import load_trained_model, predict_proba
+    from pipeline.training.trained_model import load_trained_model, predict_proba
 
     net, _ = load_trained_model(model_path)
     with np.load(prepared_dir / split_file(split)) as arrays:
@@ -70,7 +72,7 @@ def evaluate(
     headline metrics."""
     import matplotlib.pyplot as plt
 
-    from pipeline.metrics import confusion_figure, evaluate_predictions
+    from pipeline.evaluation.metrics import confusion_figure, evaluate_predictions
 
     run_id = read_run_file(model_dir).run_id
     meta = read_meta(prepared_dir)
@@ -118,7 +120,7 @@ def evaluate(
 
         with Image.open(out_dir / CONFUSION_PNG) as image:  # our own file, just written
             mlflow.log_image(image.convert("RGB"), key=CONFUSION_IMAGE_KEY, step=0)
-        from pipeline.serving import log_pyfunc_model, register
+        from pipeline.serving.pyfunc import log_pyfunc_model, register
 
         model_info = log_pyfunc_model(prepared_dir, model_dir)
         if register_as:

@@ -1,0 +1,1 @@
+"""Scoring a trained model: metrics, the confusion matrix, the classical baseline."""

@@ -1,0 +1,1 @@
+"""The training machinery: LightningModule, DataModule, builders, checkpoints/resume, cross-validation."""
