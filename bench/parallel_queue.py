@@ -2,7 +2,7 @@
 
     python bench/parallel_queue.py [--rounds 2] [--fast]
 
-In a throw-away copy of this repository (tests/conftest.py `make_repo_copy`, params.yaml as committed here unless
+In a throw-away copy of this repository (tests/helpers.py `make_repo_copy`, params.yaml as committed here unless
 --fast), prepare is run and committed once; then each round measures
 - queue: 2 experiments (`dvc exp run --queue`, each with its own train.seed so the run cache restores nothing) run by
   `dvc queue start -j 1`, by `-j 2`, and by `-j 2` with trainer.num_threads = the core count (what torch does by
@@ -113,7 +113,7 @@ def table(title: str, rows: dict[str, list[float]], loads: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--fast", action="store_true", help="tests/conftest.py FAST_PARAMS instead of params.yaml")
+    parser.add_argument("--fast", action="store_true", help="tests/helpers.py FAST_PARAMS instead of params.yaml")
     parser.add_argument("--skip-neighbour", action="store_true")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still removes the temporary copies

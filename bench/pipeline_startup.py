@@ -2,7 +2,7 @@
 
     python bench/pipeline_startup.py [--rounds 2]
 
-In a fresh copy of this repository (tests/conftest.py `make_repo_copy` with params.yaml as committed here), runs
+In a fresh copy of this repository (tests/helpers.py `make_repo_copy` with params.yaml as committed here), runs
 the whole default pipeline with `dvc repro` and times each stage from DVC's "Running stage" lines; the train stage
 reports the seconds spent inside its training steps (forward, backward, optimizer, per-step metrics) and inside
 `Trainer.fit` through PIPELINE_STEP_TIMES. Then `dvc repro` with nothing changed and

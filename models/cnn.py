@@ -64,17 +64,8 @@ def _image_features(input_shape: tuple[int, ...], channels: list[int], kernel_si
             f"{len(channels)} conv blocks halve a {height}x{width} image below 1 pixel; "
             f"use at most {min(height, width).bit_length() - 1} entries in model.cnn.channels."
         )
-    blocks: list[nn.Module] = []
-    for out_channels in channels:
-        blocks += [
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding="same"),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        in_channels = out_channels
-    flat = in_channels * (height >> len(channels)) * (width >> len(channels))
-    return nn.Sequential(*blocks), flat
+    flat = channels[-1] * (height >> len(channels)) * (width >> len(channels))
+    return conv_blocks(nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, in_channels, channels, kernel_size), flat
 
 
 def _text_features(
@@ -89,14 +80,20 @@ def _text_features(
             f"use at most {max_len.bit_length() - 1} entries in model.cnn.channels, "
             "or a larger data.text.max_len."
         )
+    return conv_blocks(nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, embedding_dim, channels, kernel_size), channels[-1]
+
+
+def conv_blocks(
+    conv: type[nn.Module],
+    norm: type[nn.Module],
+    pool: type[nn.Module],
+    in_channels: int,
+    channels: list[int],
+    kernel_size: int,
+) -> nn.Sequential:
+    """conv -> batch norm -> ReLU -> 2x max pool, once per entry of `channels` (1-D for text, 2-D for images)."""
     blocks: list[nn.Module] = []
-    in_channels = embedding_dim
     for out_channels in channels:
-        blocks += [
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding="same"),
-            nn.BatchNorm1d(out_channels),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-        ]
+        blocks += [conv(in_channels, out_channels, kernel_size, padding="same"), norm(out_channels), nn.ReLU(), pool(2)]
         in_channels = out_channels
-    return nn.Sequential(*blocks), in_channels
+    return nn.Sequential(*blocks)

@@ -1,13 +1,16 @@
 """What the stages show on the console: their own lines and Lightning's progress bar, not library chatter.
 
-Each filter below names one message the user can do nothing about (a banner, a tip, a deprecation inside a
-library), by logger, message or category. Warnings about the user's data or params still show.
+The stages' own lines go through `logging` (`get_logger(__name__)`): INFO to stdout, warnings to stderr, from
+global rank zero only, so a DDP run says "resuming from ..." once, not once per process. Each filter below names one
+message the user can do nothing about (a banner, a tip, a deprecation inside a library), by logger, message or
+category. Warnings about the user's data or params still show.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -23,6 +26,48 @@ QUIET_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning_fabric.utilities.rank_zero",
 )
+
+
+# Environment variables launchers set on processes other than global rank zero (torchrun, SLURM, Lightning's DDP
+# subprocesses, a Lightning multi-node launch).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+
+
+def launched_as_global_zero() -> bool:
+    """Before the Trainer exists: is this the process that becomes global rank zero?"""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+def is_global_zero() -> bool:
+    """Lightning's answer once it is loaded (its strategy sets it once the processes start), else the launcher's."""
+    rank_zero = sys.modules.get("lightning_fabric.utilities.rank_zero")
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    return rank == 0 if rank is not None else launched_as_global_zero()
+
+
+class _RankZeroConsole(logging.Handler):
+    """INFO to stdout, WARNING and above to stderr, looked up per line (a redirected or captured stream gets it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_global_zero() and super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of a module in this package; the package's console handler is installed on first use."""
+    package = logging.getLogger(__name__.partition(".")[0])
+    if not any(isinstance(handler, _RankZeroConsole) for handler in package.handlers):
+        package.addHandler(_RankZeroConsole())
+        package.setLevel(logging.INFO)
+        package.propagate = False  # the lines are the stages' own: no root-logger prefix, no duplicates
+    return logging.getLogger(name)
 
 
 def quiet_libraries() -> None:

@@ -16,7 +16,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -28,11 +27,14 @@ from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from pipeline import console
 from pipeline.artifacts import RUN_FILE
 from pipeline.config import PARAMS_FILE, MlflowParams, Params, params_from_dict, to_flat_dict, used_params
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.uris import masked_uri
+
+log = console.get_logger(__name__)
 
 STORE_FILE = "mlflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
@@ -185,7 +187,7 @@ class _OutageReport(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("Retrying") and time.monotonic() - self.last > self.every_s:
             self.last = time.monotonic()
-            print(self.message, file=sys.stderr, flush=True)
+            log.warning(self.message)
 
 
 def is_unreachable(exc: BaseException) -> bool:

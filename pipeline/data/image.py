@@ -9,7 +9,6 @@ the built-in digits): image files to predict are scaled to it, and arrays far ou
 
 from __future__ import annotations
 
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,11 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from pipeline import console
 from pipeline.config import DataParams, ImageParams
 from pipeline.data import DataError, RawData, require_file
+
+log = console.get_logger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FILE_RANGE = (0.0, 255.0)  # the scale image files are read on
@@ -69,9 +71,8 @@ def read_new_batches(path: Path, meta: dict[str, Any], rows: int) -> Iterator[tu
         x = np.stack([_read_image(f, params.color, size, resize=True, notes=notes) for f in batch])
         yield x * np.float32((hi - lo) / FILE_RANGE[1]) + np.float32(lo), [str(f) for f in batch]
     for note, noted in notes.items():
-        print(
-            f"predict: warning: {len(noted)} image(s) {note}, e.g. {noted[0]}; predictions on them are unreliable.",
-            file=sys.stderr,
+        log.warning(
+            f"predict: warning: {len(noted)} image(s) {note}, e.g. {noted[0]}; predictions on them are unreliable."
         )
 
 

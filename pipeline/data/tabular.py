@@ -24,7 +24,6 @@ and so is, with one-hot encoding, a text column with more than `data.tabular.max
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -35,9 +34,12 @@ import numpy as np
 import pandas as pd
 
 from models.specs import UNKNOWN_CATEGORY
+from pipeline import console
 from pipeline.artifacts import PICKLED_PREPROCESSOR_FILE, PREPROCESSOR_FILE
 from pipeline.config import DataParams, TabularParams, resolved
 from pipeline.data import DataError, RawData, require_file
+
+log = console.get_logger(__name__)
 
 # What the fitted ColumnTransformer holds beyond the scikit-learn and numpy types skops trusts by itself (the
 # median imputer's function, the embedding index shift); a file that holds anything else is refused.
@@ -104,10 +106,9 @@ def load_raw(params: DataParams) -> RawData:
     check_finite(features, [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])], path)
     constant = [str(c) for c, n in features.nunique(dropna=False).items() if n <= 1]
     if constant:
-        print(
+        log.warning(
             f"prepare: warning: {path}: column(s) {', '.join(constant[:20])}{', ...' if len(constant) > 20 else ''}"
-            " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features.",
-            file=sys.stderr,
+            " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features."
         )
     return RawData(features, target.to_numpy())
 

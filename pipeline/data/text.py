@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
@@ -22,10 +21,13 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from pipeline import console
 from pipeline.artifacts import VOCAB_FILE
 from pipeline.config import DataParams, TextParams, resolved
 from pipeline.data import DataError, RawData, require_file
 from pipeline.files import read_json, write_json
+
+log = console.get_logger(__name__)
 
 READ_CHUNK_ROWS = 65536  # rows per pandas chunk when the file has a header
 PAD, UNK = "<pad>", "<unk>"
@@ -76,7 +78,7 @@ def _lines(path: Path) -> Iterator[str]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (after line {number}). Re-save the file as UTF-8.") from None
     if blank:
-        print(f"predict: warning: {path}: {blank} blank line(s) skipped.", file=sys.stderr)
+        log.warning(f"predict: warning: {path}: {blank} blank line(s) skipped.")
 
 
 class MessageFile:
@@ -232,10 +234,9 @@ class Vocabulary:
             counts.update(tokens)
             messages, emptied = messages + 1, emptied + (not tokens)
         if emptied and counts:
-            print(
+            log.warning(
                 f"prepare: warning: {getattr(texts, 'path', 'training messages')}: {emptied} of {messages} training "
-                "message(s) hold no token after cleaning (data.text); the model sees them all as one empty text.",
-                file=sys.stderr,
+                "message(s) hold no token after cleaning (data.text); the model sees them all as one empty text."
             )
         kept = [t for t, n in counts.most_common(self.params.max_vocab - 2) if n >= self.params.min_freq]
         if not kept:  # every message would become the same row of UNK and PAD: one class predicted for all

@@ -15,7 +15,6 @@ the model's macro F1 minus the baseline's) and to the MLflow run as `baseline/..
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import console
 from pipeline.artifacts import BASELINE_FILE, read_meta, split_file
 from pipeline.files import write_json
+
+log = console.get_logger(__name__)
 
 HEADLINE_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
 GAIN_KEY = "model_f1_gain"  # the model's f1_macro minus the baseline's (short: dvc metrics show fits 120 columns)
@@ -143,14 +145,13 @@ def _text_baseline(prepared_dir: Path, meta: dict[str, Any], train: Any, test: A
         for split, arrays in (("train", train), ("test", test)):
             texts[split] = _raw_texts(meta, arrays["index"])
     except (DataError, OSError) as exc:
-        print(f"evaluate: warning: no baseline: the raw texts cannot be read again ({exc}).", file=sys.stderr)
+        log.warning(f"evaluate: warning: no baseline: the raw texts cannot be read again ({exc}).")
         return None
     vocabulary = load_preprocessor(prepared_dir, meta)
     if not np.array_equal(model_input(vocabulary.transform(texts["train"])), model_input(train["x"])):
-        print(
+        log.warning(
             f"evaluate: warning: no baseline: {meta['dataset']} has changed since prepare ran; rerun prepare "
-            "(dvc repro) to compare the model with a baseline on the same texts.",
-            file=sys.stderr,
+            "(dvc repro) to compare the model with a baseline on the same texts."
         )
         return None
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LinearSVC())

@@ -36,6 +36,8 @@ from pipeline.evaluation import baseline
 from pipeline.files import atomic_path, write_json
 from pipeline.training.threads import configure_threads
 
+log = console.get_logger(__name__)
+
 CONFUSION_IMAGE_KEY = "confusion_matrix"  # an MLflow image (log_image): the experiment's chart view shows it
 PER_CLASS_TABLE = "evaluation/per_class_table.json"  # an MLflow table artifact
 FIGURE_DPI = 100
@@ -125,10 +127,12 @@ def evaluate(
         model_info = log_pyfunc_model(prepared_dir, model_dir)
         if register_as:
             version = register(model_info.model_uri, register_as, test_metrics)
-            print(f"evaluate: registered as {register_as} version {version.version}")
-        print("evaluate: test " + ", ".join(f"{name} {value:.4f}" for name, value in evaluation.headline.items()))
-        print(f"evaluate: {compared}")
-        print(f"evaluate: logged to MLflow run {run.info.run_id}\nevaluate: {tracking.run_url(uri, run.info.run_id)}")
+            log.info(f"evaluate: registered as {register_as} version {version.version}")
+        log.info("evaluate: test " + ", ".join(f"{name} {value:.4f}" for name, value in evaluation.headline.items()))
+        log.info(f"evaluate: {compared}")
+        log.info(
+            f"evaluate: logged to MLflow run {run.info.run_id}\nevaluate: {tracking.run_url(uri, run.info.run_id)}"
+        )
     return evaluation.headline
 
 

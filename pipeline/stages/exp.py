@@ -15,8 +15,11 @@ import os
 import shutil
 import sys
 
+from pipeline import console
 from pipeline.config import PARAMS_FILE, ParamsError, load_params
 from pipeline.errors import run_cli
+
+log = console.get_logger(__name__)
 
 SET_FLAGS = ("-S", "--set-param")
 
@@ -79,7 +82,7 @@ def main() -> None:
         print(__doc__)
         return
     count = validate_sweep(args)
-    print(f"exp: {count} experiment(s) validated against the schema; handing over to dvc exp run", flush=True)
+    log.info(f"exp: {count} experiment(s) validated against the schema; handing over to dvc exp run")
     dvc = shutil.which("dvc") or "dvc"
     os.execv(dvc, [dvc, "exp", "run", *args])
 

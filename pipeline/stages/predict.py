@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from pipeline import console
 from pipeline.artifacts import read_meta
 from pipeline.errors import run_cli
 from pipeline.serving.predictor import Predictor
+
+log = console.get_logger(__name__)
 
 DEFAULT_PREPARED, DEFAULT_MODEL = Path("data/prepared"), Path("outputs/model")
 PREDICT_BATCH_ROWS = 8192  # inputs read, preprocessed and written at a time: a few MB whatever the input's length
@@ -49,9 +52,8 @@ def predict_batches(
             f"{', ...' if len(values) > 3 else ''})"
             for column, values in predictor.unseen.items()
         )
-        print(
-            f"predict: warning: {input_path}: categories never seen in training, predicted as if missing: {counts}.",
-            file=sys.stderr,
+        log.warning(
+            f"predict: warning: {input_path}: categories never seen in training, predicted as if missing: {counts}."
         )
 
 
@@ -84,7 +86,7 @@ def main() -> None:
         with atomic_path(args.out) as tmp:  # refuses a folder as --out before any work
             with open(tmp, "w", encoding="utf-8", newline="") as out:
                 written = write_predictions(args.input, args.prepared, args.model, out)
-        print(f"predict: {written} predictions written to {args.out}")
+        log.info(f"predict: {written} predictions written to {args.out}")
     else:
         write_predictions(args.input, args.prepared, args.model, sys.stdout)
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import console
 from pipeline.artifacts import EXAMPLE_FILE, META_FILE, PREPARED_FILES, SPLITS, split_file
 from pipeline.config import DataParams, load_params
 from pipeline.errors import run_cli
+
+log = console.get_logger(__name__)
 
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
@@ -128,10 +130,9 @@ def main() -> None:
     params = load_params().data
     source = Path(params.dataset)
     if source.exists() and not source.resolve().is_relative_to(RAW_DIR.resolve()):
-        print(
+        log.warning(
             f"prepare: warning: {source} is outside {RAW_DIR}/, so DVC will not notice when it changes; put it "
-            f"there (`dvc add {RAW_DIR}/{source.name}` for a large file).",
-            file=sys.stderr,
+            f"there (`dvc add {RAW_DIR}/{source.name}` for a large file)."
         )
     try:
         meta = prepare(params, args.out)
@@ -142,17 +143,17 @@ def main() -> None:
             f"{params.dataset}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} in a "
             "value). Re-save the file as UTF-8."
         ) from None
-    print(
+    log.info(
         f"prepare: {meta['dataset']} ({meta['kind']}) -> {args.out} {meta['split_sizes']}, "
         f"input shape {meta['input_shape']}, classes {meta['class_names'][:10]}"
     )
     if "feature_summary" in meta:  # tables: which columns became which inputs, and which were left out
         from pipeline.data.tabular import dropped_warning, summary_lines
 
-        print("\n".join(summary_lines(meta["feature_summary"])))
+        log.info("\n".join(summary_lines(meta["feature_summary"])))
         warning = dropped_warning(meta["feature_summary"])
         if warning:
-            print(warning, file=sys.stderr)
+            log.warning(warning)
 
 
 if __name__ == "__main__":

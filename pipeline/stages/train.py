@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pipeline.config import Params, ParamsError, check_model_fits_data, load_par
 from pipeline.errors import run_cli
 from pipeline.files import read_json, write_json
 from pipeline.training.threads import configure_threads, devices_per_node
+
+log = console.get_logger(__name__)
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import MLFlowLogger
@@ -69,12 +70,10 @@ def fit(
     `history_file` receives one row per epoch of train/val metrics, for `dvc plots`; `cv_metrics_file` the
     cross-validation summary (`train.cv_folds`), for `dvc metrics`.
     """
-    from pipeline.training import checkpoints
-
     meta = read_meta(prepared_dir)
     apply_defaults(params, meta["kind"])
-    if params.auto_keys and checkpoints.launched_as_global_zero():
-        print(f"train: {defaults.describe(params, params.defaults_kind, params.auto_keys)}")
+    if params.auto_keys:
+        log.info(f"train: {defaults.describe(params, params.defaults_kind, params.auto_keys)}")
     run = start_run(params, prepared_dir, meta, checkpoint_dir)
     with ending_run(run.logger, checkpoint_dir), tracking.stopping(run.system_metrics):
         cv_summary = cross_validation(params, prepared_dir, meta, run, checkpoint_dir)
@@ -115,7 +114,7 @@ def start_run(params: Params, prepared_dir: Path, meta: dict[str, Any], checkpoi
         extra_tags={RESUMED_FROM_TAG: resume.run_id or "", RESUMED_EPOCHS_TAG: str(resume.epochs)} if resume else None,
     )
     system_metrics = None
-    run_id = (logger.run_id or "") if checkpoints.launched_as_global_zero() else ""  # creates the run
+    run_id = (logger.run_id or "") if console.launched_as_global_zero() else ""  # creates the run
     if run_id:
         if resume and resume.run_id:  # metrics are logged per epoch (step = epoch)
             tracking.take_over_run(logger.experiment, resume.run_id, run_id, resume.epochs)
@@ -228,9 +227,7 @@ def ending_run(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
     Lightning's shutdown then fails to mark the run ("database is locked"). That is still the interrupt: the run is
     left to the next attempt, which ends it KILLED when it finds it RUNNING (as after a SIGKILL). A tracking server
     that stopped answering is not asked again: marking the run would wait as long again, and fail."""
-    from pipeline.training import checkpoints
-
-    owner = checkpoints.launched_as_global_zero()
+    owner = console.launched_as_global_zero()
     try:
         yield
     except BaseException as exc:
@@ -245,11 +242,10 @@ def ending_run(logger: Any, checkpoint_dir: Path) -> Iterator[None]:
             if interrupted:
                 logger.experiment.set_terminated(logger.run_id, "KILLED")
             last = checkpoint_dir / LAST_CHECKPOINT
-            print(
+            log.warning(
                 f"train: interrupted; the next `dvc repro` resumes from {last}"
                 if last.is_file()
-                else "train: interrupted before the first checkpoint; the next `dvc repro` starts over",
-                file=sys.stderr,
+                else "train: interrupted before the first checkpoint; the next `dvc repro` starts over"
             )
         raise KeyboardInterrupt from None
     if owner and logger.run_id:
@@ -293,7 +289,7 @@ def log_stopping(logger: Any, params: Params, trainer: Any, best_epoch: int, bes
     )
     logger.experiment.set_tag(logger.run_id, STOPPED_BECAUSE_TAG, because)
     score = f" ({params.train.monitor} {float(best_score):.4f})" if best_score is not None else ""
-    print(
+    log.info(
         f"train: best epoch {best_epoch}{score} of {stopped_epoch + 1} run (epochs 0-{stopped_epoch}); "
         f"stopped: {because}"
     )
@@ -390,7 +386,7 @@ def main() -> None:
             extra_callbacks=[step_timer(Path(timing))] if timing else None,
         )
     if run_id:
-        print(
+        log.info(
             f"train: model saved to {args.out / MODEL_FILE}; MLflow run {run_id}\n"
             f"train: {tracking.run_url(uri, run_id)}"
         )

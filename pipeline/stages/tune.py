@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from omegaconf import OmegaConf
 
-from pipeline import tracking
+from pipeline import console, tracking
 from pipeline.artifacts import RUN_FILE, read_meta, read_run_file
 from pipeline.config import (
     Params,
@@ -45,6 +45,8 @@ from pipeline.config import (
 )
 from pipeline.errors import PipelineError, run_cli
 from pipeline.uris import masked_uri
+
+log = console.get_logger(__name__)
 
 JOURNAL_FILE = "optuna-journal.log"  # the default storage, at the repository root
 PREPARED_DIR = "data/prepared"  # dvc.yaml's prepare output
@@ -96,10 +98,9 @@ def main() -> None:
             f"study '{params.tune.study_name}' has no complete trial yet (every trial was pruned "
             "or stopped): raise tune.n_trials or tune.timeout_s, or widen tune.space."
         )
-    print(
+    log.info(
         f"tune: best trial {best.number}: {params.tune.metric} {best.value:.4f} with "
-        f"{' '.join(f'{k}={v}' for k, v in best_values(best, params.tune.space).items())}",
-        flush=True,
+        f"{' '.join(f'{k}={v}' for k, v in best_values(best, params.tune.space).items())}"
     )
     if not args.no_final:
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -405,7 +406,7 @@ def run_trial(
             trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(trial_params.train.batch_size)))
         except NonFiniteLoss:  # Lightning has ended the run FAILED; for the study it is a hopeless setting
             logger.experiment.set_tag(logger.run_id, STATE_TAG, "diverged")
-            print(f"tune: trial {trial.number} diverged (non-finite loss): {values}", flush=True)
+            log.info(f"tune: trial {trial.number} diverged (non-finite loss): {values}")
             raise optuna.TrialPruned("the training loss diverged") from None
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl+C into SystemExit after marking the run
             if logger.run_id:
@@ -415,10 +416,9 @@ def run_trial(
     logger.experiment.set_tag(logger.run_id, STATE_TAG, state)
     value = float(resolved(checkpoint.best_model_score))  # every trial validates at least once
     when = f"at epoch {pruning.pruned_at}" if pruning.pruned_at is not None else f"after {trainer.current_epoch} epochs"
-    print(
+    log.info(
         f"tune: trial {trial.number} {state} {when}: best {tune.metric} {value:.4f} with "
-        f"{' '.join(f'{k}={v}' for k, v in values.items())}",
-        flush=True,
+        f"{' '.join(f'{k}={v}' for k, v in values.items())}"
     )
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
@@ -479,12 +479,12 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], finished_tr
     sets = [f"{key}={override_value(value)}" for key, value in {**values, "train.monitor": params.tune.metric}.items()]
     name = experiment_name(params.tune.study_name, finished_trials)
     if name is None:
-        print(
+        log.info(
             f"tune: DVC experiments '{params.tune.study_name}' and '{params.tune.study_name}-{finished_trials}' "
             "exist already: the study's best after these trials has been trained (see `dvc exp show`)."
         )
         return
-    print(f"tune: training the best setting as DVC experiment '{name}'", flush=True)
+    log.info(f"tune: training the best setting as DVC experiment '{name}'")
     _run(
         [sys.executable, "-m", "pipeline.stages.exp", *[a for s in sets for a in ("-S", s)], "-n", name],
         f"dvc exp run -n {name}",
@@ -501,7 +501,7 @@ def train_best_as_experiment(params: Params, values: dict[str, Any], finished_tr
         )
         for run in parent:
             client.set_tag(run.info.run_id, FINAL_RUN_TAG, final_run)
-    print(f"tune: done; compare with `dvc exp show`, the study in MLflow (run '{params.tune.study_name}')", flush=True)
+    log.info(f"tune: done; compare with `dvc exp show`, the study in MLflow (run '{params.tune.study_name}')")
 
 
 def _run(cmd: list[str], what: str) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline import console
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import run_cli
 from pipeline.files import atomic_path
+
+log = console.get_logger(__name__)
 
 # Always the same bytes: a stage that depends on the stamp must not rerun because validation ran again.
 STAMP_TEXT = "params.yaml passed python -m pipeline.stages.validate\n"
@@ -44,7 +47,7 @@ def main() -> None:
     if args.stamp:
         with atomic_path(args.stamp) as tmp:
             tmp.write_text(STAMP_TEXT)
-    print(f"{args.params}: OK")
+    log.info(f"{args.params}: OK")
 
 
 if __name__ == "__main__":

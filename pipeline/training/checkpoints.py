@@ -31,10 +31,13 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pipeline import console
 from pipeline.artifacts import BEST_CHECKPOINT, LAST_CHECKPOINT, RESUME_FILE
 from pipeline.config import Params, to_flat_dict
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_MARK, read_json, write_json
+
+log = console.get_logger(__name__)
 
 # The train stage's code dependencies in dvc.yaml (a test keeps the two lists equal): a change there makes old
 # checkpoints unusable, so training starts over.
@@ -54,9 +57,6 @@ TRAINING_CODE = (
 # Keys of the declared sections that do not change what is trained.
 NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
-# Environment variables launchers set on processes other than global rank zero (torchrun, SLURM, Lightning's DDP
-# subprocesses, a Lightning multi-node launch).
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _resume_decision(
             unreadable.append(checkpoint.name)
             continue
         if unreadable:
-            print(
+            log.info(
                 f"train: {last} cannot be read (cut short while being written: a full disk or a kill?); resuming "
                 f"from {checkpoint} instead."
             )
@@ -143,9 +143,9 @@ def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracki
     while it held the run."""
     resume, why_not = _resume_decision(checkpoint_dir, expected_fingerprint, tracking_uri)
     if resume:
-        print(f"train: resuming after epoch {resume.epochs} from {resume.checkpoint} (run {resume.run_id})")
+        log.info(f"train: resuming after epoch {resume.epochs} from {resume.checkpoint} (run {resume.run_id})")
         return resume
-    if not launched_as_global_zero():
+    if not console.launched_as_global_zero():
         return None
     attempt = read_attempt(checkpoint_dir)
     if attempt:
@@ -156,7 +156,7 @@ def resume_or_start_over(checkpoint_dir: Path, expected_fingerprint: str, tracki
 
             tracking.end_if_running(MlflowClient(tracking_uri), attempt["run_id"])
         if why_not:
-            print(f"train: not resuming the interrupted training in {checkpoint_dir}: {why_not}. Starting over.")
+            log.info(f"train: not resuming the interrupted training in {checkpoint_dir}: {why_not}. Starting over.")
     if checkpoint_dir.is_dir():  # a stale best.ckpt or last.ckpt belongs to another attempt
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True)
@@ -173,11 +173,6 @@ def record_attempt(
         checkpoint_dir / RESUME_FILE,
         {"fingerprint": fingerprint_, "run_id": run_id, "tracking_uri": masked_uri(tracking_uri), "finished": finished},
     )
-
-
-def launched_as_global_zero() -> bool:
-    """Before the Trainer exists: is this the process that becomes global rank zero?"""
-    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 def checkpoint_progress(path: Path) -> tuple[int, int]:

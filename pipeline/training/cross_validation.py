@@ -17,11 +17,14 @@ import torch
 from mlflow.entities import Metric
 from sklearn.model_selection import StratifiedKFold
 
+from pipeline import console
 from pipeline.config import Params, resolved
 from pipeline.files import write_json
 from pipeline.tracking import PARENT_RUN_TAG
 from pipeline.training.builders import new_callbacks, new_logger, new_module, new_trainer
 from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule, load_split
+
+log = console.get_logger(__name__)
 
 
 def cross_validate(
@@ -62,7 +65,7 @@ def cross_validate(
         metrics=[Metric(name, value, timestamp=0, step=0) for name, value in flat_summary(summary).items()],
     )
     for name, stats in summary.items():
-        print(f"cross-validation: {name} {stats['mean']:.4f} ± {stats['std']:.4f} over {len(scores)} folds")
+        log.info(f"cross-validation: {name} {stats['mean']:.4f} ± {stats['std']:.4f} over {len(scores)} folds")
     return summary
 
 
