@@ -67,7 +67,8 @@ def get_logger(name: str) -> logging.Logger:
         package.addHandler(_RankZeroConsole())
         package.setLevel(logging.INFO)
         package.propagate = False  # the lines are the stages' own: no root-logger prefix, no duplicates
-    return logging.getLogger(name)
+    # A command runs as __main__ (python -m pipeline.stages.x): still under the package's logger.
+    return package.getChild(name.removeprefix(package.name + "."))
 
 
 def quiet_libraries() -> None:

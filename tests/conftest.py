@@ -4,12 +4,13 @@ cluster; MLflow's process-wide state reset after every test. Plain helpers are i
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_repo_copy, postgres_cluster, sqlite_uri
+from tests.helpers import REPO, make_repo_copy, postgres_cluster, sqlite_uri
 
 
 @pytest.fixture
@@ -43,6 +44,22 @@ def digits_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def prepared_copy(digits_prepared: Path, tmp_path: Path) -> Path:
     """A writable copy of the prepared digits at tmp_path/prepared."""
     return Path(shutil.copytree(digits_prepared, tmp_path / "prepared"))
+
+
+@pytest.fixture
+def committed_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repo whose committed params.yaml is the repository's; the working directory of the test."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "params.yaml"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"],
+    ):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
 
 
 @pytest.fixture

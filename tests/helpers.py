@@ -43,6 +43,11 @@ def stage_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stage_command(name: str, *args: str) -> list[str]:
+    """`python -m pipeline.stages.<name> <args>` with this interpreter, as dvc.yaml runs a stage."""
+    return [sys.executable, "-m", f"pipeline.stages.{name}", *args]
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=stage_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

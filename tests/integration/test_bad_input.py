@@ -46,7 +46,7 @@ import yaml
 
 from pipeline.config import DataParams
 from pipeline.stages.prepare import prepare
-from tests.helpers import REPO, edit_params, make_repo_copy, run, sqlite_uri
+from tests.helpers import REPO, edit_params, make_repo_copy, run, sqlite_uri, stage_command
 
 REPRO = ("dvc", "repro")
 # A stage that only validates params.yaml records the params it checked in dvc.lock even when prepare then fails on
@@ -602,7 +602,7 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
     """An absurd learning rate makes the loss non-finite within a few steps: exit 2, epoch and step named, FAILED."""
     from mlflow.tracking import MlflowClient
 
-    run([sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    run(stage_command("prepare", "--out", "prepared"), workdir, PYTHONPATH=str(REPO))
     edit_params(
         workdir,
         {
@@ -615,17 +615,7 @@ def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> Non
         },
     )
     result = run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--prepared",
-            "prepared",
-            "--out",
-            "model",
-            "--checkpoints",
-            "ckpt",
-        ],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         workdir,
         check=False,
         PYTHONPATH=str(REPO),
@@ -649,20 +639,10 @@ def test_credentials_in_the_environment_are_never_logged(workdir: Path) -> None:
         "MLFLOW_TRACKING_TOKEN": "mlflow-token-9d2e",
         "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-31",
     }
-    run([sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"], workdir, PYTHONPATH=str(REPO))
+    run(stage_command("prepare", "--out", "prepared"), workdir, PYTHONPATH=str(REPO))
     edit_params(workdir, {"model.name": "mlp", "train.max_epochs": 1, "trainer.progress_bar": False})
     run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--prepared",
-            "prepared",
-            "--out",
-            "model",
-            "--checkpoints",
-            "ckpt",
-        ],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         workdir,
         PYTHONPATH=str(REPO),
         **secrets,
@@ -960,7 +940,7 @@ DATA_CASES = [
 
 def prepare_stage(workdir: Path):
     return run(
-        [sys.executable, "-m", "pipeline.stages.prepare", "--out", "prepared"],
+        stage_command("prepare", "--out", "prepared"),
         workdir,
         check=False,
         PYTHONPATH=str(REPO),
@@ -1002,17 +982,7 @@ def test_train_refuses_a_model_that_cannot_read_the_data(workdir: Path) -> None:
 
     start = time.monotonic()
     result = run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--prepared",
-            "prepared",
-            "--out",
-            "model",
-            "--checkpoints",
-            "checkpoints",
-        ],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "checkpoints"),
         workdir,
         check=False,
         timeout=120,

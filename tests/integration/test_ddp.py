@@ -9,16 +9,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import FAST_PARAMS, REPO, edit_params, run, sqlite_uri
+from tests.helpers import FAST_PARAMS, REPO, edit_params, run, sqlite_uri, stage_command
 
 
 @pytest.mark.slow
 def test_two_process_ddp_gives_one_run(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, {**FAST_PARAMS, "trainer.devices": 2, "trainer.strategy": "ddp"})
-    run(["python", "-m", "pipeline.stages.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
+    run(stage_command("prepare", "--out", "prepared"), tmp_path, PYTHONPATH=str(REPO))
     result = run(
-        ["python", "-m", "pipeline.stages.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         tmp_path,
         PYTHONPATH=str(REPO),
     )
@@ -48,7 +48,7 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path):
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, {**FAST_PARAMS, "trainer.num_nodes": 2, "trainer.devices": 1, "trainer.strategy": "ddp"})
-    run(["python", "-m", "pipeline.stages.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
+    run(stage_command("prepare", "--out", "prepared"), tmp_path, PYTHONPATH=str(REPO))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -111,12 +111,12 @@ def train_and_evaluate(workdir, prepared, changes: dict) -> tuple[dict, str]:
     )
     shutil.copytree(prepared, workdir / "prepared")  # one prepare output, so both runs see the very same splits
     trained = run(
-        ["python", "-m", "pipeline.stages.train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         workdir,
         PYTHONPATH=str(REPO),
     )
     run(
-        ["python", "-m", "pipeline.stages.evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"],
+        stage_command("evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval"),
         workdir,
         PYTHONPATH=str(REPO),
     )
@@ -132,7 +132,7 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     from pipeline.training.trained_model import load_trained_model
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    run(["python", "-m", "pipeline.stages.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
+    run(stage_command("prepare", "--out", "prepared"), tmp_path, PYTHONPATH=str(REPO))
     single, _ = train_and_evaluate(
         tmp_path / "single", tmp_path / "prepared", {"trainer.devices": 1, "train.batch_size": GLOBAL_BATCH}
     )

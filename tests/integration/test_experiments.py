@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import HEADLINE_METRICS
-from tests.helpers import run, sqlite_uri
+from tests.helpers import run, sqlite_uri, stage_command
 
 
 def wait_for_queue(repo, timeout_s: int = 900) -> str:
@@ -69,7 +69,7 @@ def test_queued_sweep_two_workers_sqlite(repo_copy):
     assert combos == {("mlp", 0.001), ("mlp", 0.01), ("cnn", 0.001), ("cnn", 0.01)}
 
     # The compare command: every experiment, exactly the swept params and the headline metrics, in 120 columns.
-    table = run(["python", "-m", "pipeline.stages.compare"], repo_copy).stdout.splitlines()
+    table = run(stage_command("compare"), repo_copy).stdout.splitlines()
     print("\n".join(table))
     assert max(map(len, table)) <= 120, table
     assert table[0].split() == ["experiment", "state", "model.name", "train.lr", *HEADLINE_METRICS]

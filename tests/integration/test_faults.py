@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from pipeline.training import checkpoints
-from tests.helpers import REPO, edit_params, mlflow_server, run, sqlite_uri, stage_env
+from tests.helpers import REPO, edit_params, mlflow_server, run, sqlite_uri, stage_command, stage_env
 
 TINY = {"model.name": "mlp", "model.mlp.hidden_dims": [16], "train.max_epochs": 1, "trainer.progress_bar": False}
 SIGNAL_TIMEOUT_S = 180
@@ -119,17 +119,7 @@ def test_a_training_whose_last_checkpoint_was_cut_short_resumes_from_the_best(
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
 
     result = run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--prepared",
-            "prepared",
-            "--out",
-            "model",
-            "--checkpoints",
-            "ckpt",
-        ],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         root,
         PYTHONPATH=str(REPO),
         MLFLOW_TRACKING_URI=sqlite_uri(root),
@@ -160,17 +150,7 @@ def stage_environ(root: Path) -> dict[str, str]:
 
 def train(root: Path) -> None:
     run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--prepared",
-            "prepared",
-            "--out",
-            "model",
-            "--checkpoints",
-            "ckpt",
-        ],
+        stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
         root,
         PYTHONPATH=str(REPO),
         MLFLOW_TRACKING_URI=sqlite_uri(root),
@@ -191,17 +171,7 @@ def interruptible() -> None:
 def signal_evaluate_while_it_holds_the_run(root: Path, run_id: str, sig: signal.Signals) -> int:
     """Start evaluate; once it has re-opened train's run (RUNNING), stop it, and if it still holds the run, send
     `sig` and let it go on; its exit status. An evaluate that finished meanwhile is run again (up to 3 times)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.stages.evaluate",
-        "--prepared",
-        "prepared",
-        "--model",
-        "model",
-        "--out",
-        "eval",
-    ]
+    cmd = stage_command("evaluate", "--prepared", "prepared", "--model", "model", "--out", "eval")
     log = root / f"evaluate-{sig.name}.log"
     for _ in range(3):
         with log.open("w") as out:
@@ -284,17 +254,7 @@ def test_tracking_server_gone_during_training_ends_with_one_message_in_bounded_t
         log = root / "train.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pipeline.stages.train",
-                    "--prepared",
-                    "prepared",
-                    "--out",
-                    "model",
-                    "--checkpoints",
-                    "ckpt",
-                ],
+                stage_command("train", "--prepared", "prepared", "--out", "model", "--checkpoints", "ckpt"),
                 cwd=root,
                 stdout=subprocess.DEVNULL,
                 stderr=out,

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import load_params
 from pipeline.stages.train import MODEL_FILE, RESUMED_EPOCHS_TAG, RESUMED_FROM_TAG
 from pipeline.training import checkpoints
-from tests.helpers import REPO, edit_params, run, sqlite_uri
+from tests.helpers import REPO, edit_params, run, sqlite_uri, stage_command
 
 # Dropout and a shuffled loader draw from the global random generators: resuming must restore them too. Enough
 # epochs, and small enough batches (a few tenths of a second an epoch), that the kill lands well before the end even
@@ -48,10 +48,8 @@ def stage_environ(cwd: Path) -> dict[str, str]:
 
 
 def train_command(checkpoint_dir: str, model_dir: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.stages.train",
+    return stage_command(
+        "train",
         "--prepared",
         "prepared",
         "--out",
@@ -60,7 +58,7 @@ def train_command(checkpoint_dir: str, model_dir: str) -> list[str]:
         checkpoint_dir,
         "--history",
         f"{model_dir}/history.csv",
-    ]
+    )
 
 
 def fully_written(checkpoint: Path) -> bool:

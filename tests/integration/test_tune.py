@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import optuna
 import pytest
@@ -18,7 +17,7 @@ from pipeline.config import ParamsError, TuneParams, load_params
 from pipeline.errors import PipelineError
 from pipeline.stages.tune import JOURNAL_FILE, open_study, threads_per_worker
 from pipeline.uris import masked_uri as masked
-from tests.helpers import REPO, edit_params, free_port, run, sqlite_uri, stage_env
+from tests.helpers import REPO, edit_params, free_port, run, sqlite_uri, stage_command, stage_env
 
 PARAMS = str(REPO / "params.yaml")
 SPACE = {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}, "model.mlp.hidden_dims": {"choices": [[8], [16, 8]]}}
@@ -115,7 +114,7 @@ def test_an_unreachable_storage_is_one_message_without_its_password(capsys):
 
 def test_a_bad_space_stops_the_command_before_any_trial(repo_copy):
     edit_params(repo_copy, {"tune.space": {"train.batch_size": {"low": 0.5, "high": 64}}})
-    result = run([sys.executable, "-m", "pipeline.stages.tune", "--no-final"], repo_copy, check=False)
+    result = run(stage_command("tune", "--no-final"), repo_copy, check=False)
     assert result.returncode == 2
     assert "tune.space.train.batch_size" in result.stderr and "Traceback" not in result.stderr
     assert not (repo_copy / JOURNAL_FILE).exists() and not (repo_copy / "mlflow.db").exists()
@@ -146,7 +145,7 @@ def test_study_nests_trials_prunes_resumes_and_trains_the_best_as_a_dvc_experime
     study.enqueue_trial({"train.lr": 0.02, "model.mlp.hidden_dims": "[16, 8]"})
     study.enqueue_trial({"train.lr": 1e-4, "model.mlp.hidden_dims": "[8]"})
 
-    first = run([sys.executable, "-m", "pipeline.stages.tune", "--no-final"], repo_copy, OMP_NUM_THREADS="1")
+    first = run(stage_command("tune", "--no-final"), repo_copy, OMP_NUM_THREADS="1")
     assert "tune: trial 1 pruned at epoch 0" in first.stdout
     trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
@@ -172,7 +171,7 @@ def test_study_nests_trials_prunes_resumes_and_trains_the_best_as_a_dvc_experime
     # Rerun with a larger budget: the same study and study run continue; then the best is a DVC experiment.
     edit_params(repo_copy, {"tune.n_trials": 3})
     commit(repo_copy, "one more trial")
-    second = run([sys.executable, "-m", "pipeline.stages.tune"], repo_copy, OMP_NUM_THREADS="1")
+    second = run(stage_command("tune"), repo_copy, OMP_NUM_THREADS="1")
     assert "tune: trial 2" in second.stdout and "tune: trial 0" not in second.stdout
     trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
     assert len(trials) == 3 and trials[2].state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -233,7 +232,7 @@ def test_two_workers_share_one_study_in_postgresql(repo_copy, postgres):
 
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stages.tune", "--no-final"],
+            stage_command("tune", "--no-final"),
             cwd=repo_copy,
             env=stage_env(),
             stdout=subprocess.PIPE,

@@ -21,7 +21,7 @@ from pipeline.config import (
 )
 from pipeline.defaults import AUTO_KEYS, AUTO_MODEL
 from pipeline.errors import PipelineError
-from tests.helpers import REPO
+from tests.helpers import REPO, stage_command
 
 REPO_PARAMS = REPO / "params.yaml"
 
@@ -311,7 +311,7 @@ def _env() -> dict[str, str]:
 
 def test_validate_cli_accepts_the_repository_params() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.validate"],
+        stage_command("validate"),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -324,7 +324,7 @@ def test_validate_cli_accepts_the_repository_params() -> None:
 
 def test_validate_cli_rejects_a_bad_override_cleanly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.validate", "-S", "train.lrr=1"],
+        stage_command("validate", "-S", "train.lrr=1"),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -381,7 +381,7 @@ def test_every_sweep_combination_is_validated() -> None:
 def test_exp_command_rejects_a_typo_before_dvc_runs(tmp_path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.exp", "--queue", "-S", "train.lrr=0.1"],
+        stage_command("exp", "--queue", "-S", "train.lrr=0.1"),
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -113,17 +112,7 @@ def test_resolved_values_are_fingerprinted_like_written_ones(params_copy: Path) 
     assert checkpoints.fingerprint(auto, "d") != checkpoints.fingerprint(load_params(params_copy), "d")
 
 
-def test_run_name_does_not_list_keys_left_auto_on_both_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / PARAMS_FILE).write_text((REPO / PARAMS_FILE).read_text())
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", PARAMS_FILE],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"],
-    ):
-        subprocess.run(cmd, cwd=tmp_path, check=True)
-    monkeypatch.chdir(tmp_path)
-    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        monkeypatch.delenv(name, raising=False)
+def test_run_name_does_not_list_keys_left_auto_on_both_sides(committed_repo: Path):
     # lr, batch size, epochs... differ from digits' but were left auto on both sides: not what the user changed.
     assert tracking.run_name(load_params(PARAMS_FILE, ["data.dataset=iris"]), "tabular") == "mlp dataset=iris"
     assert (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,22 +46,6 @@ def test_config_hash_follows_the_content() -> None:
     assert config_hash(a) == config_hash(load_params(REPO / PARAMS_FILE))
     assert config_hash(a) != config_hash(load_params(REPO / PARAMS_FILE, ["train.lr=0.01"]))
     assert len(config_hash(a)) == 16
-
-
-@pytest.fixture
-def committed_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git repo whose committed params.yaml is the repository's; the working directory of the test."""
-    (tmp_path / PARAMS_FILE).write_text((REPO / PARAMS_FILE).read_text())
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", PARAMS_FILE],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"],
-    ):
-        subprocess.run(cmd, cwd=tmp_path, check=True)
-    monkeypatch.chdir(tmp_path)
-    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
 
 
 def test_run_name_is_the_model_and_what_differs_from_the_committed_params(

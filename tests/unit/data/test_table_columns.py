@@ -16,7 +16,7 @@ from pipeline.config import DataParams, ModelParams, TabularParams
 from pipeline.data import DataError
 from pipeline.data.tabular import CALENDAR, plan_columns, with_calendar_features
 from pipeline.stages.prepare import prepare
-from tests.helpers import REPO, run, sqlite_uri
+from tests.helpers import REPO, run, sqlite_uri, stage_command
 
 
 def table(n: int = 240, seed: int = 0, date_format: str = "%Y-%m-%d") -> pd.DataFrame:
@@ -128,7 +128,7 @@ def test_prepare_prints_the_summary_and_warns_naming_the_left_out_columns(tmp_pa
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({"data": {"dataset": "t.csv", "tabular": {"target": "label"}}})
     )
-    done = run(["python", "-m", "pipeline.stages.prepare", "--out", "prepared"], tmp_path, PYTHONPATH=str(REPO))
+    done = run(stage_command("prepare", "--out", "prepared"), tmp_path, PYTHONPATH=str(REPO))
     assert "  date         day (ISO8601)" in done.stdout
     assert "  left out     ticket: an ID" in done.stdout
     assert "warning: left out of the features: id, ticket, note" in done.stderr
