@@ -20,7 +20,7 @@ def runs_in(client: MlflowClient, experiment: str):
 # Anything else (a library banner, tip or warning the user cannot act on) fails the test.
 CONSOLE_ALLOWED = [
     r"Running stage '\w+':",
-    r"> python -u -m pipeline\.\w+ .*",
+    r"> python -u -m pipeline\.stages\.\w+ .*",
     r"(Generating|Updating) lock file 'dvc.lock'",
     r"To track the changes with git, run:",
     r"git add .*",
