@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -81,11 +82,38 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# Redraws of the bar per second at most (and once at the end of each loop): drawing it with its metrics on every
+# step cost about 1 ms a step on 2 cores, a quarter of a small model's step.
+PROGRESS_REFRESH_S = 0.25
+
+
 def progress_bar() -> Any:
-    """Lightning's bar with the epoch's train/val loss and accuracy, without the logger's version (`v_num`)."""
+    """Lightning's bar with the epoch's train/val loss and accuracy, without the logger's version (`v_num`), redrawn
+    a few times a second rather than on every step."""
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     class EpochProgressBar(TQDMProgressBar):
+        def __init__(self) -> None:
+            super().__init__()
+            self._drawn_at = 0.0
+
+        def _due(self, batch_idx: int, bar: Any) -> bool:
+            now = time.monotonic()
+            if batch_idx + 1 == bar.total or now - self._drawn_at >= PROGRESS_REFRESH_S:
+                self._drawn_at = now
+                return True
+            return False
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if self._due(batch_idx, self.train_progress_bar):
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+        def on_validation_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None:
+            if self._due(batch_idx, self.val_progress_bar):
+                super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
         def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
             items = super().get_metrics(trainer, pl_module)
             items.pop("v_num", None)

@@ -9,8 +9,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.nn import functional
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import Metric
 
 from pipeline.config import TrainParams, resolved
 from pipeline.errors import PipelineError
@@ -36,11 +35,9 @@ class Classifier(pl.LightningModule):
         # Lightning hands hparams to the logger itself, once, on global rank zero after the distributed setup.
         self.save_hyperparameters(logged_params or {})
         self.register_buffer("class_weights", class_weights)  # None: every class counts the same
-        # Per-step work is only metric updates; values are computed and logged once per epoch. `self.log` on every
-        # step costs ~0.7 ms a call on 2 CPU cores, more than a small model's whole step. torchmetrics objects also
-        # synchronise across DDP processes when computed, so every rank logs the same epoch values.
-        self.train_loss, self.val_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
-        self.train_scores, self.val_scores = class_scores(num_classes, "train/"), class_scores(num_classes, "val/")
+        # Per-step work is two in-place additions to running counts; values are computed and logged once per epoch.
+        # `self.log` on every step costs ~0.7 ms a call on 2 CPU cores, more than a small model's whole step.
+        self.train_scores, self.val_scores = EpochScores(num_classes, "train/"), EpochScores(num_classes, "val/")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -50,24 +47,21 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         per_sample = functional.cross_entropy(logits, y, reduction="none")
         # The objective weighs classes when train.class_weights asks; the logged loss is the plain mean cross-entropy
-        # per sample, comparable between runs with and without class weights. Per-sample values rather than
-        # `weight=len(y)`: with nan_strategy="disable" (no host sync per step) torchmetrics 1.9 ignores weights
-        # (Lightning-AI/torchmetrics#3434) and would average the batches unweighted.
+        # per sample, comparable between runs with and without class weights.
         loss = (
             per_sample.mean()
             if self.class_weights is None
             else functional.cross_entropy(logits, y, weight=self.class_weights)
         )
-        getattr(self, f"{split}_loss").update(per_sample.detach())
-        getattr(self, f"{split}_scores").update(logits.argmax(dim=1), y)
+        getattr(self, f"{split}_scores").update(logits.detach().argmax(dim=1), y, per_sample.detach())
         return loss
 
     def _log_epoch(self, split: str, extra: dict[str, Any] | None = None) -> None:
-        loss, scores = getattr(self, f"{split}_loss"), getattr(self, f"{split}_scores")
-        # compute() already gathers every DDP process's counts; sync_dist only averages equal values (once an
-        # epoch) and keeps Lightning from warning that epoch values are unsynced. A logged `step` is the step
-        # Lightning hands the loggers: the epoch, so MLflow draws every per-epoch chart against the epoch.
-        values = {f"{split}/loss": loss.compute(), **scores.compute()}
+        scores = getattr(self, f"{split}_scores")
+        # compute() already sums every DDP process's counts; sync_dist only averages equal values (once an epoch)
+        # and keeps Lightning from warning that epoch values are unsynced. A logged `step` is the step Lightning
+        # hands the loggers: the epoch, so MLflow draws every per-epoch chart against the epoch.
+        values = scores.compute()
         self.log_dict({**values, **(extra or {}), "step": float(self.current_epoch)}, sync_dist=True)
         # The progress bar shows the epoch's values, not a running mean of the steps.
         self.log_dict(
@@ -76,7 +70,6 @@ class Classifier(pl.LightningModule):
             logger=False,
             sync_dist=True,
         )
-        loss.reset()
         scores.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -140,16 +133,41 @@ class Classifier(pl.LightningModule):
         }
 
 
-def class_scores(num_classes: int, prefix: str) -> MetricCollection:
-    """Accuracy and macro F1 (the names of the headline metrics); the collection's compute groups let both share one
-    set of per-class counts."""
-    return MetricCollection(
-        {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-        },
-        prefix=prefix,
-    )
+class EpochScores(Metric):
+    """An epoch's mean loss, accuracy and macro F1 (the names of the headline metrics) from running counts.
+
+    A step adds its predictions to a confusion-count matrix and its per-sample losses to a sum, in place on the
+    model's device (no host sync); the scores are computed once, from the counts, after summing them across DDP
+    processes, so every rank logs the same values. Macro F1 averages over the classes that occur as label or
+    prediction, as torchmetrics' MulticlassF1Score and scikit-learn's `f1_score(average="macro")` do."""
+
+    full_state_update = False
+    confusion: torch.Tensor  # states, (actual * num_classes + predicted) -> count
+    loss_sum: torch.Tensor
+
+    def __init__(self, num_classes: int, prefix: str):
+        super().__init__()
+        self.num_classes, self.prefix = num_classes, prefix
+        self.add_state("confusion", torch.zeros(num_classes * num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, losses: torch.Tensor) -> None:
+        # scatter_add_ into a 1-D tensor stays deterministic on CUDA under `trainer.deterministic`, and unlike
+        # torch.bincount there it does not read the batch's maximum back to the host
+        self.confusion.scatter_add_(0, target * self.num_classes + preds, torch.ones_like(preds))
+        self.loss_sum.add_(losses.sum())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        counts = self.confusion.view(self.num_classes, self.num_classes).float()  # rows actual, columns predicted
+        hits, actual, predicted = counts.diagonal(), counts.sum(dim=1), counts.sum(dim=0)
+        samples = actual.sum().clamp(min=1)
+        f1 = 2 * hits / (actual + predicted).clamp(min=1)  # 2 tp / (2 tp + fp + fn); 0 for a class that never occurs
+        occurring = (actual + predicted > 0).sum().clamp(min=1)
+        return {
+            f"{self.prefix}loss": self.loss_sum / samples,
+            f"{self.prefix}accuracy": hits.sum() / samples,
+            f"{self.prefix}f1_macro": f1.sum() / occurring,
+        }
 
 
 def monitor_mode(metric: str) -> Literal["min", "max"]:
