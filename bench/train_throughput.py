@@ -7,7 +7,7 @@
 For each batch size:
 (a) a hand-written loop: shuffle with randperm, slice tensors, forward, backward, step;
 (d) the same hand-written loop fed by the project's data path (`pipeline.datamodule.batches`): the data path alone;
-(b) `pipeline.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its torchmetrics),
+(b) `pipeline.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its epoch metrics),
     checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a temporary
     folder;
 (c) for reference, (b)'s LightningModule fed by the naive `DataLoader(TensorDataset)`, collating sample by sample.
