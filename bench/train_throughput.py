@@ -8,8 +8,8 @@ For each batch size:
 (a) a hand-written loop: shuffle with randperm, slice tensors, forward, backward, step;
 (d) the same hand-written loop fed by the project's data path (`pipeline.training.datamodule.batches`): the data
     path alone;
-(b) `pipeline.stages.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its
-    torchmetrics), checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a
+(b) `pipeline.stages.train.fit`, exactly as the train stage runs it: PreparedDataModule, Classifier (with its epoch
+    metrics), checkpointing, early stopping, Lightning's progress bar, and MLflow logging into a SQLite store in a
     temporary folder;
 (c) for reference, (b)'s LightningModule fed by the naive `DataLoader(TensorDataset)`, collating sample by sample.
 Throughput counts training samples per second over the training epochs only (validation and start-up excluded),

@@ -13,7 +13,8 @@ For each batch size, on the same in-memory data and the same `models/` MLP with 
 Samples/s count the training epochs only (start-up and validation excluded), in wall-clock seconds or, with
 `--clock cpu`, in CPU seconds of the process (all its threads: MLflow's system-metrics sampler counts against (c)).
 The three run interleaved (a, b, c, a, b, c, ...) and each figure is the median of the repeats: the machine is
-shared and noisy. Prints the step time of (a) and the ratios (c)/(b) and (c)/(a).
+shared and noisy. Prints the step time of (a) and the ratios (c)/(b) and (c)/(a), each the median over the rounds
+of the ratio within a round.
 """
 
 from __future__ import annotations
@@ -109,17 +110,20 @@ def main() -> None:
                 hand.append(hand_written_loop(x_train, y_train, params, clock=clock))
                 bare.append(bare_lightning(x_train, y_train, params, Path(tmp), clock))
                 ours.append(project_path(x, y, params, Path(tmp), clock))
-        rows.append((batch_size, *map(statistics.median, (hand, bare, ours))))
+        # A ratio pairs the runs of one round, seconds apart, so that a neighbour's burst of load mostly hits both
+        by_bare = statistics.median(c / b for c, b in zip(ours, bare, strict=True))
+        by_hand = statistics.median(c / a for c, a in zip(ours, hand, strict=True))
+        rows.append((batch_size, *map(statistics.median, (hand, bare, ours)), by_bare, by_hand))
 
     print(
         f"\ntraining loop (samples per {args.clock}-clock second, median of {args.repeats}), {args.rows} rows x "
         f"{args.features} features, MLP {args.hidden_dims}, {args.epochs} epochs, torch threads {threads}"
     )
     print("  batch | (a) step ms | (a) hand loop | (b) bare Lightning | (c) project path | (c)/(b) | (c)/(a)")
-    for batch_size, hand, bare, ours in rows:
+    for batch_size, hand, bare, ours, by_bare, by_hand in rows:
         print(
             f"  {batch_size:>5} | {1000 * batch_size / hand:>11.2f} | {hand:>13,.0f} | {bare:>18,.0f} "
-            f"| {ours:>16,.0f} | {ours / bare:>7.2f} | {ours / hand:>7.2f}"
+            f"| {ours:>16,.0f} | {by_bare:>7.2f} | {by_hand:>7.2f}"
         )
 
 
