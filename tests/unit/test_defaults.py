@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -43,6 +44,16 @@ def test_params_yaml_resolves_to_the_table_of_the_data_kind(params_copy: Path, k
     for key, value in BY_KIND[kind].items():
         assert flat[key] == value, key
     assert all(flat[key] is not None for key in AUTO_KEYS)
+
+
+def test_each_kind_takes_a_candidate_of_the_grid_that_chose_it() -> None:
+    """pipeline/defaults.py holds winners of bench/choose_defaults.py: a value edited in one only is caught."""
+    spec = importlib.util.spec_from_file_location("choose_defaults", REPO / "bench" / "choose_defaults.py")
+    assert spec and spec.loader
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    for kind, table in BY_KIND.items():
+        assert table in grid.CANDIDATES[kind].values(), kind
 
 
 def test_a_key_left_out_of_params_yaml_is_auto_too() -> None:
