@@ -168,13 +168,13 @@ def test_train_prints_and_logs_the_choice(
     run_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt")
 
     assert (
-        "train: model.name auto -> mlp (tabular defaults: hidden_dims [256, 128], dropout 0.1, batch_size 16, "
-        "lr 0.01, weight_decay 0.01, monitor val/loss, class_weights none)" in capsys.readouterr().out
+        "train: model.name auto -> mlp (tabular defaults: hidden_dims [64], dropout 0.3, batch_size 16, "
+        "lr 0.01, weight_decay 0.1, monitor val/loss, class_weights none)" in capsys.readouterr().out
     )
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags[DEFAULTS_KIND_TAG] == "tabular"
     assert set(run.data.tags[AUTO_KEYS_TAG].split(",")) == set(AUTO_KEYS) - {"train.max_epochs"}
     # The resolved values are the run's params.
     assert run.data.params["model.name"] == "mlp" and run.data.params["train.lr"] == "0.01"
-    assert run.data.params["model.mlp.hidden_dims"] == "[256, 128]"
+    assert run.data.params["model.mlp.hidden_dims"] == "[64]"
     assert run.data.params["train.max_epochs"] == "2"
