@@ -1,6 +1,7 @@
 """Finds the per-data-kind defaults of pipeline/defaults.py: a small grid per kind, scored on validation data only.
 
     OMP_NUM_THREADS=1 python bench/choose_defaults.py [--only text|image|tabular] [--sms PATH] [--folds 5]
+                                                      [--seeds 42 43 44] [--candidates NAME ...]
 
 Each candidate sets every key that `auto` resolves (model.name, the family's key hyper-parameters, lr, weight
 decay, batch size, max_epochs, monitor, class weights), over params.yaml's other values. The stages run in-process
@@ -14,6 +15,10 @@ image    digits and a noisy, shifted digits variant (.npz) made here: score = ac
 text     the SMS Spam Collection (TSV, no header; its header-CSV form holds the same rows in the same order, so the
          same split: the check script bench/defaults_vs_baseline.py runs both) and a synthetic 3-class message set
          (CSV with a header) made here: score = macro F1 on the validation split.
+
+`--seeds` trains every candidate once per `train.seed` (for tables that seed also draws the folds, the same folds
+for every candidate) and scores it by the mean over seeds; the per-seed scores and their spread are printed, to
+tell a difference between candidates from seed noise. `--candidates` runs only the named ones of the kinds run.
 
 Per kind, candidates are ranked on each data set (1 = best); the winner has the best mean rank, ties to the higher
 mean score. Scores equal to 4 decimals tie (then the lower loss ranks first): a smaller difference is less than one
@@ -74,6 +79,21 @@ CANDIDATES = {
             "model.mlp.dropout": 0.1,
             "train.lr": 0.01,
             "train.weight_decay": 0.01,
+        },
+        # stronger regularisation of the same network, and a small one regularised as strongly
+        "mlp [256,128] do0.3 lr0.01 wd0.1": {
+            **TABLE_COMMON,
+            "model.mlp.hidden_dims": [256, 128],
+            "model.mlp.dropout": 0.3,
+            "train.lr": 0.01,
+            "train.weight_decay": 0.1,
+        },
+        "mlp [64] do0.3 lr0.01 wd0.1": {
+            **TABLE_COMMON,
+            "model.mlp.hidden_dims": [64],
+            "model.mlp.dropout": 0.3,
+            "train.lr": 0.01,
+            "train.weight_decay": 0.1,
         },
     },
     "image": {
@@ -282,28 +302,43 @@ def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict
     return {"score": scores[metric], "loss": float(log_loss(y, proba, labels=range(proba.shape[1]))), **scores}
 
 
-def run_kind(kind: str, datasets: dict[str, dict], params_file: Path, tmp: Path, folds: int) -> dict:
-    results: dict[str, dict[str, dict]] = {}
+def run_kind(
+    kind: str, datasets: dict[str, dict], params_file: Path, tmp: Path, folds: int, seeds: list[int], only: set[str]
+) -> dict:
+    """{data set: {candidate: {score, loss (means over seeds), seeds: {seed: result}}}}, seeds in the outer loop:
+    a run cut short still has every candidate on the same seeds."""
+    prepared: dict[str, tuple[Path, dict]] = {}
     for data_name, data in datasets.items():
-        data_params = make_params(params_file, tmp, kind, data).data
-        prepared = tmp / f"prepared-{data_name}"
-        meta = silently(prepare, data_params, prepared)
+        folder = tmp / f"prepared-{data_name}"
+        meta = silently(prepare, make_params(params_file, tmp, kind, data).data, folder)
+        prepared[data_name] = (folder, meta)
         print(f"{kind}: {data_name} {meta['split_sizes']}", flush=True)
-        for cand, settings in CANDIDATES[kind].items():
-            folder = tmp / f"{data_name}-{len(results.get(data_name, {}))}"
-            extra = {"train.cv_folds": folds} if kind == "tabular" else {}
-            params = make_params(params_file, tmp, f"{kind}-{data_name}", {**data, **settings, **extra})
-            start = time.perf_counter()
-            if kind == "tabular":
-                result = score_cv(params, prepared, meta, folder)
-            else:
-                result = score_val(params, prepared, folder, "f1_macro" if kind == "text" else "accuracy")
-            result["seconds"] = time.perf_counter() - start
-            results.setdefault(data_name, {})[cand] = result
-            print(
-                f"  {cand:<44} score {result['score']:.4f}  val/loss {result['loss']:.4f}  {result['seconds']:.0f} s",
-                flush=True,
-            )
+    candidates = {name: c for name, c in CANDIDATES[kind].items() if not only or name in only}
+    results: dict[str, dict[str, dict]] = {}
+    for seed in seeds:
+        for data_name, data in datasets.items():
+            folder_prepared, meta = prepared[data_name]
+            for cand, settings in candidates.items():
+                folder = tmp / f"{data_name}-{seed}-{len(results.get(data_name, {}))}"
+                extra = {"train.cv_folds": folds} if kind == "tabular" else {}
+                params = make_params(
+                    params_file, tmp, f"{kind}-{data_name}", {**data, **settings, **extra, "train.seed": seed}
+                )
+                start = time.perf_counter()
+                if kind == "tabular":
+                    result = score_cv(params, folder_prepared, meta, folder)
+                else:
+                    result = score_val(params, folder_prepared, folder, "f1_macro" if kind == "text" else "accuracy")
+                result["seconds"] = time.perf_counter() - start
+                entry = results.setdefault(data_name, {}).setdefault(cand, {"seeds": {}})
+                entry["seeds"][str(seed)] = result
+                entry["score"] = float(np.mean([r["score"] for r in entry["seeds"].values()]))
+                entry["loss"] = float(np.mean([r["loss"] for r in entry["seeds"].values()]))
+                print(
+                    f"  seed {seed} {data_name:<20} {cand:<36} score {result['score']:.4f}  "
+                    f"val/loss {result['loss']:.4f}  {result['seconds']:.0f} s",
+                    flush=True,
+                )
     return results
 
 
@@ -347,6 +382,16 @@ def print_kind(kind: str, results: dict[str, dict[str, dict]]) -> str:
             + f" {mean_rank:>9.2f} {mean_score:>7.4f}"
         )
     print(f"winner: {table[0][0]}")
+    seeds = sorted({seed for n in names for seed in results[n][table[0][0]].get("seeds", {})})
+    if len(seeds) > 1:
+        print(f"per seed ({', '.join(seeds)}), and the standard deviation over seeds:")
+        for cand, _, _ in table:
+            per_seed = [
+                " ".join(f"{results[n][cand]['seeds'][seed]['score']:.4f}" for seed in seeds)
+                + f" ±{np.std([results[n][cand]['seeds'][seed]['score'] for seed in seeds]):.4f}"
+                for n in names
+            ]
+            print(f"  {cand:<42} " + " | ".join(per_seed))
     return table[0][0]
 
 
@@ -355,6 +400,8 @@ def main() -> None:
     parser.add_argument("--only", choices=list(CANDIDATES), action="append")
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train.seed values (default: params.yaml's)")
+    parser.add_argument("--candidates", nargs="+", default=[], help="run only these candidates (names as printed)")
     parser.add_argument("--rerank", action="store_true", help="only print the tables of the result file")
     args = parser.parse_args()
     if args.rerank:
@@ -377,7 +424,9 @@ def main() -> None:
         }
         all_results, winners = {}, {}
         for kind in args.only or ["text", "image", "tabular"]:
-            all_results[kind] = run_kind(kind, datasets[kind], params_file, tmp, args.folds)
+            seeds = args.seeds or [load_params(params_file).train.seed]
+            only = set(args.candidates)
+            all_results[kind] = run_kind(kind, datasets[kind], params_file, tmp, args.folds, seeds, only)
             winners[kind] = print_kind(kind, all_results[kind])
     print(f"\n{time.perf_counter() - start:.0f} s in all; winners: {winners}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -134,15 +134,14 @@ def main() -> None:
             sys.exit(
                 f"pipeline.stages.tune exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
-        lines = [line for line in result.stdout.splitlines() if line.startswith("tune: ")]
-        states = [line.split()[3] for line in lines if line.startswith("tune: trial ")]
 
         import optuna
         from optuna.storages.journal import JournalFileBackend
         from sklearn.linear_model import LogisticRegression
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(repo / "optuna-journal.log")))
-        trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials()
+        study = optuna.load_study(study_name=STUDY, storage=storage)
+        trials, best = study.get_trials(), study.best_trial  # from the study, not the command's console lines
         counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")}
         test_accuracy = json.loads((repo / "outputs/eval/metrics.json").read_text())["accuracy"]
         with np.load(repo / "data/prepared/train.npz") as train, np.load(repo / "data/prepared/test.npz") as test:
@@ -153,10 +152,9 @@ def main() -> None:
     print(f"budget: {args.trials} trials, {args.max_epochs} epochs each at most, timeout {args.timeout_s} s")
     print(
         f"study: {len(trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['fail']} failed) in {seconds:.0f} s with {args.workers} worker(s), final experiment included; "
-        f"this process saw {len(states)} trials"
+        f"{counts['fail']} failed) in {seconds:.0f} s with {args.workers} worker(s), final experiment included"
     )
-    print(next(line for line in lines if line.startswith("tune: best trial")))
+    print(f"best trial {best.number}: {SETTINGS['tune.metric']} {best.value:.4f} with {best.params}")
     print(f"test rows: {test_rows}")
     print(
         f"{'tuned MLP (DVC experiment ' + STUDY + ')':<46} test accuracy {test_accuracy:.4f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def test_params_yaml_resolves_to_the_table_of_the_data_kind(params_copy: Path, k
     for key, value in BY_KIND[kind].items():
         assert flat[key] == value, key
     assert all(flat[key] is not None for key in AUTO_KEYS)
+
+
+def test_each_kind_takes_a_candidate_of_the_grid_that_chose_it() -> None:
+    """pipeline/defaults.py holds winners of bench/choose_defaults.py: a value edited in one only is caught."""
+    spec = importlib.util.spec_from_file_location("choose_defaults", REPO / "bench" / "choose_defaults.py")
+    assert spec and spec.loader
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    for kind, table in BY_KIND.items():
+        assert table in grid.CANDIDATES[kind].values(), kind
 
 
 def test_a_key_left_out_of_params_yaml_is_auto_too() -> None:
@@ -146,13 +157,13 @@ def test_train_prints_and_logs_the_choice(
     run_id = fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "ckpt")
 
     assert (
-        "train: model.name auto -> mlp (tabular defaults: hidden_dims [256, 128], dropout 0.1, batch_size 16, "
-        "lr 0.01, weight_decay 0.01, monitor val/loss, class_weights none)" in capsys.readouterr().out
+        "train: model.name auto -> mlp (tabular defaults: hidden_dims [64], dropout 0.3, batch_size 16, "
+        "lr 0.01, weight_decay 0.1, monitor val/loss, class_weights none)" in capsys.readouterr().out
     )
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags[DEFAULTS_KIND_TAG] == "tabular"
     assert set(run.data.tags[AUTO_KEYS_TAG].split(",")) == set(AUTO_KEYS) - {"train.max_epochs"}
     # The resolved values are the run's params.
     assert run.data.params["model.name"] == "mlp" and run.data.params["train.lr"] == "0.01"
-    assert run.data.params["model.mlp.hidden_dims"] == "[256, 128]"
+    assert run.data.params["model.mlp.hidden_dims"] == "[64]"
     assert run.data.params["train.max_epochs"] == "2"
