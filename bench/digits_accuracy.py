@@ -21,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.artifacts import read_split
 from pipeline.config import load_params
 from pipeline.evaluate import evaluate
 from pipeline.prepare import prepare
@@ -30,7 +31,7 @@ from pipeline.train import fit
 def svc_baseline(prepared: Path) -> float:
     from sklearn.svm import SVC
 
-    train, test = (np.load(prepared / f"{split}.npz") for split in ("train", "test"))
+    train, test = (read_split(prepared, split) for split in ("train", "test"))
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     return float(SVC().fit(flat(train["x"]), train["y"]).score(flat(test["x"]), test["y"]))
 

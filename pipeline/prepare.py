@@ -2,7 +2,8 @@
 
     python -m pipeline.prepare --out data/prepared
 
-Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data), the fitted preprocessing
+Writes each split's arrays as `.npy` files, `{train,val,test}_{x,y,index}.npy` (`index`: each row's position in the
+raw data), which training opens as memory maps; the fitted preprocessing
 (`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
 class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*` only.
 """
@@ -82,9 +83,10 @@ def raw_example(inputs: Any) -> object:
     return inputs.tolist() if hasattr(inputs, "tolist") else list(inputs)
 
 
-def write_split(path: Path, x: np.ndarray, y: np.ndarray, idx: np.ndarray, digest: Any) -> None:
+def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray, digest: Any) -> None:
     # A function of its own so that each split's array is freed before the next one is made.
-    np.savez(path, x=x, y=y[idx], index=idx)
+    for array, values in (("x", x), ("y", y[idx]), ("index", idx)):
+        np.save(folder / split_file(split, array), values, allow_pickle=False)
     digest.update(np.ascontiguousarray(x))  # the buffers themselves: no copies of large splits
     digest.update(y[idx])
 
@@ -102,9 +104,7 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     with atomic_path(out_dir, PREPARED_FILES) as tmp:
         tmp.mkdir()
         for name in SPLITS:
-            write_split(
-                tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name], digest
-            )
+            write_split(tmp, name, preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name], digest)
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
         meta = {

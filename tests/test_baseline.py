@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import baseline
+from pipeline.artifacts import read_split
 from pipeline.config import DataParams, TabularParams, TextParams
 from pipeline.prepare import prepare
 
@@ -51,8 +52,7 @@ def test_image_baseline_on_the_digits(tmp_path: Path) -> None:
     fitted = baseline.fit_and_score(tmp_path / "prepared")
     assert fitted is not None and fitted.name == "LogisticRegression"
     assert fitted.scores["accuracy"] > 0.93
-    with np.load(tmp_path / "prepared" / "test.npz") as test:
-        assert len(test["y"]) == meta["split_sizes"]["test"]
+    assert len(read_split(tmp_path / "prepared", "test")["y"]) == meta["split_sizes"]["test"]
 
 
 @pytest.mark.parametrize("encoding", ["onehot", "embedding"])

@@ -15,6 +15,7 @@ import pytest
 import sklearn.datasets
 from PIL import Image
 
+from pipeline.artifacts import read_split
 from pipeline.config import DataParams, ImageParams, TabularParams, TextParams
 from pipeline.data import DataError
 from pipeline.data.text import PAD, UNK, Vocabulary
@@ -34,8 +35,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def load_splits(out: Path) -> dict[str, dict[str, np.ndarray]]:
     splits = {}
     for name in SPLITS:
-        with np.load(out / f"{name}.npz") as arrays:
-            splits[name] = {key: arrays[key] for key in ("x", "y", "index")}
+        splits[name] = read_split(out, name)
     return splits
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
+from pipeline.artifacts import read_split
 from pipeline.config import (
     CNNParams,
     DataParams,
@@ -75,8 +76,7 @@ def train_tiny(root: Path, data: DataParams, model: ModelParams, max_epochs: int
 
 
 def split_index(prepared: Path, split: str = "test") -> np.ndarray:
-    with np.load(prepared / f"{split}.npz") as arrays:
-        return arrays["index"]
+    return read_split(prepared, split)["index"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

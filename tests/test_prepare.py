@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from pipeline.artifacts import read_split
 from pipeline.config import DataParams
 from pipeline.errors import PipelineError
 from pipeline.prepare import SPLITS, prepare
@@ -32,8 +33,7 @@ def prepared(tmp_path_factory) -> tuple[Path, dict]:
 def _load(out: Path) -> dict[str, dict[str, np.ndarray]]:
     splits = {}
     for name in SPLITS:
-        with np.load(out / f"{name}.npz") as arrays:
-            splits[name] = {key: arrays[key] for key in ("x", "y", "index")}
+        splits[name] = read_split(out, name)
     return splits
 
 
@@ -42,9 +42,7 @@ def test_writes_the_three_splits_and_meta(prepared) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "input_example.json",
         "meta.json",
-        "test.npz",
-        "train.npz",
-        "val.npz",
+        *(f"{split}_{array}.npy" for split in ("test", "train", "val") for array in ("index", "x", "y")),
     ]
     assert json.loads((out / "meta.json").read_text()) == meta
 
@@ -155,9 +153,7 @@ def test_rerun_replaces_the_previous_output(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "input_example.json",
         "meta.json",
-        "test.npz",
-        "train.npz",
-        "val.npz",
+        *(f"{split}_{array}.npy" for split in ("test", "train", "val") for array in ("index", "x", "y")),
     ]
     assert sum(meta["split_sizes"].values()) == N_DIGITS
     # No temporary siblings are left next to the output.

@@ -8,6 +8,7 @@ command, which must read new data exactly as training data was read.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,3 +81,25 @@ def model_input(x: np.ndarray) -> np.ndarray:
     """Prepared arrays as a model takes them: token ids are stored as uint16, and torch's embeddings index with
     int32 or int64 only."""
     return x.astype(np.int32) if x.dtype == np.uint16 else x
+
+
+def split_rows(prepared_dir: Path, split: str, rows: np.ndarray) -> np.ndarray:
+    """The prepared inputs of rows `rows` (increasing) of a split: gathered from its memory map, or, for an image
+    folder, decoded from the files."""
+    from pipeline.artifacts import open_split, read_meta
+
+    meta = read_meta(prepared_dir)
+    if meta.get("storage") == "image_files":
+        from pipeline.data.image import ImageFiles
+
+        return ImageFiles.of_split(prepared_dir, split, meta).inputs(rows)
+    return np.asarray(open_split(prepared_dir, split, "x")[rows])
+
+
+def split_inputs(prepared_dir: Path, split: str, rows: int) -> Iterator[np.ndarray]:
+    """A split's prepared inputs in order, `rows` at a time: never the whole split in memory."""
+    from pipeline.artifacts import open_split
+
+    size = len(open_split(prepared_dir, split, "y"))
+    for start in range(0, size, rows):
+        yield split_rows(prepared_dir, split, np.arange(start, min(start + rows, size)))
