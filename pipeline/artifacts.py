@@ -1,7 +1,8 @@
 """The file layout the stages share: every file a stage writes, by name, and readers for the ones read back.
 
     prepared folder (prepare)   {train,val,test}_{x,y,index}.npy, meta.json, input_example.json,
-                                preprocessor.skops (tables) or vocab.json (text)
+                                preprocessor.skops (tables) or vocab.json (text);
+                                image folders: image_files.json instead of the x arrays
     model folder (train)        model.pt, mlflow_run.json
     checkpoint folder (train)   last.ckpt, best.ckpt, resume.json, cv_summary.json
     eval folder (evaluate)      metrics.json, baseline.json, per_class.json, confusion.json, confusion_matrix.png,
@@ -27,6 +28,7 @@ EXAMPLE_FILE = "input_example.json"  # a few raw training inputs: the MLflow mod
 PREPROCESSOR_FILE = "preprocessor.skops"  # tables: the fitted column transformer
 PICKLED_PREPROCESSOR_FILE = "preprocessor.joblib"  # what older versions wrote: never loaded, a pickle runs code
 VOCAB_FILE = "vocab.json"  # text: the vocabulary
+IMAGE_LIST_FILE = "image_files.json"  # image folders: the files, decoded as training takes them (no `x` arrays)
 
 # model folder
 MODEL_FILE = "model.pt"
@@ -70,6 +72,7 @@ PREPARED_FILES = (
     PREPROCESSOR_FILE,
     PICKLED_PREPROCESSOR_FILE,
     VOCAB_FILE,
+    IMAGE_LIST_FILE,
 )
 # What prediction needs of the prepared folder (not the splits): bundled with the MLflow model.
 PREPROCESSING_FILES = (META_FILE, PREPROCESSOR_FILE, VOCAB_FILE, EXAMPLE_FILE)
@@ -104,10 +107,14 @@ def open_split(prepared_dir: Path, split: str, array: str) -> Any:
 
 
 def read_split(prepared_dir: Path, split: str) -> dict[str, Any]:
-    """A split's arrays (x, y, index) read whole: for small data sets (tests, benches); training uses open_split."""
+    """A split's arrays (x, y, index) read whole, an image folder's x decoded: for small data sets (tests, benches);
+    training reads a batch at a time."""
     import numpy as np
 
-    return {array: np.array(open_split(prepared_dir, split, array)) for array in SPLIT_ARRAYS}
+    from pipeline.data import split_rows
+
+    arrays = {array: np.array(open_split(prepared_dir, split, array)) for array in ("y", "index")}
+    return {"x": split_rows(prepared_dir, split, np.arange(len(arrays["y"]))), **arrays}
 
 
 def model_path(model_dir: Path) -> Path:

@@ -66,6 +66,8 @@ class TabularParams:
     drop: list[str] | None = None  # columns left out of the features
     # onehot: a detected text column with more distinct training values is left out (named in a warning)
     max_categories: int = _positive(100)
+    chunk_rows: int = _positive(262_144)  # a file is read this many rows at a time: prepare never holds it whole
+    fit_rows: int = _positive(1_000_000)  # the preprocessing is fitted on at most this many training rows (a sample)
 
 
 @dataclass
