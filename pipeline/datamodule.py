@@ -114,8 +114,8 @@ def load_split(prepared_dir: str | Path, split: str) -> Dataset:
 
 
 def split_labels(prepared_dir: str | Path, split: str) -> np.ndarray:
-    """The labels of a split (class weights, stratified folds): a small array, read whole."""
-    return np.array(open_split(Path(prepared_dir), split, "y"))
+    """The labels of a split (class weights, stratified folds), as a memory map: read only where they are used."""
+    return open_split(Path(prepared_dir), split, "y")
 
 
 def batches(
