@@ -39,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.artifacts import read_split
 from pipeline.config import Params, load_params
+from pipeline.data import read_split
 from pipeline.evaluate import evaluate, predict_split
 from pipeline.files import read_json
 from pipeline.prepare import prepare

@@ -136,8 +136,8 @@ def main() -> None:
             if name.startswith("sms"):  # the figure: F1 of the spam class, model and baseline
                 from sklearn.metrics import f1_score
 
-                from pipeline.artifacts import read_split
                 from pipeline.baseline import fit_and_score
+                from pipeline.data import read_split
 
                 base = fit_and_score(Path(tmp) / name / "prepared")
                 test = read_split(Path(tmp) / name / "prepared", "test")

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from accuracy_baselines import POSITIVE, positive_scores, quiet, silently, tfidf_svm
 
-from pipeline.artifacts import read_split
 from pipeline.config import Params, load_params
+from pipeline.data import read_split
 from pipeline.evaluate import evaluate, predict_split
 from pipeline.prepare import prepare
 from pipeline.train import MODEL_FILE, fit

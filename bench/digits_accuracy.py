@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.artifacts import read_split
 from pipeline.config import load_params
+from pipeline.data import read_split
 from pipeline.evaluate import evaluate
 from pipeline.prepare import prepare
 from pipeline.train import fit

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_baselines import make_params, quiet, silently, train_and_evaluate
 from pipeline import tracking
-from pipeline.artifacts import read_split
+from pipeline.data import read_split
 from pipeline.evaluate import predict_split
 from pipeline.prepare import prepare
 from pipeline.train import MODEL_FILE

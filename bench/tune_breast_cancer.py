@@ -143,7 +143,7 @@ def main() -> None:
         counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")}
         test_accuracy = json.loads((repo / "outputs/eval/metrics.json").read_text())["accuracy"]
         sys.path.insert(0, str(ROOT))
-        from pipeline.artifacts import read_split
+        from pipeline.data import read_split
 
         train, test = (read_split(repo / "data/prepared", split) for split in ("train", "test"))
         logreg = LogisticRegression(max_iter=5000).fit(train["x"], train["y"])

@@ -106,17 +106,6 @@ def open_split(prepared_dir: Path, split: str, array: str) -> Any:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def read_split(prepared_dir: Path, split: str) -> dict[str, Any]:
-    """A split's arrays (x, y, index) read whole, an image folder's x decoded: for small data sets (tests, benches);
-    training reads a batch at a time."""
-    import numpy as np
-
-    from pipeline.data import split_rows
-
-    arrays = {array: np.array(open_split(prepared_dir, split, array)) for array in ("y", "index")}
-    return {"x": split_rows(prepared_dir, split, np.arange(len(arrays["y"]))), **arrays}
-
-
 def model_path(model_dir: Path) -> Path:
     """The trained model's file, which must exist."""
     path = model_dir / MODEL_FILE

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import baseline
-from pipeline.artifacts import read_split
 from pipeline.config import DataParams, TabularParams, TextParams
+from pipeline.data import read_split
 from pipeline.prepare import prepare
 
 SPAM_WORDS = ["win", "free", "prize", "claim", "cash", "urgent", "call", "now"]

@@ -15,9 +15,8 @@ import pytest
 import sklearn.datasets
 from PIL import Image
 
-from pipeline.artifacts import read_split
 from pipeline.config import DataParams, ImageParams, TabularParams, TextParams
-from pipeline.data import DataError
+from pipeline.data import DataError, read_split
 from pipeline.data.text import PAD, UNK, Vocabulary
 from pipeline.prepare import SPLITS, prepare
 from tests.conftest import SHARED_DATA

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.artifacts import IMAGE_LIST_FILE, read_split
+from pipeline.artifacts import IMAGE_LIST_FILE
 from pipeline.config import DataParams, ImageParams
+from pipeline.data import read_split
 from pipeline.prepare import prepare
 
 

@@ -19,7 +19,6 @@ from mlflow import MlflowClient
 
 from models.cnn import CNN
 from models.registry import REGISTRY, build_model
-from pipeline.artifacts import read_split
 from pipeline.config import (
     MODEL_NAMES,
     DataParams,
@@ -29,6 +28,7 @@ from pipeline.config import (
     load_params,
     used_params,
 )
+from pipeline.data import read_split
 from pipeline.lightning_module import Classifier
 from pipeline.metrics import HEADLINE_METRICS
 from pipeline.prepare import prepare

@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from pipeline.artifacts import read_split
 from pipeline.config import (
     CNNParams,
     DataParams,
@@ -37,7 +36,7 @@ from pipeline.config import (
     TrainerParams,
     TrainParams,
 )
-from pipeline.data import DataError
+from pipeline.data import DataError, read_split
 from pipeline.evaluate import predict_split
 from pipeline.predict import predict
 from pipeline.prepare import prepare

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from pipeline.artifacts import read_split
 from pipeline.config import DataParams
+from pipeline.data import read_split
 from pipeline.errors import PipelineError
 from pipeline.prepare import SPLITS, prepare
 

@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from models.mlp import category_embedding_dim
 from models.registry import build_model
 from models.specs import UNKNOWN_CATEGORY
-from pipeline.artifacts import read_split
 from pipeline.config import DataParams, MLPParams, ModelParams, TabularParams
+from pipeline.data import read_split
 from pipeline.data.tabular import UNKNOWN_INDEX
 from pipeline.evaluate import predict_split
 from pipeline.predict import predict

@@ -8,7 +8,7 @@ command, which must read new data exactly as training data was read.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,20 +86,32 @@ def model_input(x: np.ndarray) -> np.ndarray:
 def split_rows(prepared_dir: Path, split: str, rows: np.ndarray) -> np.ndarray:
     """The prepared inputs of rows `rows` (increasing) of a split: gathered from its memory map, or, for an image
     folder, decoded from the files."""
-    from pipeline.artifacts import open_split, read_meta
+    return _split_reader(prepared_dir, split)(rows)
 
-    meta = read_meta(prepared_dir)
-    if meta.get("storage") == "image_files":
-        from pipeline.data.image import ImageFiles
 
-        return ImageFiles.of_split(prepared_dir, split, meta).inputs(rows)
-    return np.asarray(open_split(prepared_dir, split, "x")[rows])
+def read_split(prepared_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """A split's arrays (x, y, index) read whole, an image folder's x decoded: for small data sets (tests, benches);
+    training reads a batch at a time."""
+    from pipeline.artifacts import open_split
+
+    arrays = {array: np.array(open_split(prepared_dir, split, array)) for array in ("y", "index")}
+    return {"x": split_rows(prepared_dir, split, np.arange(len(arrays["y"]))), **arrays}
 
 
 def split_inputs(prepared_dir: Path, split: str, rows: int) -> Iterator[np.ndarray]:
     """A split's prepared inputs in order, `rows` at a time: never the whole split in memory."""
     from pipeline.artifacts import open_split
 
-    size = len(open_split(prepared_dir, split, "y"))
+    size, read = len(open_split(prepared_dir, split, "y")), _split_reader(prepared_dir, split)
     for start in range(0, size, rows):
-        yield split_rows(prepared_dir, split, np.arange(start, min(start + rows, size)))
+        yield read(np.arange(start, min(start + rows, size)))
+
+
+def _split_reader(prepared_dir: Path, split: str) -> Callable[[np.ndarray], np.ndarray]:
+    from pipeline.artifacts import open_split, read_meta
+
+    meta = read_meta(prepared_dir)
+    if meta.get("storage") == "image_files":  # the kind module decodes its files
+        return kind_module(meta["kind"]).ImageFiles.of_split(prepared_dir, split, meta).inputs
+    x = open_split(prepared_dir, split, "x")
+    return lambda rows: np.asarray(x[rows])
