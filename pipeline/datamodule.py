@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pipeline.artifacts import open_split, read_meta
+
+SAMPLER_CHUNK = 65536  # shuffled indices turned into Python ints at a time
 
 
 class InMemoryDataset(Dataset):
@@ -98,6 +100,20 @@ class JoinedRows(Dataset):
         return torch.cat([x for x, _ in pieces]), torch.cat([y for _, y in pieces])
 
 
+class CompactRandomSampler(RandomSampler):
+    """RandomSampler with its shuffled order kept as one int32 array rather than a Python list of ints (about 36
+    bytes a row): shuffling 11 million training rows holds 45 MB, not 400 MB. A RandomSampler still, so Lightning
+    sees a shuffled loader (DDP's DistributedSampler shuffles too), and seeded by torch's global generator unless
+    given one, so `seed_everything` still governs the order."""
+
+    def __iter__(self):  # type: ignore[override]
+        n = len(self.data_source)
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), dtype=torch.int32).numpy()
+        for start in range(0, n, SAMPLER_CHUNK):
+            yield from order[start : start + SAMPLER_CHUNK].tolist()
+
+
 def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn for the datasets above: `__getitems__` has already built the batch."""
     return batch
@@ -125,7 +141,7 @@ def batches(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=CompactRandomSampler(dataset) if shuffle else None,  # type: ignore[arg-type]
         collate_fn=already_batched,  # type: ignore[arg-type]
         num_workers=num_workers,
         persistent_workers=num_workers > 0,  # not restarted (and the dataset re-sent) every epoch

@@ -243,6 +243,8 @@ class TableFile:
                     yield start, table.slice(0, rows)
                     rest = table.slice(rows)
                     pending, held, start = rest.to_batches(), rest.num_rows, start + rows
+                    # arrow's allocator keeps the pages of freed chunks: over a whole read, about the file's size
+                    pa.default_memory_pool().release_unused()
             if held:
                 yield start, pa.Table.from_batches(pending)
         except pa.ArrowInvalid:
@@ -254,7 +256,9 @@ class TableFile:
         if self.path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns)
+            # pre_buffer (the default) keeps what it read ahead until the file is closed: about the file's size
+            reader = pq.ParquetFile(self.path, pre_buffer=False)
+            yield from reader.iter_batches(batch_size=rows, columns=columns)
             return
         import pyarrow.csv as pacsv
 
