@@ -106,7 +106,7 @@ class CompactRandomSampler(RandomSampler):
     sees a shuffled loader (DDP's DistributedSampler shuffles too), and seeded by torch's global generator unless
     given one, so `seed_everything` still governs the order."""
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         n = len(self.data_source)
         seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), dtype=torch.int32).numpy()
@@ -119,8 +119,9 @@ def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Ten
     return batch
 
 
-def load_split(prepared_dir: str | Path, split: str) -> Dataset:
-    """A prepared split as a dataset: memory-mapped arrays, or image files decoded when a batch is taken."""
+def load_split(prepared_dir: str | Path, split: str) -> Any:
+    """A prepared split as a dataset: memory-mapped arrays, or image files decoded when a batch is taken (a torch
+    Dataset by its methods: pipeline.data.image imports no torch at module level)."""
     prepared_dir = Path(prepared_dir)
     if read_meta(prepared_dir).get("storage") == "image_files":
         from pipeline.data.image import ImageFiles

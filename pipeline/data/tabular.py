@@ -203,7 +203,8 @@ class TableFile:
         so the rows are gathered as arrow tables and their dictionaries unified before pandas sees them."""
         import pyarrow as pa
 
-        taken, schema = [], None
+        taken: list[Any] = []
+        schema: Any = None
         for start, table in self._tables(self.features):
             schema = table.schema
             lo, hi = np.searchsorted(rows, [start, start + table.num_rows])
