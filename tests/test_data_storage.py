@@ -129,3 +129,25 @@ def test_the_preprocessing_is_fitted_on_a_bounded_sample_of_the_training_rows(tm
     assert sum(meta["split_sizes"].values()) == 300  # every row is prepared all the same
     train = read_split(tmp_path / "prepared", "train")
     assert len(train["x"]) == meta["split_sizes"]["train"] and np.isfinite(train["x"]).all()
+
+
+def test_a_column_that_changes_type_after_the_first_block_is_read_as_a_whole_file_read_types_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from pipeline.config import TabularParams
+
+    monkeypatch.chdir(tmp_path)
+    rows = 200_000  # 3.4 MB: pyarrow types the columns from its first blocks, the changes come later
+    rng = np.random.default_rng(0)
+    lines = ["count,grade,size,label"]
+    for i in range(rows):
+        last = i >= rows - 3
+        grade = ["a", "b", "c"][i % 3] if last else str(i % 3)  # numbers, then text
+        count = f"{i % 7}.5" if last else str(i % 7)  # integers, then a decimal
+        lines.append(f"{count},{grade},{rng.normal():.6f},{'yes' if i % 2 else 'no'}")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    meta = prepare(DataParams(dataset="t.csv", tabular=TabularParams(target="label")), tmp_path / "prepared")
+    summary = meta["feature_summary"]
+    assert summary["numeric"] == ["count", "size"]
+    assert set(summary["categorical"]) == {"grade"}
+    assert sum(meta["split_sizes"].values()) == rows
