@@ -3,9 +3,10 @@
     python -m pipeline.prepare --out data/prepared
 
 Writes each split's arrays as `.npy` files, `{train,val,test}_{x,y,index}.npy` (`index`: each row's position in the
-raw data), which training opens as memory maps; the fitted preprocessing
-(`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
-class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*` only.
+raw data), which training opens as memory maps; a table file is transformed chunk by chunk straight into them, and
+an image folder gets no `x` but its file list (`image_files.json`), decoded as training takes batches. Also the
+fitted preprocessing (`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and
+`meta.json` (kind, class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*`.
 """
 
 from __future__ import annotations

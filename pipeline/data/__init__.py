@@ -1,8 +1,9 @@
 """Raw data in, model-ready arrays out: one module per kind of data.
 
-Each kind module provides `load_raw(params) -> RawData` (the whole data set as read), a preprocessor that is fitted
-on the training split only and saved beside the prepared arrays, and `read_new(path, ...)` for the prediction
-command, which must read new data exactly as training data was read.
+Each kind module provides `load_raw(params) -> RawData` (the labels, and the inputs: in memory when small, else a
+reader that leaves them on disk), a preprocessor that is fitted on the training split only and saved beside the
+prepared arrays, and `read_new(path, ...)` for the prediction command, which must read new data exactly as training
+data was read. The readers of prepared splits at the end of this module serve evaluate and the baseline.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class DataError(PipelineError):
 
 @dataclass
 class RawData:
-    inputs: Any  # images: float32 (n, channels, height, width); tabular: DataFrame of features; text: MessageFile
+    # images: float32 (n, channels, height, width), or an ImageFileList for a folder; tables: a DataFrame of
+    # features (built-ins), or a TableFile read in chunks; text: MessageFile
+    inputs: Any
     labels: np.ndarray  # one raw label per row, any type
     class_names: list[str] | None = None  # built-ins know theirs; otherwise the sorted distinct labels
 
