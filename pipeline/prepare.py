@@ -6,7 +6,8 @@ Writes each split's arrays as `.npy` files, `{train,val,test}_{x,y,index}.npy` (
 raw data), which training opens as memory maps; a table file is transformed chunk by chunk straight into them, and
 an image folder gets no `x` but its file list (`image_files.json`), decoded as training takes batches. Also the
 fitted preprocessing (`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and
-`meta.json` (kind, class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*`.
+`meta.json` (kind, class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*`
+only.
 """
 
 from __future__ import annotations
