@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Params, load_params
+from pipeline.data import read_split
 from pipeline.files import read_json
 from pipeline.stages.evaluate import evaluate, predict_split
 from pipeline.stages.prepare import prepare
@@ -195,7 +196,7 @@ def run_sms(tmp: Path, sms: Path, seeds: list[int]) -> list[dict]:
         flush=True,
     )
     positive = meta["class_names"].index(POSITIVE)
-    split = {name: dict(np.load(prepared / f"{name}.npz")) for name in ("train", "val", "test")}
+    split = {name: read_split(prepared, name) for name in ("train", "val", "test")}
     texts = list(load_raw(data_params).inputs)  # the raw messages, in the order `index` refers to
 
     rows = []
@@ -299,7 +300,7 @@ def run_tables(tmp: Path, seeds: list[int]) -> list[dict]:
         params = make_params(tmp, dataset, {"data.dataset": dataset, **TABLE_TRAIN, **settings})
         prepared = tmp / f"{dataset}_prepared"
         meta = prepare(params.data, prepared)
-        train, val, test = (np.load(prepared / f"{name}.npz") for name in ("train", "val", "test"))
+        train, val, test = (read_split(prepared, name) for name in ("train", "val", "test"))
         logreg = LogisticRegression(max_iter=5000).fit(train["x"], train["y"])
         result = {
             "dataset": dataset,

@@ -134,14 +134,14 @@ def main() -> None:
             r = run_pipeline(Path(tmp) / name, data, "mlp" if kind else None)
             extra = ""
             if name.startswith("sms"):  # the figure: F1 of the spam class, model and baseline
-                import numpy as np
                 from sklearn.metrics import f1_score
 
+                from pipeline.data import read_split
                 from pipeline.evaluation.baseline import fit_and_score
 
                 base = fit_and_score(Path(tmp) / name / "prepared")
-                with np.load(Path(tmp) / name / "prepared" / "test.npz") as test:
-                    spam = f1_score(test["y"], base.predicted, pos_label=1)  # classes sorted: ham 0, spam 1
+                test = read_split(Path(tmp) / name / "prepared", "test")
+                spam = f1_score(test["y"], base.predicted, pos_label=1)  # classes sorted: ham 0, spam 1
                 extra = f"  spam F1 {r['per_class']['spam']['f1']:.4f} vs {spam:.4f}"
             print(
                 f"{name:<14} {model:<6} {r['model_acc']:.4f} {r['model']:.4f} | {r['baseline_name']:<18} "

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from accuracy_baselines import POSITIVE, positive_scores, quiet, silently, tfidf_svm
 
 from pipeline.config import Params, load_params
+from pipeline.data import read_split
 from pipeline.stages.evaluate import evaluate, predict_split
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import MODEL_FILE, fit
@@ -94,7 +95,7 @@ def run_one(tmp: Path, name: str, data: dict) -> dict:
     seconds = time.perf_counter() - start
     silently(evaluate, prepared, out / "model", out / "eval", params.evaluate.batch_size, params.mlflow.tracking_uri)
     y, pred, _ = predict_split(out / "model" / MODEL_FILE, prepared, "test", params.evaluate.batch_size)
-    split = {s: dict(np.load(prepared / f"{s}.npz")) for s in ("train", "val", "test")}
+    split = {s: read_split(prepared, s) for s in ("train", "val", "test")}
     row = {"name": name, "kind": meta["kind"], "chosen": chosen, "seconds": seconds, "test_rows": len(y)}
     if meta["kind"] == "text":
         positive = meta["class_names"].index(POSITIVE)

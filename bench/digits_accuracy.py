@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_params
+from pipeline.data import read_split
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import fit
@@ -30,7 +31,7 @@ from pipeline.stages.train import fit
 def svc_baseline(prepared: Path) -> float:
     from sklearn.svm import SVC
 
-    train, test = (np.load(prepared / f"{split}.npz") for split in ("train", "test"))
+    train, test = (read_split(prepared, split) for split in ("train", "test"))
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     return float(SVC().fit(flat(train["x"]), train["y"]).score(flat(test["x"]), test["y"]))
 

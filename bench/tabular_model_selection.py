@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy_baselines import make_params, quiet, silently, train_and_evaluate
 from pipeline import tracking
+from pipeline.data import read_split
 from pipeline.stages.evaluate import predict_split
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import MODEL_FILE
@@ -123,7 +124,7 @@ def cv_mlp(
 
 def train_val(prepared: Path) -> tuple[np.ndarray, np.ndarray]:
     """train + val in the order cross_validate concatenates them, so that the same fold indices mean the same rows."""
-    train, val = (np.load(prepared / f"{name}.npz") for name in ("train", "val"))
+    train, val = (read_split(prepared, name) for name in ("train", "val"))
     return np.concatenate([train["x"], val["x"]]), np.concatenate([train["y"], val["y"]])
 
 
@@ -216,7 +217,7 @@ def test(tmp: Path, sel: dict, chosen: dict, c: float, seeds: list[int]) -> dict
     from sklearn.linear_model import LogisticRegression
 
     dataset, prepared = sel["dataset"], sel["prepared"]
-    train, test_split = (np.load(prepared / f"{name}.npz") for name in ("train", "test"))
+    train, test_split = (read_split(prepared, name) for name in ("train", "test"))
     baselines = {
         value: LogisticRegression(C=value, max_iter=5000).fit(train["x"], train["y"]).predict(test_split["x"])
         for value in (LOGREG_DEFAULT_C, c)

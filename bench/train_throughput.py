@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.registry import build_model
+from pipeline.artifacts import split_file
 from pipeline.config import Params
 from pipeline.stages.train import fit
 from pipeline.training.datamodule import InMemoryDataset, batches
@@ -124,11 +125,12 @@ def hand_written_loop(
 
 
 def write_prepared(folder: Path, x: np.ndarray, y: np.ndarray, kind: str) -> None:
-    """A prepare-stage output folder (train/val .npz + meta.json); the first 5 % of the rows are the val split."""
+    """A prepare-stage output folder (train/val arrays + meta.json); the first 5 % of the rows are the val split."""
     n_val = len(y) // 20
     folder.mkdir(parents=True)
-    np.savez(folder / "train.npz", x=x[n_val:], y=y[n_val:], index=np.arange(n_val, len(y)))
-    np.savez(folder / "val.npz", x=x[:n_val], y=y[:n_val], index=np.arange(n_val))
+    for split, rows in (("train", np.arange(n_val, len(y))), ("val", np.arange(n_val))):
+        for array, values in (("x", x[rows]), ("y", y[rows]), ("index", rows)):
+            np.save(folder / split_file(split, array), values)
     meta = {
         "dataset": "synthetic",
         "kind": kind,

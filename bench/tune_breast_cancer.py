@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +143,13 @@ def main() -> None:
         trials, best = study.get_trials(), study.best_trial  # from the study, not the command's console lines
         counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")}
         test_accuracy = json.loads((repo / "outputs/eval/metrics.json").read_text())["accuracy"]
-        with np.load(repo / "data/prepared/train.npz") as train, np.load(repo / "data/prepared/test.npz") as test:
-            logreg = LogisticRegression(max_iter=5000).fit(train["x"], train["y"])
-            baseline = float(logreg.score(test["x"], test["y"]))
-            test_rows = len(test["y"])
+        sys.path.insert(0, str(ROOT))
+        from pipeline.data import read_split
+
+        train, test = (read_split(repo / "data/prepared", split) for split in ("train", "test"))
+        logreg = LogisticRegression(max_iter=5000).fit(train["x"], train["y"])
+        baseline = float(logreg.score(test["x"], test["y"]))
+        test_rows = len(test["y"])
 
     print(f"budget: {args.trials} trials, {args.max_epochs} epochs each at most, timeout {args.timeout_s} s")
     print(

@@ -66,6 +66,8 @@ class TabularParams:
     drop: list[str] | None = None  # columns left out of the features
     # onehot: a detected text column with more distinct training values is left out (named in a warning)
     max_categories: int = _positive(100)
+    chunk_rows: int = _positive(262_144)  # a file is read this many rows at a time: prepare never holds it whole
+    fit_rows: int = _positive(1_000_000)  # the preprocessing is fitted on at most this many training rows (a sample)
 
 
 @dataclass
@@ -214,6 +216,9 @@ class TrainerParams:
     # torch/OpenMP/BLAS threads per process: auto = the cores this process may use (affinity, cgroup quota) divided
     # by the processes sharing them (DDP processes on the node, parallel DVC queue experiments); or a number
     num_threads: Any = "auto"
+    # DataLoader worker processes: auto = none for memory-mapped arrays (a batch is gathered faster than it is sent
+    # between processes), AUTO_IMAGE_WORKERS for image folders, whose files are decoded as batches are taken
+    num_workers: Any = "auto"
 
 
 @dataclass
@@ -547,6 +552,7 @@ def _check_combinations(p: Params) -> list[str]:
         )
     problems += _check_devices(p.trainer)
     problems += _check_num_threads(p.trainer.num_threads)
+    problems += _check_num_workers(p.trainer.num_workers)
     if p.trainer.precision in ("16-mixed", "16-true") and p.trainer.accelerator == "cpu":
         problems.append(
             f"trainer.precision '{p.trainer.precision}' needs a GPU; on trainer.accelerator 'cpu' use "
@@ -775,6 +781,17 @@ def _check_num_threads(num_threads: Any) -> list[str]:
     return [
         f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
         "that run at once) or a number of threads of at least 1."
+    ]
+
+
+def _check_num_workers(num_workers: Any) -> list[str]:
+    if num_workers == "auto" or (
+        isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0
+    ):
+        return []
+    return [
+        f"trainer.num_workers: {num_workers!r} is not valid; use auto (none for prepared arrays, a few for image "
+        "folders) or a number of DataLoader worker processes (0: load batches in the training process)."
     ]
 
 

@@ -212,8 +212,9 @@ def train_tiny(root: Path, data: DataParams, model: ModelParams, max_epochs: int
 
 
 def split_index(prepared: Path, split: str = "test") -> np.ndarray:
-    with np.load(prepared / f"{split}.npz") as arrays:
-        return arrays["index"]
+    from pipeline.data import read_split
+
+    return read_split(prepared, split)["index"]
 
 
 def animals_table(n: int = 150, seed: int = 0) -> pd.DataFrame:

@@ -1,13 +1,15 @@
 """Raw data in, model-ready arrays out: one module per kind of data.
 
-Each kind module provides `load_raw(params) -> RawData` (the whole data set as read), a preprocessor that is fitted
-on the training split only and saved beside the prepared arrays, and `read_new(path, ...)` for the prediction
-command, which must read new data exactly as training data was read.
+Each kind module provides `load_raw(params) -> RawData` (the labels, and the inputs: in memory when small, else a
+reader that leaves them on disk), a preprocessor that is fitted on the training split only and saved beside the
+prepared arrays, and `read_new(path, ...)` for the prediction command, which must read new data exactly as training
+data was read. The readers of prepared splits at the end of this module serve evaluate and the baseline.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +26,9 @@ class DataError(PipelineError):
 
 @dataclass
 class RawData:
-    inputs: Any  # images: float32 (n, channels, height, width); tabular: DataFrame of features; text: MessageFile
+    # images: float32 (n, channels, height, width), or an ImageFileList for a folder; tables: a DataFrame of
+    # features (built-ins), or a TableFile read in chunks; text: MessageFile
+    inputs: Any
     labels: np.ndarray  # one raw label per row, any type
     class_names: list[str] | None = None  # built-ins know theirs; otherwise the sorted distinct labels
 
@@ -80,3 +84,37 @@ def model_input(x: np.ndarray) -> np.ndarray:
     """Prepared arrays as a model takes them: token ids are stored as uint16, and torch's embeddings index with
     int32 or int64 only."""
     return x.astype(np.int32) if x.dtype == np.uint16 else x
+
+
+def split_rows(prepared_dir: Path, split: str, rows: np.ndarray) -> np.ndarray:
+    """The prepared inputs of rows `rows` (increasing) of a split: gathered from its memory map, or, for an image
+    folder, decoded from the files."""
+    return _split_reader(prepared_dir, split)(rows)
+
+
+def read_split(prepared_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """A split's arrays (x, y, index) read whole, an image folder's x decoded: for small data sets (tests, benches);
+    training reads a batch at a time."""
+    from pipeline.artifacts import open_split
+
+    arrays = {array: np.array(open_split(prepared_dir, split, array)) for array in ("y", "index")}
+    return {"x": split_rows(prepared_dir, split, np.arange(len(arrays["y"]))), **arrays}
+
+
+def split_inputs(prepared_dir: Path, split: str, rows: int) -> Iterator[np.ndarray]:
+    """A split's prepared inputs in order, `rows` at a time: never the whole split in memory."""
+    from pipeline.artifacts import open_split
+
+    size, read = len(open_split(prepared_dir, split, "y")), _split_reader(prepared_dir, split)
+    for start in range(0, size, rows):
+        yield read(np.arange(start, min(start + rows, size)))
+
+
+def _split_reader(prepared_dir: Path, split: str) -> Callable[[np.ndarray], np.ndarray]:
+    from pipeline.artifacts import open_split, read_meta
+
+    meta = read_meta(prepared_dir)
+    if meta.get("storage") == "image_files":  # the kind module decodes its files
+        return kind_module(meta["kind"]).ImageFiles.of_split(prepared_dir, split, meta).inputs
+    x = open_split(prepared_dir, split, "x")
+    return lambda rows: np.asarray(x[rows])

@@ -1,5 +1,10 @@
 """Images: the built-in digits, an `.npz` with `x` and `y` arrays, or a folder with one sub-folder per class.
 
+An image folder is not held as one array: prepare reads each file once, to check it and to add its pixels to the
+channel statistics, and records the file list (`image_files.json`); training decodes the files a batch at a time as
+DataLoader workers take them (`ImageFiles`), resized and standardised exactly as prepare would have done. Arrays
+(digits, `.npz`) are small by nature and are prepared into memory-mapped arrays like tables.
+
 Every image ends up float32 (channels, height, width) in the colour mode (`data.image.color`) and size
 (`data.image.size`) from params; the preprocessor standardises each channel with training-split statistics.
 Image files are read on the 0-255 scale (16-bit ones scaled down to it). meta.json records the value range the model
@@ -9,16 +14,20 @@ the built-in digits): image files to predict are scaled to it, and arrays far ou
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 
 from pipeline import console
+from pipeline.artifacts import IMAGE_LIST_FILE, open_split, read_meta
 from pipeline.config import DataParams, ImageParams
 from pipeline.data import DataError, RawData, require_file
+from pipeline.files import read_json, write_json
 
 log = console.get_logger(__name__)
 
@@ -162,6 +171,43 @@ def _load_npz(path: Path, need_labels: bool = True) -> tuple[np.ndarray, np.ndar
         ) from None
 
 
+@dataclass
+class ImageFileList:
+    """An image folder's files (paths relative to `root`, class by class), each checked once when listed, with the
+    per-channel sums of its pixels and of their squares: the training split's statistics need no second read."""
+
+    root: Path
+    files: list[str]
+    color: str
+    size: list[int]  # every image is brought to this (height, width)
+    resize: bool  # data.image.size was given; else an image of another size is an error
+    sums: np.ndarray  # (files, channels) float64
+    squares: np.ndarray  # (files, channels) float64
+    digest: str  # of the files' bytes, in order: prepare's digest changes when an image does
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: np.ndarray) -> ImageFileList:
+        files = [self.files[i] for i in index]
+        return ImageFileList(
+            self.root, files, self.color, self.size, self.resize, self.sums[index], self.squares[index], self.digest
+        )
+
+    def decode(self) -> np.ndarray:
+        """The images as float32 (n, channels, height, width) on the 0-255 scale."""
+        return np.stack([_read_image(self.root / f, self.color, self.size, self.resize) for f in self.files])
+
+    def tolist(self) -> list:  # the MLflow input example: the decoded pixels
+        return self.decode().tolist()
+
+    def save(self, folder: Path) -> None:
+        write_json(
+            folder / IMAGE_LIST_FILE,
+            {"root": str(self.root), "size": self.size, "resize": self.resize, "files": self.files},
+        )
+
+
 def _load_folder(root: Path, params: ImageParams) -> RawData:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -169,9 +215,61 @@ def _load_folder(root: Path, params: ImageParams) -> RawData:
     files = [(f, c) for c in classes for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{root}: the class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-    size = params.size or _read_image(files[0][0], params.color).shape[1:]  # no size given: all must share one
-    images = np.stack([_read_image(f, params.color, size, resize=bool(params.size)) for f, _ in files])
-    return RawData(images, np.array([classes.index(c) for _, c in files]), classes)
+    size = list(params.size or _read_image(files[0][0], params.color).shape[1:])  # no size: all must share one
+    channels = 1 if params.color == "grayscale" else 3
+    sums, squares = np.zeros((len(files), channels)), np.zeros((len(files), channels))
+    digest = hashlib.sha256()
+    for i, (f, _) in enumerate(files):  # one image in memory at a time
+        digest.update(f.read_bytes())
+        image = _read_image(f, params.color, size, resize=bool(params.size)).astype(np.float64)
+        sums[i], squares[i] = image.sum(axis=(1, 2)), (image * image).sum(axis=(1, 2))
+    listed = ImageFileList(
+        root,
+        [str(f.relative_to(root)) for f, _ in files],
+        params.color,
+        size,
+        bool(params.size),
+        sums,
+        squares,
+        digest.hexdigest(),
+    )
+    return RawData(listed, np.array([classes.index(c) for _, c in files]), classes)
+
+
+class ImageFiles:
+    """A prepared split of an image folder as a torch Dataset: a batch's files are decoded, resized and
+    standardised when it is taken (in a DataLoader worker when there are workers), the rows in file order."""
+
+    def __init__(self, listing: dict[str, Any], index: np.ndarray, y: np.ndarray, meta: dict[str, Any]):
+        self.root, self.size, self.resize = Path(listing["root"]), listing["size"], listing["resize"]
+        self.files = [listing["files"][i] for i in index]
+        self.y = y
+        self.color = meta["preprocessing"]["params"]["color"]
+        self.standardiser = load_preprocessor(Path(), meta)
+
+    @classmethod
+    def of_split(cls, prepared_dir: Path, split: str, meta: dict[str, Any] | None = None) -> ImageFiles:
+        meta = meta or read_meta(prepared_dir)
+        index, y = (np.array(open_split(prepared_dir, split, a)) for a in ("index", "y"))
+        return cls(read_json(prepared_dir / IMAGE_LIST_FILE), index, y, meta)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def inputs(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The standardised images of rows `rows`, in that order."""
+        decoded = [_read_image(self.root / self.files[i], self.color, self.size, self.resize) for i in rows]
+        return self.standardiser.transform(np.stack(decoded))
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        import torch
+
+        rows = np.sort(np.asarray(indices, dtype=np.int64))
+        return torch.from_numpy(self.inputs(rows)), torch.from_numpy(self.y[rows])
 
 
 def _read_image(
@@ -224,7 +322,14 @@ class ChannelStandardiser:
         self.params, self.mean, self.std, self.pixel_range = params, mean, std, pixel_range
         self.shape: list[int] | None = None
 
-    def fit(self, x: np.ndarray) -> ChannelStandardiser:
+    def fit(self, x: np.ndarray | ImageFileList) -> ChannelStandardiser:
+        if isinstance(x, ImageFileList):  # from each file's sums: the mean and (population) std of x.decode()
+            pixels = len(x) * x.size[0] * x.size[1]
+            mean = x.sums.sum(axis=0) / pixels
+            std = np.sqrt(np.maximum(x.squares.sum(axis=0) / pixels - mean * mean, 0))
+            self.mean, self.std = mean.tolist(), [s if s > 0 else 1.0 for s in std.tolist()]
+            self.shape = [x.sums.shape[1], *x.size]
+            return self
         if self.pixel_range is None:  # arrays: the range they came in; image files' is known beforehand
             self.pixel_range = [float(x.min()), float(x.max())]
         self.mean = x.mean(axis=(0, 2, 3)).tolist()

@@ -45,6 +45,8 @@ log = console.get_logger(__name__)
 # median imputer's function, the embedding index shift); a file that holds anything else is refused.
 TRUSTED_TYPES = ("numpy.dtype", "numpy.median", f"{__name__}._past_unknown_index")
 BUILTIN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "iris": "load_iris"}
+# Reads of a CSV that a column changing type (numbers, then text) may take before the types settle.
+MAX_TYPE_RETRIES = 20
 # Rows per transform step: scikit-learn's float64 temporaries stay a few MB whatever the table's length.
 TRANSFORM_CHUNK_ROWS = 65536
 UNKNOWN_INDEX = UNKNOWN_CATEGORY  # the embedding index of a missing or never-seen category
@@ -84,33 +86,206 @@ def load_raw(params: DataParams) -> RawData:
             [str(c) for c in bunch.target_names],
         )
     t, path = params.tabular, require_file(params.dataset)
-    frame = read_table(path, exact=[resolved(t.target), *(t.categorical or [])])  # required for a file
-    if frame.empty or frame.shape[1] < 2:
-        raise DataError(
-            f"{path}: {frame.shape[0]} rows x {frame.shape[1]} columns; expected a header line and at "
-            "least a feature and a target column (is the delimiter right? .tsv files use tabs)."
-        )
-    if t.target not in frame.columns:
-        raise DataError(
-            f"{path}: no target column '{t.target}' (data.tabular.target). Columns: "
-            f"{', '.join(map(str, frame.columns[:30]))}."
-        )
-    target = frame[t.target]
-    if target.isna().any():
-        rows = (np.flatnonzero(target.isna().to_numpy()) + 2)[:5].tolist()  # +2: header line, 1-based
-        raise DataError(
-            f"{path}: the target column '{t.target}' is empty on {int(target.isna().sum())} row(s) "
-            f"(first at file lines {rows}). Fill or drop those rows."
-        )
-    features = select_features(frame.drop(columns=[t.target]), t, path)
-    check_finite(features, [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])], path)
-    constant = [str(c) for c, n in features.nunique(dropna=False).items() if n <= 1]
-    if constant:
-        log.warning(
-            f"prepare: warning: {path}: column(s) {', '.join(constant[:20])}{', ...' if len(constant) > 20 else ''}"
-            " hold one value in every row and tell the classes nothing; leave them out with data.tabular.features."
-        )
-    return RawData(features, target.to_numpy())
+    table = TableFile(path, t, {resolved(t.target), *(t.categorical or [])})
+    return RawData(table, table.scan())
+
+
+@dataclass
+class TableFile:
+    """A CSV/TSV/Parquet table as prepare's inputs, read `data.tabular.chunk_rows` rows at a time and never held
+    whole: `scan` reads it once for the labels, checking every chunk on the way; then the preprocessing is fitted on
+    the rows `take` reads (a bounded sample of the training split), and `chunks` feeds the transform. Floats are
+    float32 (but in the `exact` columns), text is dictionary-encoded (pandas categoricals), as `read_table` reads."""
+
+    path: Path
+    params: TabularParams
+    exact: set[str]
+    rows: int = 0
+    features: list[str] = field(default_factory=list)  # the selected feature columns, known after `scan`
+    csv_types: dict[str, Any] | None = None  # CSV: each column's arrow type, settled by `scan`
+
+    @property
+    def fit_rows(self) -> int:
+        return self.params.fit_rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def scan(self) -> Any:
+        """Read the whole table once: check it chunk by chunk, settle the column types, return the labels."""
+        import pyarrow as pa
+
+        for _ in range(MAX_TYPE_RETRIES):
+            try:
+                return self._scan()
+            except pa.ArrowInvalid as exc:  # a column changes type after the first block (numbers, then text)
+                if not self._widen(str(exc)):
+                    raise DataError(
+                        f"{self.path}: cannot be read as a {self.path.suffix or 'CSV'} table ({exc})."
+                    ) from None
+        raise DataError(f"{self.path}: the column types keep changing along the file; check the delimiter.")
+
+    def _scan(self) -> Any:
+        t, path = self.params, self.path
+        labels, first, rows = [], True, 0
+        constant: dict[str, Any] = {}  # column -> its one value so far (absent once a second one is seen)
+        for start, frame in self._frames():
+            if first:
+                if frame.shape[1] < 2:
+                    raise DataError(
+                        f"{path}: {frame.shape[1]} column(s); expected a header line and at least a feature "
+                        "and a target column (is the delimiter right? .tsv files use tabs)."
+                    )
+                if t.target not in frame.columns:
+                    raise DataError(
+                        f"{path}: no target column '{t.target}' (data.tabular.target). Columns: "
+                        f"{', '.join(map(str, frame.columns[:30]))}."
+                    )
+                self.features = list(select_features(frame.drop(columns=[t.target]), t, path).columns)
+                numeric = [c for c in self.features if pd.api.types.is_numeric_dtype(frame[c])]
+                constant = {c: frame[c].iloc[0] for c in self.features}
+                first = False
+            target = frame[t.target]
+            if target.isna().any():
+                lines = (np.flatnonzero(target.isna().to_numpy()) + start + 2)[:5].tolist()  # header, 1-based
+                raise DataError(
+                    f"{path}: the target column '{t.target}' is empty on {int(target.isna().sum())} row(s) "
+                    f"(first at file lines {lines}). Fill or drop those rows."
+                )
+            check_finite(frame, numeric, path, first_row=start)
+            for c in list(constant):
+                values = frame[c]
+                if values.nunique(dropna=False) > 1 or not _same(values.iloc[0], constant[c]):
+                    del constant[c]
+            labels.append(target)
+            rows = start + len(frame)
+        if first:
+            raise DataError(
+                f"{path}: 0 rows; expected a header line and rows below it with at least a feature and a "
+                "target column (is the delimiter right? .tsv files use tabs)."
+            )
+        self.rows = rows
+        if constant:
+            names = list(constant)
+            named = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            log.warning(
+                f"prepare: warning: {path}: column(s) {named} hold one value in every row and tell the classes "
+                "nothing; leave them out with data.tabular.features."
+            )
+        if all(isinstance(piece.dtype, pd.CategoricalDtype) for piece in labels):
+            return pd.api.types.union_categoricals(labels, ignore_order=True)
+        return np.concatenate([piece.to_numpy() for piece in labels])
+
+    def _widen(self, error: str) -> bool:
+        """After an arrow conversion error in a CSV column: that column read as the next wider type (integers as
+        floats, anything as text), as a whole-file type inference would; False if the error is another one."""
+        import pyarrow as pa
+
+        found = re.search(r"CSV column #(\d+).*conversion error to (\w+)", error)
+        if self.csv_types is None or not found:
+            return False
+        name = list(self.csv_types)[int(found.group(1))]
+        if "UTF8" in error:
+            raise DataError(
+                f"{self.path}: not UTF-8 text (column {name} holds bytes that are not UTF-8). Re-save the file as "
+                "UTF-8."
+            )
+        wider = pa.float64() if found.group(2).startswith(("int", "uint")) else pa.string()
+        self.csv_types[name] = _compact_type(wider, name in self.exact)
+        return True
+
+    def chunks(self) -> Iterator[tuple[int, pd.DataFrame]]:
+        """The feature columns, chunk by chunk, with the row position of each chunk's first row."""
+        for start, frame in self._frames():
+            yield start, frame[self.features]
+
+    def __getitem__(self, rows: np.ndarray) -> pd.DataFrame:
+        """The feature columns of rows `rows` (increasing), read chunk by chunk: a chunk holds its own categories,
+        so the rows are gathered as arrow tables and their dictionaries unified before pandas sees them."""
+        import pyarrow as pa
+
+        taken: list[Any] = []
+        schema: Any = None
+        for start, table in self._tables(self.features):
+            schema = table.schema
+            lo, hi = np.searchsorted(rows, [start, start + table.num_rows])
+            if hi > lo:
+                taken.append(table.take(pa.array(rows[lo:hi] - start)))
+            if hi == len(rows):
+                break
+        joined = pa.concat_tables(taken).unify_dictionaries() if taken else schema.empty_table()
+        return self._frame(joined.combine_chunks(), pd.Index(rows))
+
+    def _frames(self) -> Iterator[tuple[int, pd.DataFrame]]:
+        for start, table in self._tables():
+            yield start, self._frame(table, pd.RangeIndex(start, start + table.num_rows))
+
+    def _frame(self, table: Any, index: pd.Index) -> pd.DataFrame:
+        frame = table.to_pandas(split_blocks=True)
+        frame.index = index
+        if self.path.suffix.lower() == ".parquet":  # float32 as read_table makes them (a CSV is read so already)
+            return frame.astype(
+                {c: np.float32 for c in frame.columns if c not in self.exact and frame[c].dtype.kind == "f"}
+            )
+        return frame
+
+    def _tables(self, columns: list[str] | None = None) -> Iterator[tuple[int, Any]]:
+        """Arrow tables of chunk_rows rows (the last one shorter), with the position of their first row."""
+        import pyarrow as pa
+
+        rows = self.params.chunk_rows
+        try:
+            batches = self._batches(columns, rows)
+            start, pending, held = 0, [], 0
+            for batch in batches:
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield start, table.slice(0, rows)
+                    rest = table.slice(rows)
+                    pending, held, start = rest.to_batches(), rest.num_rows, start + rows
+                    # arrow's allocator keeps the pages of freed chunks: over a whole read, about the file's size
+                    pa.default_memory_pool().release_unused()
+            if held:
+                yield start, pa.Table.from_batches(pending)
+        except pa.ArrowInvalid:
+            raise
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise DataError(f"{self.path}: cannot be read as a {self.path.suffix or 'CSV'} table ({exc}).") from None
+
+    def _batches(self, columns: list[str] | None, rows: int) -> Iterator[Any]:
+        if self.path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            # pre_buffer (the default) keeps what it read ahead until the file is closed: about the file's size
+            reader = pq.ParquetFile(self.path, pre_buffer=False)
+            yield from reader.iter_batches(batch_size=rows, columns=columns)
+            return
+        import pyarrow.csv as pacsv
+
+        delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
+        parse, convert, names, schema = _csv_options(self.path, delimiter)
+        if self.csv_types is None:
+            binary = [name for name, f in zip(names, schema, strict=True) if _is_bytes(f.type)]
+            if binary:
+                raise DataError(
+                    f"{self.path}: not UTF-8 text (column(s) {', '.join(binary)} hold bytes that are not "
+                    "UTF-8). Re-save the file as UTF-8."
+                )
+            self.csv_types = {
+                name: _compact_type(f.type, name in self.exact) for name, f in zip(names, schema, strict=True)
+            }
+        convert.column_types = self.csv_types
+        if columns is not None:
+            convert.include_columns = columns
+        read = pacsv.ReadOptions(column_names=names, skip_rows=1)
+        with pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert) as reader:
+            yield from reader
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool((pd.isna(a) and pd.isna(b)) or a == b)
 
 
 def read_table(path: Path, exact: Collection[str] = ()) -> pd.DataFrame:
@@ -127,8 +302,8 @@ def read_table(path: Path, exact: Collection[str] = ()) -> pd.DataFrame:
     return frame.astype({c: np.float32 for c in frame.columns if c not in exact and frame[c].dtype.kind == "f"})
 
 
-def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame:
-    import pyarrow as pa
+def _csv_options(path: Path, delimiter: str) -> tuple[Any, Any, list[str], Any]:
+    """Parse and convert options, the column names (pandas' for an empty header) and the first block's schema."""
     import pyarrow.csv as pacsv
 
     parse = pacsv.ParseOptions(delimiter=delimiter)
@@ -145,7 +320,15 @@ def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame
             f"{path}: the header names column(s) {', '.join(repeated)} more than once; rename them so "
             "that each column has its own name."
         )
-    names = [name or f"Unnamed: {i}" for i, name in enumerate(schema.names)]  # pandas' name for an empty header
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(schema.names)]
+    return parse, convert, names, schema
+
+
+def _read_delimited(path: Path, delimiter: str, exact: set[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    parse, convert, names, schema = _csv_options(path, delimiter)
     read = pacsv.ReadOptions(column_names=names, skip_rows=1)
     # Streamed block by block with the first block's types made compact: the parser holds a few blocks (read_csv
     # holds about the whole file), and no float64 or one-string-per-row copy of the table exists.
@@ -451,13 +634,14 @@ def _numeric_column(column: pd.Series, name: str, path: Path) -> pd.Series:
     return values.astype(np.float32)
 
 
-def check_finite(frame: pd.DataFrame, numeric: list[str], path: Path) -> None:
-    """Refuse infinite numbers, and those too large for float32 (read as infinite): no scaler can use them."""
+def check_finite(frame: pd.DataFrame, numeric: list[str], path: Path, first_row: int = 0) -> None:
+    """Refuse infinite numbers, and those too large for float32 (read as infinite): no scaler can use them.
+    `first_row`: the frame's first row's position in the file (a chunk of it)."""
     for name in numeric:
         values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
         infinite = np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max)
         if infinite.any():
-            lines = (np.flatnonzero(infinite) + 2)[:5].tolist()
+            lines = (np.flatnonzero(infinite) + first_row + 2)[:5].tolist()
             raise DataError(
                 f"{path}: column '{name}' holds {int(infinite.sum())} infinite value(s) or value(s) "
                 f"beyond ±{np.finfo(np.float32).max:.2e} (file lines {lines}). Correct them, or leave "

@@ -10,7 +10,9 @@ prepared training split, scored on the same test rows.
 
 Its scores go to `baseline.json` (a DVC metrics file with the headline keys of the model's `metrics.json`, plus
 the model's macro F1 minus the baseline's) and to the MLflow run as `baseline/...` metrics with the param
-`baseline.model`. Time is bounded by fitting on a sample of at most MAX_TRAIN_CELLS feature values.
+`baseline.model`. Time and memory are bounded: tables and images are fitted on a random sample of at most
+MAX_TRAIN_CELLS feature values of the training split (only those rows are read from its memory map, or decoded), and
+the test split is predicted a batch at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import console
-from pipeline.artifacts import BASELINE_FILE, read_meta, split_file
+from pipeline.artifacts import BASELINE_FILE, open_split, read_meta
 from pipeline.files import write_json
 
 log = console.get_logger(__name__)
@@ -34,6 +36,7 @@ GAIN_KEY = "model_f1_gain"  # the model's f1_macro minus the baseline's (short: 
 # fit whole, in seconds; larger training splits are sampled down so the baseline stays a small cost beside training.
 MAX_TRAIN_CELLS = 20_000_000
 SAMPLE_SEED = 0
+PREDICT_BATCH_ROWS = 65536  # test rows predicted at a time
 LOGISTIC_MAX_ITER = 1000  # lbfgs; scikit-learn's default 100 stops short on unscaled one-hot + numeric columns
 
 
@@ -49,18 +52,21 @@ def fit_and_score(prepared_dir: Path) -> Baseline | None:
     """The kind's baseline fitted on the training split and scored on the test split; None (with a warning) when
     the raw texts a text baseline needs are no longer those prepared."""
     meta = read_meta(prepared_dir)
-    train, test = (np.load(prepared_dir / split_file(split)) for split in ("train", "test"))
+    y_test = np.array(open_split(prepared_dir, "test", "y"))
     start = time.perf_counter()
     if meta["kind"] == "text":
+        train, test = (
+            {a: np.array(open_split(prepared_dir, s, a)) for a in ("x", "y", "index")} for s in ("train", "test")
+        )
         fitted = _text_baseline(prepared_dir, meta, train, test)
         if fitted is None:
             return None
         name, predicted = fitted
     else:
         name = "LogisticRegression"
-        predicted = _linear_baseline(meta, train["x"], train["y"], test["x"])
+        predicted = _linear_baseline(meta, prepared_dir)
     seconds = time.perf_counter() - start
-    return Baseline(name, headline_scores(test["y"], predicted, meta["num_classes"]), seconds, predicted)
+    return Baseline(name, headline_scores(y_test, predicted, meta["num_classes"]), seconds, predicted)
 
 
 def headline_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -99,12 +105,16 @@ def run(prepared_dir: Path, out_dir: Path, model_name: str, model_f1_macro: floa
     )
 
 
-def _linear_baseline(meta: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+def _linear_baseline(meta: dict[str, Any], prepared_dir: Path) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-    x_train, y_train = _sample(x_train, y_train)
+    from pipeline.data import split_inputs, split_rows
+
+    y_train = np.array(open_split(prepared_dir, "train", "y"))
+    keep = _sample(len(y_train), int(np.prod(meta["input_shape"])))
+    x_train = split_rows(prepared_dir, "train", keep)
+    x_train, y_train = x_train.reshape(len(x_train), -1), y_train[keep]
     steps: list[Any] = []
     cardinalities = meta.get("categorical_cardinalities")
     if cardinalities:  # index columns after the numeric ones: one-hot, as the MLP's embeddings are per category
@@ -120,16 +130,19 @@ def _linear_baseline(meta: dict[str, Any], x_train: np.ndarray, y_train: np.ndar
                 ]
             )
         )
-    model = make_pipeline(*steps, LogisticRegression(max_iter=LOGISTIC_MAX_ITER))
-    return model.fit(x_train, y_train).predict(x_test)
+    model = make_pipeline(*steps, LogisticRegression(max_iter=LOGISTIC_MAX_ITER)).fit(x_train, y_train)
+    return np.concatenate(
+        [model.predict(x.reshape(len(x), -1)) for x in split_inputs(prepared_dir, "test", PREDICT_BATCH_ROWS)]
+    )
 
 
-def _sample(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rows = max(1, MAX_TRAIN_CELLS // max(1, x.shape[1]))
-    if len(x) <= rows:
-        return x, y
-    keep = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(x), size=rows, replace=False))
-    return x[keep], y[keep]
+def _sample(rows: int, features: int) -> np.ndarray:
+    """The training rows the baseline is fitted on, increasing: all of them, or a random sample of
+    MAX_TRAIN_CELLS / features."""
+    most = max(1, MAX_TRAIN_CELLS // max(1, features))
+    if rows <= most:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(rows, size=most, replace=False))
 
 
 def _text_baseline(prepared_dir: Path, meta: dict[str, Any], train: Any, test: Any) -> tuple[str, np.ndarray] | None:

@@ -26,9 +26,9 @@ from pipeline.artifacts import (
     PER_CLASS_FILE,
     REPORT_FILE,
     model_path,
+    open_split,
     read_meta,
     read_run_file,
-    split_file,
 )
 from pipeline.config import load_params, to_flat_dict
 from pipeline.errors import run_cli
@@ -44,17 +44,21 @@ FIGURE_DPI = 100
 
 
 def predict_split(model_path: Path, prepared_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, ...]:
-    """Labels, predicted labels and class probabilities of one prepared split."""
+    """Labels, predicted labels and class probabilities of one prepared split, read a batch at a time."""
     # not pipeline.training.datamodule: it would import Lightning, seconds of start-up evaluate does not need
     import torch
 
-    from pipeline.data import model_input
+    from pipeline.data import model_input, split_inputs
     from pipeline.training.trained_model import load_trained_model, predict_proba
 
     net, _ = load_trained_model(model_path)
-    with np.load(prepared_dir / split_file(split)) as arrays:
-        x, y = torch.from_numpy(model_input(arrays["x"])), arrays["y"]
-    probs = predict_proba(net, x, batch_size)
+    y = np.array(open_split(prepared_dir, split, "y"))
+    probs = torch.cat(
+        [
+            predict_proba(net, torch.from_numpy(model_input(x)), batch_size)
+            for x in split_inputs(prepared_dir, split, batch_size)
+        ]
+    )
     return y, probs.argmax(dim=1).numpy(), probs.numpy()
 
 

@@ -2,9 +2,12 @@
 
     python -m pipeline.stages.prepare --out data/prepared
 
-Writes `{train,val,test}.npz` (x, y, and `index`: each row's position in the raw data), the fitted preprocessing
-(`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and `meta.json` (kind,
-class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*` only.
+Writes each split's arrays as `.npy` files, `{train,val,test}_{x,y,index}.npy` (`index`: each row's position in the
+raw data), which training opens as memory maps; a table file is transformed chunk by chunk straight into them, and
+an image folder gets no `x` but its file list (`image_files.json`), decoded as training takes batches. Also the
+fitted preprocessing (`preprocessor.skops` for tables, `vocab.json` for text; image statistics live in meta.json) and
+`meta.json` (kind, class names, input shape, vocabulary size, split sizes, a digest of the arrays). Reads `data.*`
+only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ log = console.get_logger(__name__)
 RAW_DIR = Path("data/raw")  # declared as a dependency of prepare in dvc.yaml
 MIN_PER_CLASS = 3  # one example per split, the least a stratified 3-way split can do
 EXAMPLE_ROWS = 3
+DIGEST_ROWS = 65536  # rows of a written split hashed at a time
 
 
 def encode_labels(labels: np.ndarray, class_names: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
@@ -84,11 +88,51 @@ def raw_example(inputs: Any) -> object:
     return inputs.tolist() if hasattr(inputs, "tolist") else list(inputs)
 
 
-def write_split(path: Path, x: np.ndarray, y: np.ndarray, idx: np.ndarray, digest: Any) -> None:
-    # A function of its own so that each split's array is freed before the next one is made.
-    np.savez(path, x=x, y=y[idx], index=idx)
-    digest.update(np.ascontiguousarray(x))  # the buffers themselves: no copies of large splits
+def write_split(folder: Path, split: str, x: np.ndarray | None, y: np.ndarray, idx: np.ndarray, digest: Any) -> None:
+    # A function of its own so that each split's array is freed before the next one is made. No x: image files.
+    for array, values in (("x", x), ("y", y[idx]), ("index", idx)):
+        if values is not None:
+            np.save(folder / split_file(split, array), values, allow_pickle=False)
+    if x is not None:
+        digest.update(np.ascontiguousarray(x))  # the buffers themselves: no copies of large splits
     digest.update(y[idx])
+
+
+def fit_sample(train: np.ndarray, most: int | None, seed: int) -> np.ndarray:
+    """The training rows the preprocessing is fitted on: all of them, or a uniform random sample of `most` (tables
+    larger than that), increasing. Means, spreads, medians and category sets of a sample of a million rows differ
+    from the whole split's by far less than the noise between splits; a category too rare to be sampled is
+    encoded as unknown, as any category unseen in training is."""
+    if most is None or len(train) <= most:
+        return train
+    return np.sort(np.random.default_rng(seed).choice(train, size=most, replace=False))
+
+
+def write_splits_in_chunks(
+    folder: Path, inputs: Any, preprocessor: Any, y: np.ndarray, splits: dict[str, np.ndarray], digest: Any
+) -> None:
+    """Transform the inputs chunk by chunk straight into each split's `.npy` (a memory map as it is written): each
+    chunk's rows go to the splits that hold them, so no split, nor the table, is ever in memory."""
+    width = preprocessor.describe()["input_shape"]
+    x = {
+        name: np.lib.format.open_memmap(
+            folder / split_file(name, "x"), mode="w+", dtype=np.float32, shape=(len(idx), *width)
+        )
+        for name, idx in splits.items()
+    }
+    for start, chunk in inputs.chunks():
+        values = preprocessor.transform(chunk)
+        for name, idx in splits.items():  # splits are increasing row numbers: a chunk's rows are one slice of each
+            lo, hi = np.searchsorted(idx, [start, start + len(chunk)])
+            x[name][lo:hi] = values[idx[lo:hi] - start]
+    for name, idx in splits.items():
+        x[name].flush()
+        for start in range(0, len(idx), DIGEST_ROWS):  # the same digest as of the split held whole
+            digest.update(np.ascontiguousarray(x[name][start : start + DIGEST_ROWS]))
+        digest.update(y[idx])
+        del x[name]
+        for array, values in (("y", y[idx]), ("index", idx)):
+            np.save(folder / split_file(name, array), values, allow_pickle=False)
 
 
 def prepare(params: DataParams, out_dir: Path) -> dict:
@@ -98,20 +142,29 @@ def prepare(params: DataParams, out_dir: Path) -> dict:
     raw = load_raw(params)
     y, class_names = encode_labels(raw.labels, raw.class_names, params.dataset)
     splits = split_indices(y, params, class_names, params.dataset)
-    preprocessor = new_preprocessor(params).fit(take(raw.inputs, splits["train"]))
+    fit_rows = fit_sample(splits["train"], getattr(raw.inputs, "fit_rows", None), params.seed)
+    preprocessor = new_preprocessor(params).fit(take(raw.inputs, fit_rows))
     digest = hashlib.sha256()
+    # Image folders stay files, decoded as training takes them: their list is saved instead of `x` arrays.
+    listed = hasattr(raw.inputs, "save")
     # A failure leaves the previous output (or none), never half of one.
     with atomic_path(out_dir, PREPARED_FILES) as tmp:
         tmp.mkdir()
-        for name in SPLITS:
-            write_split(
-                tmp / split_file(name), preprocessor.transform(take(raw.inputs, splits[name])), y, splits[name], digest
-            )
+        if hasattr(raw.inputs, "chunks"):  # table files: never held whole
+            write_splits_in_chunks(tmp, raw.inputs, preprocessor, y, splits, digest)
+        else:
+            for name in SPLITS:
+                x = None if listed else preprocessor.transform(take(raw.inputs, splits[name]))
+                write_split(tmp, name, x, y, splits[name], digest)
+        if listed:
+            raw.inputs.save(tmp)
+            digest.update(raw.inputs.digest.encode())
         preprocessor.save(tmp)
         write_json(tmp / EXAMPLE_FILE, raw_example(take(raw.inputs, splits["train"][:EXAMPLE_ROWS])))
         meta = {
             "dataset": params.dataset,
             "kind": params.resolved_kind,
+            "storage": "image_files" if listed else "arrays",
             "class_names": class_names,
             "num_classes": len(class_names),
             **preprocessor.describe(),

@@ -152,16 +152,16 @@ def train(
     """The model as configured, on the train split: the trainer, the module and its best-checkpoint callback."""
     import pytorch_lightning as pl
 
-    from pipeline.training.builders import new_callbacks, new_module, new_trainer
-    from pipeline.training.datamodule import PreparedDataModule, load_split
+    from pipeline.training.builders import loading, new_callbacks, new_module, new_trainer
+    from pipeline.training.datamodule import PreparedDataModule, split_labels
 
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
-    module = new_module(params, meta, load_split(prepared_dir, "train").y)
+    module = new_module(params, meta, split_labels(prepared_dir, "train"))
     checkpoint, callbacks = new_callbacks(params, checkpoint_dir)
     trainer = new_trainer(params, [run.logger], callbacks + (extra_callbacks or []), checkpoint_dir)
     trainer.fit(
         module,
-        datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size)),
+        datamodule=PreparedDataModule(prepared_dir, resolved(params.train.batch_size), *loading(params, meta)),
         ckpt_path=run.resume.checkpoint if run.resume else None,
     )
     return trainer, module, checkpoint

@@ -211,7 +211,7 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     summary. Returns the best trial, or None if none has completed."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.training.datamodule import load_split
+    from pipeline.training.datamodule import split_labels
 
     tune = params.tune
     client = MlflowClient(uri)
@@ -224,7 +224,7 @@ def run_study(study: Any, params: Params, prepared_dir: Path, meta: dict[str, An
     experiment_id = experiment.experiment_id
     parent = study_run(client, experiment_id, tune)
     digest = tracking.data_digest(prepared_dir, meta)
-    train_labels = load_split(prepared_dir, "train").y
+    train_labels = split_labels(prepared_dir, "train")
     deadline = time.monotonic() + tune.timeout_s if tune.timeout_s else None
     try:
         while budget_left(study, tune.n_trials, deadline):
@@ -382,7 +382,7 @@ def run_trial(
     import optuna
     import pytorch_lightning as pl
 
-    from pipeline.training.builders import new_callbacks, new_logger, new_module, new_trainer
+    from pipeline.training.builders import loading, new_callbacks, new_logger, new_module, new_trainer
     from pipeline.training.datamodule import PreparedDataModule
     from pipeline.training.module import NonFiniteLoss
 
@@ -403,7 +403,10 @@ def run_trial(
         checkpoint, callbacks = new_callbacks(trial_params, Path(checkpoint_dir))
         trainer = new_trainer(trial_params, [logger], [*callbacks, pruning], Path(checkpoint_dir))
         try:
-            trainer.fit(module, datamodule=PreparedDataModule(prepared_dir, resolved(trial_params.train.batch_size)))
+            data = PreparedDataModule(
+                prepared_dir, resolved(trial_params.train.batch_size), *loading(trial_params, meta)
+            )
+            trainer.fit(module, datamodule=data)
         except NonFiniteLoss:  # Lightning has ended the run FAILED; for the study it is a hopeless setting
             logger.experiment.set_tag(logger.run_id, STATE_TAG, "diverged")
             log.info(f"tune: trial {trial.number} diverged (non-finite loss): {values}")

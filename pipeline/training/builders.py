@@ -25,6 +25,7 @@ from pipeline.training.checkpoints import AtomicCheckpointIO, RandomStateCheckpo
 from pipeline.training.module import Classifier, monitor_mode
 
 DEFAULTS_KIND_TAG = "defaults.kind"  # the kind of data whose defaults `auto` took
+AUTO_IMAGE_WORKERS = 2  # image folders decoded in this many DataLoader processes, fewer on fewer cores
 AUTO_KEYS_TAG = "defaults.auto_keys"  # the keys that took them (comma-separated); their values are the run's params
 
 
@@ -119,6 +120,18 @@ def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) 
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,  # the network's size is in its MLflow params
     )
+
+
+def loading(params: Params, meta: dict[str, Any]) -> tuple[int, bool]:
+    """DataLoader worker processes (trainer.num_workers) and whether batches go to pinned memory (on a GPU)."""
+    workers = params.trainer.num_workers
+    if workers == "auto":
+        from pipeline.training.threads import available_cores
+
+        lazy = meta.get("storage") == "image_files"
+        workers = min(AUTO_IMAGE_WORKERS, available_cores()) if lazy else 0
+    pin = params.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    return int(workers), pin
 
 
 def balanced_class_weights(labels: Any, num_classes: int) -> torch.Tensor:

@@ -46,6 +46,7 @@ TRAINING_CODE = (
     "pipeline/training/builders.py",
     "pipeline/training/checkpoints.py",
     "pipeline/training/datamodule.py",
+    "pipeline/data",
     "pipeline/training/module.py",
     "pipeline/training/trained_model.py",
     "pipeline/training/cross_validation.py",

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from mlflow.entities import Metric
 from sklearn.model_selection import StratifiedKFold
 
@@ -21,8 +20,8 @@ from pipeline import console
 from pipeline.config import Params, resolved
 from pipeline.files import write_json
 from pipeline.tracking import PARENT_RUN_TAG
-from pipeline.training.builders import new_callbacks, new_logger, new_module, new_trainer
-from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule, load_split
+from pipeline.training.builders import loading, new_callbacks, new_logger, new_module, new_trainer
+from pipeline.training.datamodule import JoinedRows, PreparedDataModule, load_split, split_labels
 
 log = console.get_logger(__name__)
 
@@ -30,12 +29,13 @@ log = console.get_logger(__name__)
 def cross_validate(
     params: Params, prepared_dir: Path, meta: dict[str, Any], parent: Any, checkpoint_dir: Path
 ) -> dict[str, dict[str, float]]:
-    train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
-    x, y = torch.cat([train.x, val.x]), torch.cat([train.y, val.y])
+    # The inputs stay where they are (memory maps, image files); the labels, small, are read to draw the folds.
+    splits = [load_split(prepared_dir, "train"), load_split(prepared_dir, "val")]
+    y = np.concatenate([split_labels(prepared_dir, "train"), split_labels(prepared_dir, "val")])
     folds = StratifiedKFold(params.train.cv_folds, shuffle=True, random_state=params.train.seed)
     parent_run = parent.experiment.get_run(parent.run_id)  # creates the parent run now, before its children
     scores = []
-    for fold, (fit_idx, val_idx) in enumerate(folds.split(np.zeros(len(y)), y.numpy())):
+    for fold, (fit_idx, val_idx) in enumerate(folds.split(np.zeros(len(y)), y)):
         pl.seed_everything(params.train.seed, workers=True, verbose=False)
         logger = new_logger(
             params,
@@ -47,9 +47,10 @@ def cross_validate(
         _checkpoint, callbacks = new_callbacks(params, checkpoint_dir / f"fold{fold}")
         trainer = new_trainer(params, [logger], callbacks, checkpoint_dir / f"fold{fold}")
         data = PreparedDataModule.of_splits(
-            InMemoryDataset(x[fit_idx], y[fit_idx]),
-            InMemoryDataset(x[val_idx], y[val_idx]),
+            JoinedRows(splits, fit_idx),
+            JoinedRows(splits, val_idx),
             resolved(params.train.batch_size),
+            *loading(params, meta),
         )
         module = new_module(params, meta, y[fit_idx])
         trainer.fit(module, datamodule=data)

@@ -128,7 +128,7 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
-    from pipeline.training.datamodule import load_split
+    from pipeline.data import read_split
     from pipeline.training.trained_model import load_trained_model
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
@@ -152,8 +152,8 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     # Each process validates on its own half of the val set; the logged values must be those of the whole set.
     # Lightning's DistributedSampler (no shuffle for validation) gives process r the samples r, r+2, r+4... and pads
     # an odd-sized set with repeats; an even one is split exactly, so the whole set is the union of the two halves.
-    val = load_split(tmp_path / "prepared", "val")
-    assert len(val) % DDP_PROCESSES == 0
+    val = read_split(tmp_path / "prepared", "val")
+    assert len(val["y"]) % DDP_PROCESSES == 0
     client = MlflowClient(sqlite_uri(tmp_path / "ddp"))
     (mlrun,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     history = {
@@ -165,8 +165,8 @@ def test_ddp_agrees_with_a_single_process_and_logs_full_validation_set_metrics(t
     best_step = min(history["val/loss"], key=history["val/loss"].get)
     net, _ = load_trained_model(tmp_path / "ddp" / "model" / "model.pt")
     with torch.inference_mode():
-        predicted = net(val.x).argmax(dim=1).numpy()
-    labels = val.y.numpy()
+        predicted = net(torch.from_numpy(val["x"])).argmax(dim=1).numpy()
+    labels = val["y"]
     whole_set_f1 = f1_score(labels, predicted, average="macro")
     assert history["val/accuracy"][best_step] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
     assert history["val/f1_macro"][best_step] == pytest.approx(whole_set_f1, abs=1e-6)

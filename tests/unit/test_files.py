@@ -79,7 +79,7 @@ def test_temporaries_of_a_killed_process_are_removed(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".prepared{TMP_MARK}{int(dead.stdout)}-abc" / "prepared"
     stale.mkdir(parents=True)
-    (stale / "train.npz").write_bytes(b"0" * 1000)
+    (stale / "train_x.npy").write_bytes(b"0" * 1000)
     live = tmp_path / f".prepared{TMP_MARK}{os.getpid()}-xyz"  # a concurrent writer in this very process
     live.mkdir()
     with atomic_path(tmp_path / "prepared", ["meta.json"]) as tmp:

@@ -22,7 +22,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import DataParams, ImageParams, TabularParams, TextParams
-from pipeline.data import DataError
+from pipeline.data import DataError, read_split
 from pipeline.data.text import PAD, UNK, Vocabulary
 from pipeline.errors import PipelineError
 from pipeline.stages.prepare import SPLITS, prepare
@@ -46,8 +46,7 @@ def prepared(tmp_path_factory) -> tuple[Path, dict]:
 def _load(out: Path) -> dict[str, dict[str, np.ndarray]]:
     splits = {}
     for name in SPLITS:
-        with np.load(out / f"{name}.npz") as arrays:
-            splits[name] = {key: arrays[key] for key in ("x", "y", "index")}
+        splits[name] = read_split(out, name)
     return splits
 
 
@@ -56,9 +55,7 @@ def test_writes_the_three_splits_and_meta(prepared) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "input_example.json",
         "meta.json",
-        "test.npz",
-        "train.npz",
-        "val.npz",
+        *(f"{split}_{array}.npy" for split in ("test", "train", "val") for array in ("index", "x", "y")),
     ]
     assert json.loads((out / "meta.json").read_text()) == meta
 
@@ -169,9 +166,7 @@ def test_rerun_replaces_the_previous_output(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "input_example.json",
         "meta.json",
-        "test.npz",
-        "train.npz",
-        "val.npz",
+        *(f"{split}_{array}.npy" for split in ("test", "train", "val") for array in ("index", "x", "y")),
     ]
     assert sum(meta["split_sizes"].values()) == N_DIGITS
     # No temporary siblings are left next to the output.
@@ -200,8 +195,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def load_splits(out: Path) -> dict[str, dict[str, np.ndarray]]:
     splits = {}
     for name in SPLITS:
-        with np.load(out / f"{name}.npz") as arrays:
-            splits[name] = {key: arrays[key] for key in ("x", "y", "index")}
+        splits[name] = read_split(out, name)
     return splits
 
 

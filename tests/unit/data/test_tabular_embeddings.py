@@ -24,6 +24,7 @@ from models.mlp import category_embedding_dim
 from models.registry import build_model
 from models.specs import UNKNOWN_CATEGORY
 from pipeline.config import DataParams, MLPParams, ModelParams, TabularParams
+from pipeline.data import read_split
 from pipeline.data.tabular import UNKNOWN_INDEX
 from pipeline.stages.evaluate import predict_split
 from pipeline.stages.predict import predict
@@ -92,8 +93,8 @@ def test_indices_are_1_to_k_and_0_for_missing_or_unknown(trained: dict) -> None:
     frame = trained["frame"]
     train_index = split_index(trained["prepared"], "train")
     for split in ("train", "val", "test"):
-        with np.load(trained["prepared"] / f"{split}.npz") as arrays:
-            x, index = arrays["x"], arrays["index"]
+        arrays = read_split(trained["prepared"], split)
+        x, index = arrays["x"], arrays["index"]
         for j, column in enumerate(["colour", "habitat"]):
             known = sorted(frame[column].iloc[train_index].dropna().unique())
             expected = frame[column].iloc[index].map({c: i + 1 for i, c in enumerate(known)}).fillna(UNKNOWN_INDEX)

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.artifacts import read_meta
 from pipeline.config import DataParams, TabularParams, TextParams
+from pipeline.data import read_split
 from pipeline.evaluation import baseline
 from pipeline.stages.prepare import prepare
 
@@ -52,8 +53,7 @@ def test_image_baseline_on_the_digits(digits_prepared: Path) -> None:
     fitted = baseline.fit_and_score(digits_prepared)
     assert fitted is not None and fitted.name == "LogisticRegression"
     assert fitted.scores["accuracy"] > 0.93
-    with np.load(digits_prepared / "test.npz") as test:
-        assert len(test["y"]) == meta["split_sizes"]["test"]
+    assert len(read_split(digits_prepared, "test")["y"]) == meta["split_sizes"]["test"]
 
 
 @pytest.mark.parametrize("encoding", ["onehot", "embedding"])

@@ -75,10 +75,8 @@ def test_a_failing_fold_leaves_no_run_running(tmp_path, mlflow_store: str):
     uri = mlflow_store
     prepared = tmp_path / "prepared"
     prepare(DataParams(dataset="wine"), prepared)
-    with np.load(prepared / "val.npz") as arrays:
-        broken = dict(arrays)
-    broken["y"] = broken["y"] + 10  # not a class index: CrossEntropyLoss raises
-    np.savez(prepared / "val.npz", **broken)
+    broken = np.load(prepared / "val_y.npy") + 10  # not a class index: CrossEntropyLoss raises
+    np.save(prepared / "val_y.npy", broken)
     params = Params(
         data=DataParams(dataset="wine"),
         model=ModelParams(name="mlp"),

@@ -45,6 +45,7 @@ from pipeline.config import (
     load_params,
     used_params,
 )
+from pipeline.data import read_split
 from pipeline.evaluation.metrics import HEADLINE_METRICS
 from pipeline.stages.prepare import prepare
 from pipeline.training.module import Classifier
@@ -335,8 +336,8 @@ def test_trained_model_loads_and_classifies_the_test_split(workspace, trained) -
 
     net, _bundle = load_trained_model(trained.model_dir / MODEL_FILE)
     assert not net.training
-    with np.load(workspace.prepared / "test.npz") as arrays:
-        x, y = torch.from_numpy(arrays["x"]), arrays["y"]
+    arrays = read_split(workspace.prepared, "test")
+    x, y = torch.from_numpy(arrays["x"]), arrays["y"]
     with torch.no_grad():
         predicted = net(x).argmax(dim=1).numpy()
     # Two epochs of a small MLP already beat chance (0.1) by far.
@@ -422,8 +423,7 @@ def test_evaluate_writes_outputs(workspace, evaluated) -> None:
     assert len(rows) == n_test
     assert all(set(row) == {"actual", "predicted"} for row in rows)
     assert {row["actual"] for row in rows} <= set(workspace.meta["class_names"])
-    with np.load(workspace.prepared / "test.npz") as arrays:
-        assert [row["actual"] for row in rows] == [str(c) for c in arrays["y"]]
+    assert [row["actual"] for row in rows] == [str(c) for c in read_split(workspace.prepared, "test")["y"]]
     accuracy = sum(row["actual"] == row["predicted"] for row in rows) / n_test
     assert metrics["accuracy"] == pytest.approx(accuracy)
 
@@ -465,10 +465,9 @@ def test_failing_training_marks_the_run_failed(workspace, tmp_path: Path) -> Non
     # A real failure: one training label is outside the 10 classes, so CrossEntropyLoss raises on its batch.
     bad = tmp_path / "prepared"
     shutil.copytree(workspace.prepared, bad)
-    with np.load(bad / "train.npz") as arrays:
-        arrays = dict(arrays)
-    arrays["y"][0] = NUM_CLASSES
-    np.savez(bad / "train.npz", **arrays)
+    labels = np.load(bad / "train_y.npy")
+    labels[0] = NUM_CLASSES
+    np.save(bad / "train_y.npy", labels)
 
     params = shrunk_params(workspace.uri, "pytest-failing", "pytest-fail")
     with sandbox(workspace.root), pytest.raises(IndexError, match="out of bounds"):
