@@ -56,7 +56,12 @@ TRAINING_CODE = (
     "models",
 )
 # Keys of the declared sections that do not change what is trained.
-NOT_FINGERPRINTED = ("trainer.progress_bar", "trainer.log_every_n_steps", "trainer.num_threads")
+NOT_FINGERPRINTED = (
+    "trainer.progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.num_threads",
+    "trainer.num_workers",
+)
 FINGERPRINTED_SECTIONS = ("model.", "train.", "trainer.")
 
 

@@ -235,6 +235,7 @@ def test_fingerprint_ignores_display_keys_and_sees_everything_that_shapes_traini
                     "mlflow.run_name=x",
                     "evaluate.batch_size=7",
                     "data.seed=1",
+                    "trainer.num_workers=0",
                 ],
             ),
             "digest",
