@@ -5,9 +5,9 @@
 
 Generates, into a temporary folder (deleted afterwards, never committed), Parquet tables of each size x 20 float
 columns plus a 2-class label, and a folder of small PNG files (16x16 RGB, 4 classes). Each stage runs in its own
-process: prepare (`pipeline.prepare.prepare`: the table read in chunks, the preprocessing fitted on a bounded
+process: prepare (`pipeline.stages.prepare.prepare`: the table read in chunks, the preprocessing fitted on a bounded
 sample, the splits written as memory-mapped .npy files; the image folder listed and checked, nothing kept decoded)
-and train (`pipeline.train.fit`, one epoch, MLflow into a SQLite store in the folder: the train stage as it runs,
+and train (`pipeline.stages.train.fit`, one epoch, MLflow into a SQLite store in the folder: the train stage as it runs,
 batches gathered from the memory maps, images decoded by DataLoader workers).
 
 Peak memory is sampled every 50 ms over the stage's process and its children (DataLoader workers), as PSS (a page
