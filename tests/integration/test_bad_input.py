@@ -598,6 +598,7 @@ def test_evaluate_without_a_trained_model_exits_2(workdir: Path, prepared_copy: 
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # a real training in a subprocess; the NaN check itself is unit-tested in-process
 def test_nan_loss_stops_training_at_once_and_fails_the_run(workdir: Path) -> None:
     """An absurd learning rate makes the loss non-finite within a few steps: exit 2, epoch and step named, FAILED."""
     from mlflow.tracking import MlflowClient

@@ -213,7 +213,12 @@ EVALUATE_SIGNALS = {
 }
 
 
-@pytest.mark.parametrize("case", EVALUATE_SIGNALS.values(), ids=EVALUATE_SIGNALS.keys())
+@pytest.mark.parametrize(
+    "case",
+    # SIGKILL retrains (the next training is what ends the run): minutes of the default suite, so in the slow one
+    [pytest.param(*[v], marks=[pytest.mark.slow] if k == "SIGKILL" else []) for k, v in EVALUATE_SIGNALS.items()],
+    ids=EVALUATE_SIGNALS.keys(),
+)
 def test_evaluate_killed_never_leaves_its_run_running(trained: Path, case) -> None:
     sig, exit_status, status = case
     run_id = json.loads((trained / "model" / "mlflow_run.json").read_text())["run_id"]

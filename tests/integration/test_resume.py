@@ -162,10 +162,10 @@ def uninterrupted(workdir: Path) -> Path:
     return workdir / "reference"
 
 
-# SIGKILL in the slow suite: the same resume path as SIGINT, but for who ends the killed run (the next attempt).
-@pytest.mark.parametrize(
-    "sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=["SIGINT", "SIGKILL"]
-)
+# Slow: each case trains three times in subprocesses (with the module's uninterrupted reference); the default
+# suite keeps the resume logic's unit tests below, and the slow suite (in CI) these end-to-end runs.
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(workdir, uninterrupted, sig) -> None:
     env, ckpt, model_dir = stage_environ(workdir), f"ckpt-{sig.name}", f"model-{sig.name}"
     killed = kill_after_first_checkpoint(train_command(ckpt, model_dir), workdir, env, sig, workdir / ckpt)
@@ -201,6 +201,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workdir, unint
         assert [v for _, v in continued] == pytest.approx([v for _, v in reference], rel=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_changed_param_starts_over_instead_of_resuming(workdir, uninterrupted) -> None:
     """A checkpoint of other params is never continued: the folder is emptied and training starts from epoch 0."""
     other = variant_of(workdir, "other-params", {"train.lr": 0.002, "train.max_epochs": 2})

@@ -121,3 +121,16 @@ def test_progress_bar_shows_every_epoch_complete_with_its_metrics(tmp_path, caps
     for epoch in (0, 1):
         assert f"Epoch {epoch}: 100%|██████████| 16/16" in console_text
     assert "val_loss=" in console_text and "train_accuracy=" in console_text
+
+
+def test_a_non_finite_training_loss_stops_at_that_step_naming_the_learning_rate() -> None:
+    """The check the nan-loss command test (slow) runs end to end: the first non-finite step raises, with the fix."""
+    from pipeline.training.module import NonFiniteLoss
+
+    net = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        net.weight.fill_(float("nan"))
+    module = Classifier(net, 3, TrainParams(lr=0.5))
+    batch = (torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(NonFiniteLoss, match=r"training loss is nan at epoch 0, step 0 \(batch 0\).*train\.lr is 0\.5"):
+        module.training_step(batch, 0)
