@@ -92,9 +92,14 @@ def ensure_store(uri: str, experiment_name: str) -> None:
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:
-                client.create_experiment(
-                    experiment_name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND_TAGS
-                )
+                try:
+                    client.create_experiment(
+                        experiment_name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND_TAGS
+                    )
+                except MlflowException as exc:  # another worker on a shared store created it meanwhile
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    experiment = client.get_experiment_by_name(experiment_name)
             elif experiment.lifecycle_stage == "active" and not EXPERIMENT_KIND_TAGS.items() <= experiment.tags.items():
                 for key, value in EXPERIMENT_KIND_TAGS.items():  # created before the tag was set
                     client.set_experiment_tag(experiment.experiment_id, key, value)

@@ -81,3 +81,20 @@ def test_run_name_outside_git_compares_with_the_schema_defaults(
     params = load_params()
     assert tracking.run_name(params, "image") == "cnn lr=0.05"
     assert to_flat_dict(params)["train.lr"] == 0.05
+
+
+def test_an_experiment_created_by_another_worker_meanwhile_is_used(
+    mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on a shared store (PostgreSQL, a server: no file lock) both find no experiment, both create it;
+    the second gets RESOURCE_ALREADY_EXISTS and must use the first one's, not fail."""
+    from mlflow.tracking import MlflowClient
+
+    existing = MlflowClient(mlflow_store).create_experiment("shared")
+    lookups = iter([None])  # the first lookup runs before the other worker's create landed
+    real_lookup = MlflowClient.get_experiment_by_name
+    monkeypatch.setattr(
+        MlflowClient, "get_experiment_by_name", lambda self, name: next(lookups, real_lookup(self, name))
+    )
+    tracking.ensure_store(mlflow_store, "shared")
+    assert MlflowClient(mlflow_store).get_experiment_by_name("shared").experiment_id == existing
