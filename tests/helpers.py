@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -185,6 +186,20 @@ def mlflow_server(store_uri: str, artifacts: Path, workdir: Path, start_timeout_
                 proc.wait(timeout=15)
             except ProcessLookupError:
                 pass
+
+
+def bare_trainer() -> Any:
+    """A Lightning Trainer on the CPU with nothing beside the loop (no logger, bar, checkpoints or summary): for
+    checking what a LightningModule computes and logs, on validation data."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
 
 
 def train_tiny(root: Path, data: DataParams, model: ModelParams, max_epochs: int = 2) -> tuple[Path, Path]:

@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline.config import TrainParams
 from pipeline.training.module import Classifier, EpochScores
+from tests.helpers import bare_trainer
 
 NUM_CLASSES = 5
 # Three batches: class 3 is a label in the first batch only; class 2 is predicted but never a label; class 4 never
@@ -74,7 +75,6 @@ def test_epoch_scores_start_from_zero_after_reset() -> None:
 
 
 def test_validation_logs_the_scores_of_the_network_predictions_over_uneven_batches() -> None:
-    import pytorch_lightning as pl
 
     from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule
 
@@ -82,13 +82,7 @@ def test_validation_logs_the_scores_of_the_network_predictions_over_uneven_batch
     net, x = torch.nn.Linear(4, NUM_CLASSES), torch.randn(11, 4)
     y = torch.tensor([0, 1, 1, 3, 0, 1, 0, 3, 1, 0, 1])  # classes 2 and 4 never labels
     data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 3
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer()
     module = Classifier(net, NUM_CLASSES, TrainParams())
     first, second = (trainer.validate(module, datamodule=data, verbose=False)[0] for _ in range(2))
     with torch.no_grad():

@@ -49,7 +49,7 @@ from pipeline.data import read_split
 from pipeline.evaluation.metrics import HEADLINE_METRICS
 from pipeline.stages.prepare import prepare
 from pipeline.training.module import Classifier
-from tests.helpers import REPO, sqlite_uri
+from tests.helpers import REPO, bare_trainer, sqlite_uri
 
 DIGITS_SHAPE = [1, 8, 8]
 NUM_CLASSES = 10
@@ -169,7 +169,6 @@ def test_plateau_on_loss_minimises() -> None:
 
 
 def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
-    import pytorch_lightning as pl
     from torch.nn import functional
 
     from pipeline.training.datamodule import InMemoryDataset, PreparedDataModule
@@ -177,13 +176,7 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
     data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=4)  # 4, 4, 2
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer()
     (scores,) = trainer.validate(Classifier(net, 3, TrainParams()), datamodule=data, verbose=False)
     with torch.no_grad():
         expected = functional.cross_entropy(net(x), y).item()
@@ -191,7 +184,6 @@ def test_logged_loss_is_the_per_sample_mean_over_uneven_batches() -> None:
 
 
 def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
-    import pytorch_lightning as pl
     from torch.nn import functional
 
     from pipeline.training.builders import balanced_class_weights
@@ -207,13 +199,7 @@ def test_class_weights_weigh_the_objective_but_not_the_logged_loss() -> None:
         assert objective.item() == pytest.approx(functional.cross_entropy(net(x), y, weight=weights).item())
         plain = functional.cross_entropy(net(x), y).item()
     data = PreparedDataModule.of_splits(InMemoryDataset(x, y), InMemoryDataset(x, y), batch_size=5)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer()
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)
     assert scores["val/loss"] == pytest.approx(plain, rel=1e-6)
 
