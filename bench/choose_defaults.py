@@ -9,16 +9,19 @@ in a temporary folder (prepare, then the pipeline's own `fit` or `cross_validate
 store); nothing is written outside it except the result file under bench/results/. The test split is never read.
 
 tabular  breast_cancer, wine, iris and two synthetic tables made here (make_classification, written as CSV with a
-         `label` column): k-fold cross-validation on train + val (`train.cv_folds`), score = mean fold
-         val/accuracy, ties to the lower mean val/loss.
+         `label` column): k outer folds of train + val; each candidate is trained as the pipeline trains (early
+         stopping and the kept epoch judged on a validation part of the other folds) and scored on the held-out
+         fold, rows that chose nothing. Score = mean held-out accuracy, ties to the lower mean log loss. The
+         evaluate stage's LogisticRegression is scored on the same folds, as a reference (not a candidate).
 image    digits and a noisy, shifted digits variant (.npz) made here: score = accuracy on the validation split.
 text     the SMS Spam Collection (TSV, no header; its header-CSV form holds the same rows in the same order, so the
          same split: the check script bench/defaults_vs_baseline.py runs both) and a synthetic 3-class message set
          (CSV with a header) made here: score = macro F1 on the validation split.
 
 `--seeds` trains every candidate once per `train.seed` (for tables that seed also draws the folds, the same folds
-for every candidate) and scores it by the mean over seeds; the per-seed scores and their spread are printed, to
-tell a difference between candidates from seed noise. `--candidates` runs only the named ones of the kinds run.
+for every candidate and the reference) and scores it by the mean over seeds; the per-seed scores and their spread
+are printed, to tell a difference between candidates from seed noise. `--candidates` runs only the named ones of
+the kinds run.
 
 Per kind, candidates are ranked on each data set (1 = best); the winner has the best mean rank, ties to the higher
 mean score. Scores equal to 4 decimals tie (then the lower loss ranks first): a smaller difference is less than one
@@ -49,53 +52,38 @@ from pipeline.stages.prepare import prepare
 DEFAULT_SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
 RESULTS = ROOT / "bench" / "results" / "choose_defaults.json"
 TIE_DECIMALS = 4
+REFERENCE = "LogisticRegression (reference)"  # tables: scored beside the candidates, never one of them
 
+# Every tabular candidate starts from TABLE_COMMON and changes what its name says.
 TABLE_COMMON = {
     "model.name": "mlp",
+    "model.mlp.hidden_dims": [64],
+    "model.mlp.dropout": 0.3,
+    "train.lr": 0.01,
+    "train.weight_decay": 0.1,
+    "train.batch_size": 16,
     "train.max_epochs": 100,
     "train.monitor": "val/loss",
     "train.class_weights": "none",
-    "train.batch_size": 16,
+    "train.ema_decay": 0.0,
+}
+TABLE_CHANGES = {
+    "linear (mlp [])": {"model.mlp.hidden_dims": [], "model.mlp.dropout": 0.0, "train.weight_decay": 0.01},
+    "mlp [64] do0.2 lr0.003": {"model.mlp.dropout": 0.2, "train.lr": 0.003, "train.weight_decay": 0.01},
+    "mlp [256,128] do0.1 lr0.01": {
+        "model.mlp.hidden_dims": [256, 128],
+        "model.mlp.dropout": 0.1,
+        "train.weight_decay": 0.01,
+    },
+    # stronger regularisation of the same network, and a small one regularised as strongly
+    "mlp [256,128] do0.3 lr0.01 wd0.1": {"model.mlp.hidden_dims": [256, 128]},
+    "mlp [64] do0.3 lr0.01 wd0.1": {},
+    # the weights averaged over steps (an exponential moving average), at two horizons
+    "mlp [64] do0.3 lr0.01 wd0.1 ema0.99": {"train.ema_decay": 0.99},
+    "mlp [64] do0.3 lr0.01 wd0.1 ema0.995": {"train.ema_decay": 0.995},
 }
 CANDIDATES = {
-    "tabular": {
-        "linear (mlp [])": {
-            **TABLE_COMMON,
-            "model.mlp.hidden_dims": [],
-            "model.mlp.dropout": 0.0,
-            "train.lr": 0.01,
-            "train.weight_decay": 0.01,
-        },
-        "mlp [64] do0.2 lr0.003": {
-            **TABLE_COMMON,
-            "model.mlp.hidden_dims": [64],
-            "model.mlp.dropout": 0.2,
-            "train.lr": 0.003,
-            "train.weight_decay": 0.01,
-        },
-        "mlp [256,128] do0.1 lr0.01": {
-            **TABLE_COMMON,
-            "model.mlp.hidden_dims": [256, 128],
-            "model.mlp.dropout": 0.1,
-            "train.lr": 0.01,
-            "train.weight_decay": 0.01,
-        },
-        # stronger regularisation of the same network, and a small one regularised as strongly
-        "mlp [256,128] do0.3 lr0.01 wd0.1": {
-            **TABLE_COMMON,
-            "model.mlp.hidden_dims": [256, 128],
-            "model.mlp.dropout": 0.3,
-            "train.lr": 0.01,
-            "train.weight_decay": 0.1,
-        },
-        "mlp [64] do0.3 lr0.01 wd0.1": {
-            **TABLE_COMMON,
-            "model.mlp.hidden_dims": [64],
-            "model.mlp.dropout": 0.3,
-            "train.lr": 0.01,
-            "train.weight_decay": 0.1,
-        },
-    },
+    "tabular": {name: {**TABLE_COMMON, **changes} for name, changes in TABLE_CHANGES.items()},
     "image": {
         "cnn [32,64] lr0.003 val/loss": {
             "model.name": "cnn",
@@ -275,19 +263,60 @@ def make_params(params_file: Path, tmp: Path, experiment: str, settings: dict) -
     return load_params(params_file, overrides=overrides)
 
 
-def score_cv(params: Params, prepared: Path, meta: dict, folder: Path) -> dict:
-    from pipeline import tracking
-    from pipeline.training.builders import new_logger
-    from pipeline.training.cross_validation import cross_validate
+def holdout_folds(params: Params, prepared: Path, folder: Path, folds: int) -> list[Path]:
+    """Prepared folders, one per outer fold of train + val: its held-out rows as the `test` split, the other rows
+    split again (stratified, params.yaml's validation share) into `train` and the `val` rows that early stopping
+    and the best checkpoint are judged on, as the pipeline does. The held-out rows play no part in training or in
+    choosing the kept epoch, so their score is what the kept model does on rows it has not seen (a fold score from
+    `train.cv_folds` is not: its best checkpoint is chosen on that same fold). The data's own test split is never
+    read. The rows are the prepared ones (scaled as prepare fitted on the train split)."""
+    import shutil
 
-    parent = new_logger(params, meta, tracking.data_digest(prepared, meta))
-    summary = silently(cross_validate, params, prepared, meta, parent, folder)
-    parent.experiment.set_terminated(parent.run_id, "FINISHED")
-    return {
-        "score": summary["val/accuracy"]["mean"],
-        "loss": summary["val/loss"]["mean"],
-        "std": summary["val/accuracy"]["std"],
-    }
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from pipeline.artifacts import META_FILE, PREPROCESSOR_FILE, SPLIT_ARRAYS, open_split, split_file
+
+    arrays = {a: np.concatenate([np.array(open_split(prepared, s, a)) for s in ("train", "val")]) for a in SPLIT_ARRAYS}
+    y, seed = arrays["y"], params.train.seed
+    val_share = params.data.val_fraction / (1 - params.data.test_fraction)
+    dirs = []
+    outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for k, (fit_rows, held_out) in enumerate(outer.split(np.zeros(len(y)), y)):
+        train, val = train_test_split(fit_rows, test_size=val_share, stratify=y[fit_rows], random_state=seed + k)
+        fold = folder / f"fold{k}"
+        fold.mkdir(parents=True)
+        for name in (META_FILE, PREPROCESSOR_FILE):
+            shutil.copy(prepared / name, fold / name)
+        for split, rows in (("train", train), ("val", val), ("test", held_out)):
+            for name, values in arrays.items():
+                np.save(fold / split_file(split, name), values[np.sort(rows)])
+        dirs.append(fold)
+    return dirs
+
+
+def score_holdout(params: Params, fold_dirs: list[Path], folder: Path) -> dict:
+    """Mean accuracy and log loss on the held-out rows of each outer fold (holdout_folds)."""
+    from sklearn.metrics import log_loss
+
+    from pipeline.stages.evaluate import predict_split
+    from pipeline.stages.train import MODEL_FILE, fit
+
+    accuracies, losses = [], []
+    for k, fold in enumerate(fold_dirs):
+        model_dir = folder / f"fold{k}"
+        silently(fit, params, fold, model_dir / "model", model_dir / "checkpoints")
+        y, pred, proba = predict_split(model_dir / "model" / MODEL_FILE, fold, "test", params.evaluate.batch_size)
+        accuracies.append(float(np.mean(y == pred)))
+        losses.append(float(log_loss(y, proba, labels=range(proba.shape[1]))))
+    return {"score": float(np.mean(accuracies)), "loss": float(np.mean(losses)), "folds": accuracies}
+
+
+def score_baseline(fold_dirs: list[Path]) -> dict:
+    """The evaluate stage's LogisticRegression on the same outer folds: the reference a table's MLP must match."""
+    from pipeline.evaluation.baseline import fit_and_score
+
+    accuracies = [fit_and_score(fold).scores["accuracy"] for fold in fold_dirs]  # type: ignore[union-attr]
+    return {"score": float(np.mean(accuracies)), "folds": accuracies}
 
 
 def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict:
@@ -318,15 +347,21 @@ def run_kind(
     for seed in seeds:
         for data_name, data in datasets.items():
             folder_prepared, meta = prepared[data_name]
+            fold_dirs: list[Path] = []
+            if kind == "tabular":
+                seed_params = make_params(params_file, tmp, kind, {**data, "train.seed": seed})
+                fold_dirs = holdout_folds(seed_params, folder_prepared, tmp / f"folds-{data_name}-{seed}", folds)
+                reference = score_baseline(fold_dirs)
+                entry = results.setdefault(data_name, {}).setdefault(REFERENCE, {"seeds": {}})
+                entry["seeds"][str(seed)] = reference
+                entry["score"] = float(np.mean([r["score"] for r in entry["seeds"].values()]))
+                print(f"  seed {seed} {data_name:<20} {REFERENCE:<36} score {reference['score']:.4f}", flush=True)
             for cand, settings in candidates.items():
                 folder = tmp / f"{data_name}-{seed}-{len(results.get(data_name, {}))}"
-                extra = {"train.cv_folds": folds} if kind == "tabular" else {}
-                params = make_params(
-                    params_file, tmp, f"{kind}-{data_name}", {**data, **settings, **extra, "train.seed": seed}
-                )
+                params = make_params(params_file, tmp, f"{kind}-{data_name}", {**data, **settings, "train.seed": seed})
                 start = time.perf_counter()
                 if kind == "tabular":
-                    result = score_cv(params, folder_prepared, meta, folder)
+                    result = score_holdout(params, fold_dirs, folder)
                 else:
                     result = score_val(params, folder_prepared, folder, "f1_macro" if kind == "text" else "accuracy")
                 result["seconds"] = time.perf_counter() - start
@@ -345,7 +380,7 @@ def run_kind(
 def rank(results: dict[str, dict[str, dict]]) -> list[tuple[str, float, float]]:
     """(candidate, mean rank, mean score), best first. Rank per data set by score, ties to the lower loss; equal
     (score, loss) share the mean of their ranks."""
-    candidates = list(next(iter(results.values())))
+    candidates = [c for c in next(iter(results.values())) if c != REFERENCE]
     ranks: dict[str, list[float]] = {c: [] for c in candidates}
     for scores in results.values():
         keys = {c: (-round(scores[c]["score"], TIE_DECIMALS), round(scores[c]["loss"], 6)) for c in candidates}
@@ -365,7 +400,7 @@ def print_kind(kind: str, results: dict[str, dict[str, dict]]) -> str:
     print(
         f"\n{kind}: "
         + (
-            "mean fold val/accuracy (k-fold CV on train + val)"
+            "mean accuracy on the held-out rows of k outer folds of train + val"
             if kind == "tabular"
             else "val macro F1"
             if kind == "text"
@@ -381,11 +416,14 @@ def print_kind(kind: str, results: dict[str, dict[str, dict]]) -> str:
             + " ".join(f"{results[n][cand]['score']:>16.4f}" for n in names)
             + f" {mean_rank:>9.2f} {mean_score:>7.4f}"
         )
+    if REFERENCE in results[names[0]]:
+        print(f"{REFERENCE:<44} " + " ".join(f"{results[n][REFERENCE]['score']:>16.4f}" for n in names))
     print(f"winner: {table[0][0]}")
     seeds = sorted({seed for n in names for seed in results[n][table[0][0]].get("seeds", {})})
     if len(seeds) > 1:
         print(f"per seed ({', '.join(seeds)}), and the standard deviation over seeds:")
-        for cand, _, _ in table:
+        references = [(REFERENCE, 0, 0)] if REFERENCE in results[names[0]] else []
+        for cand, _, _ in [*table, *references]:
             per_seed = [
                 " ".join(f"{results[n][cand]['seeds'][seed]['score']:.4f}" for seed in seeds)
                 + f" ±{np.std([results[n][cand]['seeds'][seed]['score'] for seed in seeds]):.4f}"

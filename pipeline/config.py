@@ -199,6 +199,7 @@ class TrainParams:
     monitor: str | None = _choice("val/loss", *MONITORABLE_METRICS)  # early stopping, checkpoint, plateau; auto
     early_stopping_patience: int | None = field(default=10, metadata={"gt": 0})  # null: off
     gradient_clip_val: float | None = field(default=None, metadata={"gt": 0})  # null: off
+    ema_decay: float | None = field(default=0.0, metadata={"min": 0, "lt": 1})  # weight averaging; 0: off; auto
     class_weights: str | None = _choice("none", "none", "balanced")  # balanced: inverse to class frequency; auto
     cv_folds: int = _non_negative(0)  # k >= 2: k-fold cross-validation on train + val before the final fit
 

@@ -50,6 +50,7 @@ BY_KIND: dict[str, dict[str, Any]] = {
         "train.max_epochs": 100,
         "train.monitor": "val/loss",
         "train.class_weights": "none",
+        "train.ema_decay": 0.995,
     },
 }
 
@@ -66,6 +67,7 @@ AUTO_KEYS = (
     "train.max_epochs",
     "train.monitor",
     "train.class_weights",
+    "train.ema_decay",
 )
 
 

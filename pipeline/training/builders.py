@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -98,6 +98,10 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[ModelCheckpoint
         callbacks.append(console.progress_bar())
     if params.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
+    if params.train.ema_decay:
+        # An exponential moving average of the weights over steps: validated, checkpointed and saved in their place,
+        # so the kept model does not hinge on the last few noisy steps before the best epoch.
+        callbacks.append(EMAWeightAveraging(decay=params.train.ema_decay))
     return checkpoint, callbacks
 
 

@@ -35,6 +35,7 @@ RESUMABLE = {
     "train.batch_size": 16,
     "train.early_stopping_patience": None,
     "train.scheduler": "cosine",
+    "train.ema_decay": 0.9,  # a resumed run must also carry on the moving average of the weights, not restart it
     "trainer.progress_bar": False,
 }
 KILL_TIMEOUT_S = 180

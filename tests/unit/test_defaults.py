@@ -158,7 +158,7 @@ def test_train_prints_and_logs_the_choice(
 
     assert (
         "train: model.name auto -> mlp (tabular defaults: hidden_dims [64], dropout 0.3, batch_size 16, "
-        "lr 0.01, weight_decay 0.1, monitor val/loss, class_weights none)" in capsys.readouterr().out
+        "lr 0.01, weight_decay 0.1, monitor val/loss, class_weights none, ema_decay 0.995)" in capsys.readouterr().out
     )
     run = MlflowClient(uri).get_run(run_id)
     assert run.data.tags[DEFAULTS_KIND_TAG] == "tabular"

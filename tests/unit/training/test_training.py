@@ -492,6 +492,60 @@ def test_early_stopping_says_why_on_the_run_and_the_console(tmp_path, capsys, ml
     assert because in capsys.readouterr().out
 
 
+def test_ema_decay_keeps_the_moving_average_of_the_steps_weights(tmp_path, mlflow_store: str) -> None:
+    """With train.ema_decay the checkpoints and model.pt hold the exponential moving average of every step's
+    weights (what was validated), not the weights of the last step."""
+    import pytorch_lightning as pl
+
+    from pipeline.artifacts import LAST_CHECKPOINT, MODEL_FILE
+    from pipeline.config import MlflowParams, ModelParams, Params, TrainerParams
+    from pipeline.stages.train import fit
+
+    decay = 0.9
+    steps: list[dict[str, torch.Tensor]] = []
+
+    class RecordWeights(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            steps.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+
+    prepare(DataParams(dataset="wine"), tmp_path / "prepared")
+    params = Params(
+        data=DataParams(dataset="wine"),
+        model=ModelParams(name="mlp", mlp=MLPParams(hidden_dims=[8], dropout=0.0)),
+        train=TrainParams(max_epochs=3, batch_size=32, lr=0.05, early_stopping_patience=None, ema_decay=decay),
+        trainer=TrainerParams(progress_bar=False),
+        mlflow=MlflowParams(tracking_uri=mlflow_store, experiment_name="ema"),
+    )
+    fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "checkpoints", [RecordWeights()])
+
+    average = dict(steps[0])  # torch's AveragedModel: the first update copies, then avg = decay avg + (1 - decay) w
+    for weights in steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * w for k, w in weights.items()}
+    last = torch.load(tmp_path / "checkpoints" / LAST_CHECKPOINT, map_location="cpu", weights_only=True)
+    kept = {k[len("net.") :]: v for k, v in last["state_dict"].items() if k.startswith("net.")}
+    current = {k[len("net.") :]: v for k, v in last["current_model_state"].items() if k.startswith("net.")}
+    for key, value in average.items():
+        assert torch.allclose(kept[key], value, atol=1e-6), key
+        assert torch.equal(current[key], steps[-1][key]), key  # the raw weights go on, for a resumed run
+    assert any(not torch.allclose(kept[k], current[k]) for k in kept)  # averaged: not the last step's weights
+    saved = torch.load(tmp_path / "model" / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for key in saved:
+        assert torch.equal(saved[key], best[f"net.{key}"]), key
+
+
+def test_ema_decay_zero_adds_no_averaging() -> None:
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    from pipeline.config import Params
+    from pipeline.training.builders import new_callbacks
+
+    for decay, expected in ((0.0, 0), (0.99, 1)):
+        params = Params(train=TrainParams(monitor="val/loss", ema_decay=decay))
+        _, callbacks = new_callbacks(params, Path("unused"))
+        assert sum(isinstance(c, WeightAveraging) for c in callbacks) == expected
+
+
 FAMILY_CLASSES = 4
 BATCH = 16
 MAX_LEN = 20
