@@ -78,10 +78,9 @@ TABLE_CHANGES = {
     # stronger regularisation of the same network, and a small one regularised as strongly
     "mlp [256,128] do0.3 lr0.01 wd0.1": {"model.mlp.hidden_dims": [256, 128]},
     "mlp [64] do0.3 lr0.01 wd0.1": {},
-    # the weights averaged over steps (an exponential moving average, its decay warmed up), at three horizons
+    # the weights averaged over steps (an exponential moving average), at two horizons
     "mlp [64] do0.3 lr0.01 wd0.1 ema0.99": {"train.ema_decay": 0.99},
     "mlp [64] do0.3 lr0.01 wd0.1 ema0.995": {"train.ema_decay": 0.995},
-    "mlp [64] do0.3 lr0.01 wd0.1 ema0.999": {"train.ema_decay": 0.999},
 }
 CANDIDATES = {
     "tabular": {name: {**TABLE_COMMON, **changes} for name, changes in TABLE_CHANGES.items()},

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
+from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -99,33 +99,10 @@ def new_callbacks(params: Params, checkpoint_dir: Path) -> tuple[ModelCheckpoint
     if params.train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=params.train.early_stopping_patience))
     if params.train.ema_decay:
-        # A moving average of the weights over steps: validated, checkpointed and saved in their place, so the kept
-        # model does not hinge on the last few noisy steps before the best epoch.
-        callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(params.train.ema_decay)))
+        # An exponential moving average of the weights over steps: validated, checkpointed and saved in their place,
+        # so the kept model does not hinge on the last few noisy steps before the best epoch.
+        callbacks.append(EMAWeightAveraging(decay=params.train.ema_decay))
     return checkpoint, callbacks
-
-
-EMA_WARMUP = 10  # the averaging's decay after n updates: min(train.ema_decay, (1 + n) / (EMA_WARMUP + n))
-
-
-def ema_with_warmup(decay: float) -> Any:
-    """torch's exponential moving average of the weights (AveragedModel's multi_avg_fn), its decay ramped up over the
-    first updates as TensorFlow's ExponentialMovingAverage (num_updates) and timm's ModelEmaV3 do. Without it an
-    average of decay 0.995 still holds 63% of the first step's weights after 92 steps (4 epochs of a 369-row table at
-    batch 16): the first epochs would validate, early-stop and be pruned on weights hardly trained, and a trial with
-    fewer steps per epoch (a larger batch) would look worse for that alone."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        updates = int(num_averaged)
-        weight = 1 - min(decay, (1 + updates) / (EMA_WARMUP + updates))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, weight)
-        else:  # integer buffers (batch norm's batch count) follow the model
-            for mean, value in zip(averaged, current, strict=True):
-                mean.copy_(value)
-
-    return update
 
 
 def new_trainer(params: Params, loggers: list, callbacks: list, root_dir: Path) -> pl.Trainer:

@@ -494,7 +494,7 @@ def test_early_stopping_says_why_on_the_run_and_the_console(tmp_path, capsys, ml
 
 def test_ema_decay_keeps_the_moving_average_of_the_steps_weights(tmp_path, mlflow_store: str) -> None:
     """With train.ema_decay the checkpoints and model.pt hold the exponential moving average of every step's
-    weights (what was validated; its decay warmed up over the first updates), not the weights of the last step."""
+    weights (what was validated), not the weights of the last step."""
     import pytorch_lightning as pl
 
     from pipeline.artifacts import LAST_CHECKPOINT, MODEL_FILE
@@ -518,10 +518,9 @@ def test_ema_decay_keeps_the_moving_average_of_the_steps_weights(tmp_path, mlflo
     )
     fit(params, tmp_path / "prepared", tmp_path / "model", tmp_path / "checkpoints", [RecordWeights()])
 
-    average = dict(steps[0])  # torch's AveragedModel: the first update copies; then after n updates
-    for n, weights in enumerate(steps[1:], start=1):  # avg = d avg + (1 - d) w, d = min(decay, (1 + n) / (10 + n))
-        d = min(decay, (1 + n) / (10 + n))
-        average = {k: d * average[k] + (1 - d) * w for k, w in weights.items()}
+    average = dict(steps[0])  # torch's AveragedModel: the first update copies, then avg = decay avg + (1 - decay) w
+    for weights in steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * w for k, w in weights.items()}
     last = torch.load(tmp_path / "checkpoints" / LAST_CHECKPOINT, map_location="cpu", weights_only=True)
     kept = {k[len("net.") :]: v for k, v in last["state_dict"].items() if k.startswith("net.")}
     current = {k[len("net.") :]: v for k, v in last["current_model_state"].items() if k.startswith("net.")}
