@@ -30,185 +30,42 @@ import argparse
 import dataclasses
 import functools
 import os
-import pwd
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import mlflow_server, postgres_cluster  # the throw-away servers the tests start
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = [1, 8, 8]
 WARMUP_STEPS = 20
 SERVER_START_TIMEOUT_S = 180  # `mlflow server` imports a lot and creates its tables on first start
-PG_START_TIMEOUT_S = 60
 EXPERIMENT = "bench"
 
 
-# --- throw-away servers ------------------------------------------------------------------------------------------
+def start_servers(servers: ExitStack, tmp: Path) -> dict[str, str]:
+    """`mlflow server` over SQLite and over a throw-away PostgreSQL (the tests' helpers), stopped with `servers`."""
+    import pytest
 
+    def server(store_uri: str, folder: Path) -> str:
+        return servers.enter_context(mlflow_server(store_uri, folder / "artifacts", folder, SERVER_START_TIMEOUT_S))
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def postgres_bin() -> Path | None:
-    """The newest Debian PostgreSQL bin folder holding initdb and pg_ctl."""
-    root = Path("/usr/lib/postgresql")
-    bins = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file()] if root.is_dir() else []
-    return max(
-        bins, key=lambda p: float(p.parent.name) if p.parent.name.replace(".", "").isdigit() else 0, default=None
-    )
-
-
-def as_postgres(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run its binaries as the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def run_pg(cmd: list[str], timeout: int = 120) -> None:
-    done = subprocess.run(
-        as_postgres(cmd),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-    )
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-
-
-@contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port> with an empty `mlflow` database; yields its URI."""
-    pg_bin = postgres_bin()
-    if pg_bin is None:
-        sys.exit("PostgreSQL binaries not found in /usr/lib/postgresql/<ver>/bin: apt-get install postgresql")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            sys.exit("running as root needs the `postgres` user to run PostgreSQL (apt-get install postgresql)")
-    base = Path(tempfile.mkdtemp(prefix="pg-bench-"))  # not under a root-only folder: `postgres` must enter it
-    data, sockets = base / "data", base / "sockets"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        for path in (base, sockets):
-            shutil.chown(path, "postgres", "postgres")
-    port, started = free_port(), False
     try:
-        run_pg(
-            [
-                str(pg_bin / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ]
-        )
-        # fsync stays on (PostgreSQL's default): commit latency is part of what a real store costs.
-        run_pg(
-            [
-                str(pg_bin / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(base / "postgres.log"),
-                "-w",
-                "-t",
-                str(PG_START_TIMEOUT_S),
-                "-o",
-                f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}",
-                "start",
-            ],
-            timeout=PG_START_TIMEOUT_S + 30,
-        )
-        started = True
-        run_pg([str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"])
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"  # psycopg2 named: SQLAlchemy 2.1's default
-    finally:  # postgresql:// driver is psycopg 3
-        if started:
-            subprocess.run(
-                as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                check=False,
-                capture_output=True,
-                timeout=60,
-            )
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
-def mlflow_server(store_uri: str, workdir: Path) -> Iterator[str]:
-    """`mlflow server` over `store_uri` on a free loopback port; yields its URL once /health answers."""
-    workdir.mkdir(parents=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                store_uri,
-                "--serve-artifacts",
-                "--artifacts-destination",
-                str(workdir / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"mlflow server over {store_uri} did not come up:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:  # its own process group (start_new_session): uvicorn and its worker
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        sqlite = server(f"sqlite:///{tmp}/server.db", tmp / "sqlite")
+        # fsync on, PostgreSQL's default: commit latency is part of what a real store costs
+        libpq_uri = servers.enter_context(postgres_cluster(fsync=True))
+        # the psycopg2 driver named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, not installed
+        postgres = server(libpq_uri.replace("postgresql://", "postgresql+psycopg2://", 1), tmp / "postgres")
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:  # the helpers speak pytest; here, one line
+        sys.exit(f"could not start the servers: {exc}")
+    return {"server over SQLite": sqlite, "server over PostgreSQL": postgres}
 
 
 # --- the training step and its logging -------------------------------------------------------------------------
@@ -308,13 +165,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-") as tmp, ExitStack() as servers:
         stores = {"embedded SQLite": f"sqlite:///{tmp}/mlflow.db"}
         if not args.skip_servers:
-            stores["server over SQLite"] = servers.enter_context(
-                mlflow_server(f"sqlite:///{tmp}/server.db", Path(tmp) / "server-sqlite")
-            )
-            postgres = servers.enter_context(postgres_cluster())
-            stores["server over PostgreSQL"] = servers.enter_context(
-                mlflow_server(postgres, Path(tmp) / "server-postgres")
-            )
+            stores.update(start_servers(servers, Path(tmp)))
         variants: dict[str, Callable[..., tuple[float, float]]] = {
             "no tracking": functools.partial(seconds_per_step, step, args.steps, None, True)
         }

@@ -310,8 +310,9 @@ def pg(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>, empty database `mlflow`; yields its libpq URI."""
+def postgres_cluster(fsync: bool = False) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>, empty database `mlflow`; yields its libpq URI.
+    fsync off (tests: nothing to keep, faster); on for a benchmark, where commit latency is part of the cost."""
     if PG_BIN is None:
         pytest.skip("PostgreSQL binaries missing (/usr/lib/postgresql/<ver>/bin/initdb): apt-get install postgresql")
     if AS_ROOT and (not has_user("postgres") or shutil.which("runuser") is None):
@@ -353,7 +354,7 @@ def postgres_cluster() -> Iterator[str]:
                 "-t",
                 str(PG_START_TIMEOUT_S),
                 "-o",
-                f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}" + ("" if fsync else " -c fsync=off"),
                 "start",
             ],
             timeout=PG_START_TIMEOUT_S + 30,
