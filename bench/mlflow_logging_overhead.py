@@ -15,7 +15,7 @@ history is read back and must hold every step.
 Stores: a SQLite file in a temporary folder (the project's default kind of store); a real `mlflow server` on
 127.0.0.1 over a throw-away PostgreSQL 15 cluster, started as the tests start theirs (tests/helpers.py: `initdb`/
 `pg_ctl` from /usr/lib/postgresql/<ver>/bin, as the `postgres` user when root) but with fsync on, PostgreSQL's
-default; psycopg2 driver); the same server kind over
+default, and the psycopg2 driver; the same server kind over
 SQLite, to tell the HTTP hop from the database. Variants run interleaved, `--repeats` times each, after warm-up
 steps. Reported (medians): ms per step in the training loop alone (what async logging keeps the loop from
 waiting for), ms per step with the run ended and the queue drained, overhead = the latter - no tracking, and the
