@@ -296,19 +296,13 @@ def holdout_folds(params: Params, prepared: Path, folder: Path, folds: int) -> l
 
 def score_holdout(params: Params, fold_dirs: list[Path], folder: Path) -> dict:
     """Mean accuracy and log loss on the held-out rows of each outer fold (holdout_folds)."""
-    from sklearn.metrics import log_loss
-
-    from pipeline.stages.evaluate import predict_split
-    from pipeline.stages.train import MODEL_FILE, fit
-
-    accuracies, losses = [], []
-    for k, fold in enumerate(fold_dirs):
-        model_dir = folder / f"fold{k}"
-        silently(fit, params, fold, model_dir / "model", model_dir / "checkpoints")
-        y, pred, proba = predict_split(model_dir / "model" / MODEL_FILE, fold, "test", params.evaluate.batch_size)
-        accuracies.append(float(np.mean(y == pred)))
-        losses.append(float(log_loss(y, proba, labels=range(proba.shape[1]))))
-    return {"score": float(np.mean(accuracies)), "loss": float(np.mean(losses)), "folds": accuracies}
+    scores = [trained_scores(params, fold, folder / f"fold{k}", "test") for k, fold in enumerate(fold_dirs)]
+    accuracies = [s["accuracy"] for s in scores]
+    return {
+        "score": float(np.mean(accuracies)),
+        "loss": float(np.mean([s["loss"] for s in scores])),
+        "folds": accuracies,
+    }
 
 
 def score_baseline(fold_dirs: list[Path]) -> dict:
@@ -319,16 +313,26 @@ def score_baseline(fold_dirs: list[Path]) -> dict:
     return {"score": float(np.mean(accuracies)), "folds": accuracies}
 
 
-def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict:
+def trained_scores(params: Params, prepared: Path, folder: Path, split: str) -> dict:
+    """Train as the pipeline does (on `train`, the kept epoch judged on `val`), then accuracy, macro F1 and log loss
+    on `split`."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss
 
     from pipeline.stages.evaluate import predict_split
     from pipeline.stages.train import MODEL_FILE, fit
 
     silently(fit, params, prepared, folder / "model", folder / "checkpoints")
-    y, pred, proba = predict_split(folder / "model" / MODEL_FILE, prepared, "val", params.evaluate.batch_size)
-    scores = {"accuracy": float(accuracy_score(y, pred)), "f1_macro": float(f1_score(y, pred, average="macro"))}
-    return {"score": scores[metric], "loss": float(log_loss(y, proba, labels=range(proba.shape[1]))), **scores}
+    y, pred, proba = predict_split(folder / "model" / MODEL_FILE, prepared, split, params.evaluate.batch_size)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1_macro": float(f1_score(y, pred, average="macro")),
+        "loss": float(log_loss(y, proba, labels=range(proba.shape[1]))),
+    }
+
+
+def score_val(params: Params, prepared: Path, folder: Path, metric: str) -> dict:
+    scores = trained_scores(params, prepared, folder, "val")
+    return {"score": scores[metric], **scores}
 
 
 def run_kind(
