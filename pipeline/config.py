@@ -774,10 +774,13 @@ def _check_devices(t: TrainerParams) -> list[str]:
     return []
 
 
+def _auto_or_count(value: Any, least: int) -> bool:
+    """`auto`, or an integer (not a bool: YAML's true is an int to Python) of at least `least`."""
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least)
+
+
 def _check_num_threads(num_threads: Any) -> list[str]:
-    if num_threads == "auto" or (
-        isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1
-    ):
+    if _auto_or_count(num_threads, 1):
         return []
     return [
         f"trainer.num_threads: {num_threads!r} is not valid; use auto (the cores shared among the processes "
@@ -786,9 +789,7 @@ def _check_num_threads(num_threads: Any) -> list[str]:
 
 
 def _check_num_workers(num_workers: Any) -> list[str]:
-    if num_workers == "auto" or (
-        isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0
-    ):
+    if _auto_or_count(num_workers, 0):
         return []
     return [
         f"trainer.num_workers: {num_workers!r} is not valid; use auto (none for prepared arrays, a few for image "
