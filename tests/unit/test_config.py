@@ -391,3 +391,15 @@ def test_exp_command_rejects_a_typo_before_dvc_runs(tmp_path) -> None:
     assert result.returncode == 2
     assert "train.lrr: unknown key. Did you mean 'train.lr'?" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / ".dvc").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "true", "1.5"])
+def test_bad_num_workers_is_refused_naming_the_key(value: str) -> None:
+    with pytest.raises(ParamsError, match=r"trainer\.num_workers"):
+        load_params(REPO / "params.yaml", [f"trainer.num_workers={value}"])
+
+
+@pytest.mark.parametrize("value", ["auto", "0", "3"])
+def test_num_workers_accepts_auto_none_or_a_number(value: str) -> None:
+    loaded = load_params(REPO / "params.yaml", [f"trainer.num_workers={value}"]).trainer.num_workers
+    assert loaded == (value if value == "auto" else int(value))
